@@ -1,0 +1,251 @@
+"""Typed settings for every stage: the only module that knows the keys of configs/*.yaml.
+
+Every model forbids unknown keys, so a typo such as ``period.unti`` is an error naming its
+key path instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnMap(_Settings):
+    """Names of the transaction log's columns, as they appear in the file."""
+
+    customer_id: str = "customer_id"
+    date: str = "date"
+    amount: str = "amount"
+    margin: str | None = Field(None, description="Per-transaction margin (profit) amount.")
+    cost: str | None = Field(None, description="Per-transaction cost; margin = amount - cost.")
+    channel: str | None = Field(None, description="Acquisition/sales channel of the transaction.")
+
+    @model_validator(mode="after")
+    def _margin_or_cost(self) -> ColumnMap:
+        if self.margin and self.cost:
+            raise ValueError("give either 'margin' or 'cost', not both")
+        return self
+
+
+class InputSettings(_Settings):
+    """Where the transaction log is and how to read it."""
+
+    path: str = Field(description="File path (CSV, Parquet, whitespace text) or 'builtin:<file>'.")
+    format: Literal["auto", "csv", "parquet", "whitespace"] = "auto"
+    header: bool = True
+    names: list[str] | None = Field(None, description="Column names for a file without header.")
+    delimiter: str | None = None
+    columns: ColumnMap = ColumnMap()
+    date_format: str | None = Field(
+        "%Y-%m-%d", description="strptime format of text dates; null for typed date columns."
+    )
+
+    @model_validator(mode="after")
+    def _names_need_no_header(self) -> InputSettings:
+        if self.names is not None and self.header:
+            raise ValueError("'names' is for files without a header: set header: false")
+        return self
+
+
+class ValidationSettings(_Settings):
+    """What to do with rows that are usable but questionable."""
+
+    negative_amounts: Literal["fail", "drop"] = "fail"
+    rows_after_observation_end: Literal["ignore", "fail"] = "ignore"
+
+
+TimeUnit = Literal["day", "week", "month"]
+
+# Average days per month, used only for months at daily resolution.
+DAYS_PER_MONTH = 365.25 / 12
+_DAYS_PER_UNIT = {"day": 1.0, "week": 7.0, "month": DAYS_PER_MONTH}
+_SHORTHAND = {"D": "day", "W": "week", "M": "month"}
+
+
+class PeriodSettings(_Settings):
+    """The model's time unit and the resolution at which purchases are counted.
+
+    ``resolution: daily`` counts at most one purchase per day and expresses ages in ``unit``
+    (lifetimes' ``freq='D', freq_multiplier=7`` for weeks) — the convention of the published
+    CDNOW results. ``resolution: calendar`` counts at most one purchase per calendar period
+    (lifetimes' ``freq='W'``: purchases in the same Monday–Sunday week merge).
+    """
+
+    unit: TimeUnit = "week"
+    resolution: Literal["daily", "calendar"] = "daily"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, value: Any) -> Any:
+        # 'D', 'W', 'M' mean what they mean to pandas/lifetimes: calendar periods.
+        if isinstance(value, str):
+            key = value.strip().upper()
+            if key not in _SHORTHAND:
+                raise ValueError(f"'{value}' is not one of D, W, M (or a mapping with unit/resolution)")
+            return {"unit": _SHORTHAND[key], "resolution": "calendar"}
+        return value
+
+    @property
+    def days_per_period(self) -> float:
+        """Days in one model period at daily resolution (1 for calendar resolution's index)."""
+        return _DAYS_PER_UNIT[self.unit] if self.resolution == "daily" else 1.0
+
+    @property
+    def lifetimes_freq(self) -> tuple[str, float]:
+        """The equivalent ``(freq, freq_multiplier)`` of lifetimes' summary helpers."""
+        if self.resolution == "daily" or self.unit == "day":
+            return "D", _DAYS_PER_UNIT[self.unit]
+        return {"week": "W", "month": "M"}[self.unit], 1.0
+
+
+class FeatureSettings(_Settings):
+    """Everything the features stage needs: period, observation and calibration dates."""
+
+    period: PeriodSettings = PeriodSettings()
+    observation_end: dt.date | None = Field(None, description="Default: last date in the data.")
+    calibration_end: dt.date | None = None
+    holdout_periods: float | None = Field(
+        None, gt=0, description="Holdout length in periods, instead of calibration_end."
+    )
+
+    @model_validator(mode="after")
+    def _one_split(self) -> FeatureSettings:
+        if self.calibration_end is not None and self.holdout_periods is not None:
+            raise ValueError("give calibration_end or holdout_periods, not both")
+        if (
+            self.calibration_end is not None
+            and self.observation_end is not None
+            and self.calibration_end >= self.observation_end
+        ):
+            raise ValueError(
+                f"calibration_end {self.calibration_end} must be before observation_end {self.observation_end}"
+            )
+        return self
+
+
+class Config(_Settings):
+    """A whole run's settings (configs/*.yaml)."""
+
+    input: InputSettings
+    validation: ValidationSettings = ValidationSettings()
+    features: FeatureSettings = FeatureSettings()
+    output_dir: Path = Path("outputs")
+    seed: int = 42
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, value: Path) -> Path:
+        if str(value).strip() in ("", "."):
+            raise ValueError("output_dir must name a directory for run outputs")
+        return value
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        parts.append(f"{key}: {message}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw_value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set period.unit=week")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+# Overrides may name the period the short way, as the issue tracker and lifetimes users do.
+_OVERRIDE_ALIASES = {"period": "features.period", "observation_end": "features.observation_end",
+                     "calibration_end": "features.calibration_end",
+                     "holdout_periods": "features.holdout_periods"}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
+    result = _deep_copy(raw)
+    for text in overrides:
+        path, value = _parse_override(text)
+        head = _OVERRIDE_ALIASES.get(path[0])
+        if head is not None:
+            path = head.split(".") + path[1:]
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a YAML config; errors name the file and key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict as a :class:`Config` (the Python API's entry point)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def resolve_input_path(path: str) -> Path:
+    """Turn ``builtin:<file>`` into the data file shipped inside the lifetimes package."""
+    if path.startswith(BUILTIN_PREFIX):
+        from importlib.resources import files
+
+        name = path[len(BUILTIN_PREFIX):]
+        # Read the file through the package, never via lifetimes.datasets, which imports
+        # pkg_resources (removed from recent setuptools).
+        candidate = Path(str(files("lifetimes").joinpath("datasets", name)))
+        if not candidate.is_file():
+            raise ConfigError(f"input.path: no built-in dataset '{name}' in lifetimes/datasets")
+        return candidate
+    return Path(path).expanduser()

@@ -1,0 +1,175 @@
+"""Reading transaction logs into DuckDB and writing outputs atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import InputSettings, resolve_input_path
+from pipeline.errors import InputDataError
+
+RAW_VIEW = "raw_transactions"
+
+
+def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection (spills to a temp dir when memory runs short)."""
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    return con
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def detect_format(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    raise InputDataError(
+        f"{path}: cannot tell the format from the extension '{suffix}'; set input.format "
+        "to csv, parquet or whitespace"
+    )
+
+
+def _whitespace_source(path: Path, settings: InputSettings) -> str:
+    """SQL for a file of whitespace-separated columns (such as CDNOW's .txt files).
+
+    DuckDB's CSV reader needs a single delimiter; these files pad with runs of spaces, so
+    each line is read whole and split on whitespace — still a streaming scan.
+    """
+    names = settings.names
+    if names is None:
+        header = path.open().readline().split()
+        if not header:
+            raise InputDataError(f"{path}: the file is empty")
+        names = header
+    fields = ", ".join(
+        f"parts[{i + 1}] AS {duckdb_identifier(name)}" for i, name in enumerate(names)
+    )
+    return (
+        f"SELECT {fields}, len(parts) AS __field_count FROM ("
+        f"SELECT string_split_regex(trim(line), '\\s+') AS parts FROM read_csv({_sql_string(str(path))}, "
+        f"columns = {{'line': 'VARCHAR'}}, delim = '\\x1f', header = false, quote = '', escape = '', "
+        f"skip = {1 if settings.header else 0}) WHERE trim(line) <> '')"
+    )
+
+
+def duckdb_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def register_transactions(
+    con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame, settings: InputSettings
+) -> str:
+    """Expose the raw log as the view ``raw_transactions``; return a label for messages.
+
+    Text files are read with every column as text so that one bad value late in a large
+    file becomes a row-level error message instead of a failed type inference.
+    """
+    if isinstance(source, pd.DataFrame):
+        con.register("__input_frame", source)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {RAW_VIEW} AS SELECT * FROM __input_frame")
+        return "input DataFrame"
+    path = resolve_input_path(str(source)) if isinstance(source, str) else Path(source)
+    if not path.exists():
+        raise InputDataError(f"{path}: input file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputDataError(f"{path}: the file is empty")
+    fmt = detect_format(path, settings.format)
+    quoted = _sql_string(str(path))
+    if fmt == "parquet":
+        sql = f"SELECT * FROM read_parquet({quoted})"
+    elif fmt == "whitespace":
+        sql = _whitespace_source(path, settings)
+    else:
+        options = ["all_varchar = true", f"header = {str(settings.header).lower()}"]
+        if settings.delimiter:
+            options.append(f"delim = {_sql_string(settings.delimiter)}")
+        if settings.names:
+            options.append("names = [" + ", ".join(_sql_string(n) for n in settings.names) + "]")
+        sql = f"SELECT * FROM read_csv({quoted}, {', '.join(options)})"
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {RAW_VIEW} AS {sql}")
+    except duckdb.Error as exc:
+        raise InputDataError(f"{path}: cannot read as {fmt}: {first_line(exc)}") from None
+    return str(path)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for prefix in ("Invalid Input Error: ", "Conversion Error: ", "IO Error: ", "Binder Error: "):
+        text = text.removeprefix(prefix)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; rename it into place only if the block succeeds.
+
+    The temp file lives in the target's directory so the final rename is atomic on POSIX and
+    an interrupted write never leaves a partial file under the real name.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(table: pa.Table | pd.DataFrame, target: Path) -> Path:
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=table.index.name is not None)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+    return Path(target)
+
+
+def write_json(payload: Any, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    return Path(target)
+
+
+def read_features(path: Path) -> pd.DataFrame:
+    """Read a features Parquet written by the features stage, indexed by customer id."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path}: features file not found (run `clv features` first)")
+    frame = pq.read_table(path).to_pandas()
+    if "customer_id" in frame.columns:
+        frame = frame.set_index("customer_id")
+    return frame
+
+
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """Run ``sql`` and return the result as an Arrow table without an extra copy.
+
+    DuckDB 2 renamed the relation's ``arrow()`` to ``to_arrow_table()``; accept both.
+    """
+    relation = con.sql(sql)
+    method = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return method()

@@ -1,0 +1,53 @@
+"""Stages with their IO: each reads its inputs from the run directory and writes its outputs there.
+
+The pure logic lives in ``pipeline/stages``; this module is the edge that touches files, so
+the same stage runs alone (``clv features``) and inside the whole pipeline (``clv run``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.io import write_json, write_parquet
+from pipeline.stages.features import FeaturesResult, features_from_config
+
+FEATURES_FILE = "features.parquet"
+FEATURES_SUMMARY_FILE = "features_summary.json"
+
+
+def features_summary(result: FeaturesResult, config: Config, output: Path) -> dict[str, Any]:
+    """What a person wants to see about a features run (also logged as run metadata)."""
+    table = result.table
+    frequency = table.column("frequency").to_numpy()
+    return {
+        "source": result.log.source,
+        "rows_read": result.log.rows_read,
+        "rows_used": result.log.rows_used,
+        "rows_after_observation_end": result.log.rows_after_observation_end,
+        "negative_amount_rows_dropped": result.log.negative_amount_rows_dropped,
+        "first_date": result.log.first_date.isoformat(),
+        "last_date": result.log.last_date.isoformat(),
+        "customers": table.num_rows,
+        "repeat_customers": int((frequency > 0).sum()),
+        "period_unit": config.features.period.unit,
+        "period_resolution": config.features.period.resolution,
+        "observation_end": result.observation_end.isoformat(),
+        "calibration_end": result.calibration_end.isoformat() if result.calibration_end else None,
+        "output": str(output),
+    }
+
+
+def run_features(config: Config, run_dir: Path, source=None) -> tuple[FeaturesResult, dict[str, Any]]:
+    """Compute features for ``config`` and write them (atomically) into ``run_dir``."""
+    result = features_from_config(config, source)
+    output = write_parquet(result.table, Path(run_dir) / FEATURES_FILE)
+    summary = features_summary(result, config, output)
+    write_json(summary, Path(run_dir) / FEATURES_SUMMARY_FILE)
+    return result, summary
+
+
+def log_summary_as_dict(result: FeaturesResult) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(result.log).items()}

@@ -1,0 +1,257 @@
+"""The validated, typed transaction log every stage reads: the input boundary.
+
+``load_transactions`` turns whatever the user's file holds into the DuckDB view
+``transactions(customer_id, order_date DATE, amount DOUBLE, margin DOUBLE, channel VARCHAR)``
+or raises :class:`InputDataError` with one line naming the file, column and first bad row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from pipeline.config import InputSettings, ValidationSettings
+from pipeline.errors import InputDataError
+from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
+
+TYPED_VIEW = "typed_transactions"
+TRANSACTIONS_VIEW = "transactions"
+
+_TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
+_NUMERIC_TYPES = ("DOUBLE", "FLOAT", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT",
+                  "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT", "REAL")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSummary:
+    """What was read: used in run summaries, data fingerprints and messages."""
+
+    source: str
+    rows_read: int
+    rows_used: int
+    customers: int
+    first_date: dt.date
+    last_date: dt.date
+    observation_end: dt.date
+    negative_amount_rows_dropped: int
+    rows_after_observation_end: int
+    has_margin: bool
+    has_channel: bool
+
+
+def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    rows = con.execute(f"DESCRIBE {RAW_VIEW}").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def _is(type_name: str, family: tuple[str, ...]) -> bool:
+    return type_name.upper().startswith(family)
+
+
+def _date_expression(column: str, type_name: str, date_format: str | None) -> str:
+    if _is(type_name, _TEMPORAL_TYPES):
+        return f"CAST({column} AS DATE)"
+    text = f"trim(CAST({column} AS VARCHAR))"
+    if date_format:
+        fmt = date_format.replace("'", "''")
+        return f"CAST(try_strptime({text}, '{fmt}') AS DATE)"
+    return f"TRY_CAST({text} AS DATE)"
+
+
+def _number_expression(column: str, type_name: str) -> str:
+    if _is(type_name, _NUMERIC_TYPES):
+        return f"CAST({column} AS DOUBLE)"
+    return f"TRY_CAST(trim(CAST({column} AS VARCHAR)) AS DOUBLE)"
+
+
+def _bad_number(alias: str) -> str:
+    return f"({alias} IS NULL OR isnan({alias}) OR isinf({alias}))"
+
+
+def load_transactions(
+    con: duckdb.DuckDBPyConnection,
+    source: str | Path | pd.DataFrame,
+    settings: InputSettings,
+    validation: ValidationSettings,
+    observation_end: dt.date | None = None,
+) -> LogSummary:
+    """Register, type and validate the log; create the ``transactions`` view of usable rows."""
+    label = register_transactions(con, source, settings)
+    try:
+        types = _column_types(con)
+    except duckdb.Error as exc:
+        raise InputDataError(f"{label}: cannot read: {first_line(exc)}") from None
+    mapping = settings.columns
+    wanted = {
+        "customer_id": mapping.customer_id,
+        "date": mapping.date,
+        "amount": mapping.amount,
+        "margin": mapping.margin,
+        "cost": mapping.cost,
+        "channel": mapping.channel,
+    }
+    for role, name in wanted.items():
+        if name is not None and name not in types:
+            available = ", ".join(c for c in types if c != "__field_count")
+            raise InputDataError(
+                f"{label}: column '{name}' (input.columns.{role}) not found; the file has: {available}"
+            )
+
+    q = duckdb_identifier
+    cid, date_col, amount_col = mapping.customer_id, mapping.date, mapping.amount
+    customer_expr = q(cid)
+    if _is(types[cid], ("VARCHAR",)):
+        customer_expr = f"NULLIF(trim({q(cid)}), '')"
+    amount_expr = _number_expression(q(amount_col), types[amount_col])
+    margin_expr = "NULL::DOUBLE"
+    margin_source = None
+    if mapping.margin:
+        margin_expr = _number_expression(q(mapping.margin), types[mapping.margin])
+        margin_source = mapping.margin
+    elif mapping.cost:
+        margin_expr = f"({amount_expr} - {_number_expression(q(mapping.cost), types[mapping.cost])})"
+        margin_source = mapping.cost
+    channel_expr = f"CAST({q(mapping.channel)} AS VARCHAR)" if mapping.channel else "NULL::VARCHAR"
+    field_count = "__field_count" if "__field_count" in types else "NULL::INTEGER"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW {TYPED_VIEW} AS SELECT
+            {customer_expr} AS customer_id,
+            {_date_expression(q(date_col), types[date_col], settings.date_format)} AS order_date,
+            {amount_expr} AS amount,
+            {margin_expr} AS margin,
+            {channel_expr} AS channel,
+            CAST({q(date_col)} AS VARCHAR) AS raw_date,
+            CAST({q(amount_col)} AS VARCHAR) AS raw_amount,
+            {field_count} AS field_count
+        FROM {RAW_VIEW}"""
+    )
+
+    expected_fields = len(settings.names) if settings.names else None
+    if field_count != "NULL::INTEGER" and expected_fields is None:
+        expected_fields = len([c for c in types if c != "__field_count"])
+    checks = [
+        # (condition, column, describe(raw_row) -> message)
+        (
+            f"field_count IS NOT NULL AND field_count <> {expected_fields or 0}",
+            None,
+            lambda r: f"has {r['field_count']} fields, expected {expected_fields}",
+        ),
+        ("customer_id IS NULL", cid, lambda r: "customer id is empty"),
+        (
+            "order_date IS NULL",
+            date_col,
+            lambda r: (
+                "date is empty" if r["raw_date"] is None
+                else f"'{r['raw_date']}' is not a date (format {settings.date_format})"
+            ),
+        ),
+        (
+            _bad_number("amount"),
+            amount_col,
+            lambda r: (
+                "amount is empty" if r["raw_amount"] is None
+                else f"'{r['raw_amount']}' is not a finite number"
+            ),
+        ),
+    ]
+    if margin_source:
+        checks.append(
+            (_bad_number("margin"), margin_source, lambda r: "margin/cost is empty or not a finite number")
+        )
+    if validation.negative_amounts == "fail":
+        checks.append(
+            (
+                "amount < 0",
+                amount_col,
+                lambda r: f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)",
+            )
+        )
+
+    count_columns = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _, _ in checks)
+    try:
+        stats = con.execute(
+            f"""SELECT count(*), {count_columns},
+                   count(*) FILTER (WHERE amount < 0),
+                   min(order_date), max(order_date)
+               FROM {TYPED_VIEW}"""
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        raise InputDataError(f"{label}: cannot read: {first_line(exc)}") from None
+    rows_read = stats[0]
+    if rows_read == 0:
+        raise InputDataError(f"{label}: the log has no rows")
+    for (condition, column, describe), bad_count in zip(checks, stats[1 : 1 + len(checks)]):
+        if bad_count:
+            raise InputDataError(_row_error(con, label, settings, condition, column, describe, bad_count))
+    negative_rows = stats[1 + len(checks)]
+    first_date, last_date = stats[-2], stats[-1]
+
+    if observation_end is None:
+        observation_end = last_date
+    if observation_end < first_date:
+        raise InputDataError(
+            f"{label}: observation_end {observation_end} is before the first transaction ({first_date})"
+        )
+    after_end = con.execute(
+        f"SELECT count(*) FROM {TYPED_VIEW} WHERE order_date > ?", [observation_end]
+    ).fetchall()[0][0]
+    if after_end and validation.rows_after_observation_end == "fail":
+        condition = f"order_date > DATE '{observation_end.isoformat()}'"
+        raise InputDataError(
+            _row_error(
+                con, label, settings, condition, date_col,
+                lambda r: f"'{r['raw_date']}' is after observation_end {observation_end}",
+                after_end,
+            )
+        )
+    drop_negative = " AND amount >= 0" if validation.negative_amounts == "drop" else ""
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
+            SELECT customer_id, order_date, amount, margin, channel FROM {TYPED_VIEW}
+            WHERE order_date <= DATE '{observation_end.isoformat()}'{drop_negative}"""
+    )
+    used, customers = con.execute(
+        f"SELECT count(*), count(DISTINCT customer_id) FROM {TRANSACTIONS_VIEW}"
+    ).fetchall()[0]
+    if used == 0:
+        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
+    return LogSummary(
+        source=label,
+        rows_read=rows_read,
+        rows_used=used,
+        customers=customers,
+        first_date=first_date,
+        last_date=min(last_date, observation_end),
+        observation_end=observation_end,
+        negative_amount_rows_dropped=negative_rows if drop_negative else 0,
+        rows_after_observation_end=after_end,
+        has_margin=margin_source is not None,
+        has_channel=mapping.channel is not None,
+    )
+
+
+def _row_error(con, label, settings, condition, column, describe, bad_count) -> str:
+    """Locate the first offending row in file order and describe it in one line."""
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    # One thread keeps the scan in file order, so row numbers match the file's lines.
+    con.execute("SET threads = 1")
+    try:
+        cursor = con.execute(
+            f"""SELECT * FROM (SELECT row_number() OVER () AS row_number, * FROM {TYPED_VIEW})
+                WHERE {condition} ORDER BY row_number LIMIT 1"""
+        )
+        names = [d[0] for d in cursor.description]
+        row = dict(zip(names, cursor.fetchall()[0]))
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
+    where = f"row {row['row_number']}"
+    if label != "input DataFrame":
+        line = row["row_number"] + (1 if settings.header else 0)
+        where = f"line {line}"
+    column_part = f"column '{column}', " if column else ""
+    more = f" ({bad_count} such rows)" if bad_count > 1 else ""
+    return f"{label}: {column_part}{where}: {describe(row)}{more}"
