@@ -70,11 +70,10 @@ def _summary_table(title: str, rows: dict[str, Any]) -> Table:
 
 def _features(config: Config) -> dict[str, Any]:
     from pipeline.runner import run_features
-    from pipeline.runs import mark_latest, new_run_dir
+    from pipeline.runs import staged_run_dir
 
-    run_dir = new_run_dir(config.output_dir)
-    _, summary = run_features(config, run_dir)
-    mark_latest(run_dir)
+    with staged_run_dir(config.output_dir) as run:
+        _, summary = run_features(config, run.staging, final_dir=run.final)
     return summary
 
 

@@ -40,11 +40,17 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
     }
 
 
-def run_features(config: Config, run_dir: Path, source=None) -> tuple[FeaturesResult, dict[str, Any]]:
-    """Compute features for ``config`` and write them (atomically) into ``run_dir``."""
+def run_features(
+    config: Config, run_dir: Path, source=None, final_dir: Path | None = None
+) -> tuple[FeaturesResult, dict[str, Any]]:
+    """Compute features for ``config`` and write them (atomically) into ``run_dir``.
+
+    ``final_dir`` is where ``run_dir`` will be moved once the whole run succeeds; the summary
+    names the file there.
+    """
     result = features_from_config(config, source)
-    output = write_parquet(result.table, Path(run_dir) / FEATURES_FILE)
-    summary = features_summary(result, config, output)
+    write_parquet(result.table, Path(run_dir) / FEATURES_FILE)
+    summary = features_summary(result, config, Path(final_dir or run_dir) / FEATURES_FILE)
     write_json(summary, Path(run_dir) / FEATURES_SUMMARY_FILE)
     return result, summary
 

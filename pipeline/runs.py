@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import InputDataError
@@ -11,12 +15,38 @@ from pipeline.errors import InputDataError
 LATEST_POINTER = "LATEST"
 
 
-def new_run_dir(output_dir: Path, name: str | None = None) -> Path:
-    """Create ``output_dir/<UTC timestamp>-<suffix>`` and point ``output_dir/LATEST`` at it."""
+def new_run_name(name: str | None = None) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = Path(output_dir) / f"{stamp}-{name or secrets.token_hex(3)}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
+    return f"{stamp}-{name or secrets.token_hex(3)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedRun:
+    """A run being written: files go to ``staging``; ``final`` is where they appear on success."""
+
+    staging: Path
+    final: Path
+
+
+@contextlib.contextmanager
+def staged_run_dir(output_dir: Path, name: str | None = None) -> Iterator[StagedRun]:
+    """Yield a hidden staging directory that becomes ``output_dir/<run name>`` only on success.
+
+    A failed or interrupted run leaves nothing under ``output_dir`` and does not move
+    ``LATEST``, so later stages never pick up half a run.
+    """
+    output_dir = Path(output_dir)
+    run_name = new_run_name(name)
+    staging = output_dir / f".{run_name}.partial"
+    final = output_dir / run_name
+    staging.mkdir(parents=True, exist_ok=False)
+    try:
+        yield StagedRun(staging=staging, final=final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rename(final)
+    mark_latest(final)
 
 
 def mark_latest(run_dir: Path) -> None:

@@ -9,6 +9,11 @@ Definitions are exactly lifetimes' ``summary_data_from_transaction_data`` /
 * ``recency`` = age (in periods) at the last purchase; ``T`` = age at the observation end;
 * ``monetary_value`` = mean of the repeat periods' totals (0 for one-time buyers).
 
+In the holdout, ``frequency_holdout`` counts periods with a purchase and
+``monetary_value_holdout`` is — as in lifetimes — the mean of the holdout *transactions*
+(not of period totals); ``revenue_holdout / frequency_holdout`` gives the period-total mean
+that is comparable with Gamma-Gamma's expected spend.
+
 The SQL streams from CSV/Parquet, so logs larger than memory work (DuckDB spills).
 """
 
@@ -132,14 +137,15 @@ def features_sql(
     return f"""
         WITH calibration AS ({calibration}),
         holdout AS (
-            SELECT customer_id, count(DISTINCT {index}) AS periods, sum(amount) AS revenue
+            SELECT customer_id, count(DISTINCT {index}) AS periods, sum(amount) AS revenue,
+                   avg(amount) AS mean_transaction
             FROM {source}
             WHERE order_date > {_date_literal(calibration_end)} AND order_date <= {_date_literal(observation_end)}
             GROUP BY customer_id
         )
         SELECT calibration.*,
                CAST(coalesce(holdout.periods, 0) AS BIGINT) AS frequency_holdout,
-               coalesce(holdout.revenue / holdout.periods, 0.0) AS monetary_value_holdout,
+               coalesce(holdout.mean_transaction, 0.0) AS monetary_value_holdout,
                coalesce(holdout.revenue, 0.0) AS revenue_holdout,
                {duration} AS duration_holdout
         FROM calibration LEFT JOIN holdout USING (customer_id)
