@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError, PeriodSettings, apply_overrides, config_from_dict
+from tests.conftest import sample_config
+
+
+@pytest.mark.parametrize(
+    "period, expected",
+    [
+        (PeriodSettings(), ("D", 7.0)),
+        (PeriodSettings(unit="day"), ("D", 1.0)),
+        (PeriodSettings.model_validate("W"), ("W", 1.0)),
+        (PeriodSettings.model_validate("m"), ("M", 1.0)),
+    ],
+)
+def test_period_maps_to_lifetimes_frequency(period, expected):
+    assert period.lifetimes_freq == expected
+
+
+def test_overrides_parse_yaml_values_and_short_keys():
+    raw = apply_overrides({"input": {"path": "x.csv"}}, ["period=W", "seed=7", "features.calibration_end=null"])
+    assert raw["features"] == {"period": "W", "calibration_end": None}
+    config = config_from_dict(raw)
+    assert config.seed == 7
+    assert config.features.period.resolution == "calendar"
+
+
+def test_calibration_must_precede_observation_end():
+    with pytest.raises(ConfigError, match="features: calibration_end 1998-01-01 must be before observation_end"):
+        config_from_dict(
+            {"input": {"path": "x"}, "features": {"calibration_end": "1998-01-01", "observation_end": "1997-01-01"}}
+        )
+
+
+def test_margin_and_cost_are_exclusive():
+    with pytest.raises(ConfigError, match="input.columns: give either 'margin' or 'cost'"):
+        config_from_dict({"input": {"path": "x", "columns": {"margin": "m", "cost": "c"}}})
+
+
+def test_sample_config_is_the_published_setup():
+    config = sample_config()
+    assert str(config.features.calibration_end) == "1997-09-30"
+    assert config.input.path == "builtin:CDNOW_sample.txt"
