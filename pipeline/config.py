@@ -135,12 +135,43 @@ class FeatureSettings(_Settings):
         return self
 
 
+PurchaseModelName = Literal["bgnbd", "mbgnbd", "paretonbd"]
+SelectionMetric = Literal["purchases_rmse", "purchases_mae", "total_purchases_error", "revenue_rmse", "revenue_mae"]
+
+
+class PurchaseModelSettings(_Settings):
+    """Candidate purchase models; with a holdout the best on ``selection_metric`` is kept."""
+
+    candidates: list[PurchaseModelName] = Field(["bgnbd", "mbgnbd", "paretonbd"], min_length=1)
+    penalizer: float = Field(0.0, ge=0)
+    tol: float = Field(1e-7, gt=0)
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("candidates must not repeat a model")
+        return value
+
+
+class SpendModelSettings(_Settings):
+    penalizer: float = Field(0.0, ge=0)
+    min_repeat_customers: int = Field(30, ge=2)
+
+
+class ModelSettings(_Settings):
+    purchase: PurchaseModelSettings = PurchaseModelSettings()
+    spend: SpendModelSettings = SpendModelSettings()
+    selection_metric: SelectionMetric = "purchases_rmse"
+
+
 class Config(_Settings):
     """A whole run's settings (configs/*.yaml)."""
 
     input: InputSettings
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
+    models: ModelSettings = ModelSettings()
     output_dir: Path = Path("outputs")
     seed: int = 42
 

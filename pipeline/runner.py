@@ -15,13 +15,18 @@ from pipeline.io import write_json, write_parquet
 from pipeline.stages.features import FeaturesResult, features_from_config
 
 FEATURES_FILE = "features.parquet"
+CALIBRATION_FILE = "calibration.parquet"
+REPEAT_PURCHASES_FILE = "repeat_purchases.parquet"
 FEATURES_SUMMARY_FILE = "features_summary.json"
 
 
 def features_summary(result: FeaturesResult, config: Config, output: Path) -> dict[str, Any]:
     """What a person wants to see about a features run (also logged as run metadata)."""
-    table = result.table
+    table = result.features
     frequency = table.column("frequency").to_numpy()
+    calibration_repeaters = None
+    if result.calibration is not None:
+        calibration_repeaters = int((result.calibration.column("frequency").to_numpy() > 0).sum())
     return {
         "source": result.log.source,
         "rows_read": result.log.rows_read,
@@ -36,6 +41,8 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
         "period_resolution": config.features.period.resolution,
         "observation_end": result.observation_end.isoformat(),
         "calibration_end": result.calibration_end.isoformat() if result.calibration_end else None,
+        "calibration_customers": None if result.calibration is None else result.calibration.num_rows,
+        "calibration_repeat_customers": calibration_repeaters,
         "output": str(output),
     }
 
@@ -49,7 +56,10 @@ def run_features(
     names the file there.
     """
     result = features_from_config(config, source)
-    write_parquet(result.table, Path(run_dir) / FEATURES_FILE)
+    write_parquet(result.features, Path(run_dir) / FEATURES_FILE)
+    if result.calibration is not None:
+        write_parquet(result.calibration, Path(run_dir) / CALIBRATION_FILE)
+    write_parquet(result.repeat_purchases, Path(run_dir) / REPEAT_PURCHASES_FILE)
     summary = features_summary(result, config, Path(final_dir or run_dir) / FEATURES_FILE)
     write_json(summary, Path(run_dir) / FEATURES_SUMMARY_FILE)
     return result, summary

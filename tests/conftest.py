@@ -42,10 +42,10 @@ def cdnow_sample_transactions(cdnow_sample_path) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def cdnow_sample_calibration_features() -> pd.DataFrame:
     """Calibration features of the CDNOW sample (to 1997-09-30) plus holdout columns."""
-    return features_from_config(sample_config()).to_pandas()
+    return features_from_config(sample_config()).calibration_frame()
 
 
 @pytest.fixture(scope="session")
 def cdnow_sample_full_features() -> pd.DataFrame:
     """Features of the whole CDNOW sample (observation end 1998-06-30, no holdout)."""
-    return features_from_config(sample_config("features.calibration_end=null")).to_pandas()
+    return features_from_config(sample_config()).features_frame()

@@ -54,15 +54,28 @@ def _date_literal(value: dt.date) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class FeaturesResult:
-    """The features table plus what describes it."""
+    """The stage's tables plus what describes them.
 
-    table: pa.Table
+    ``features`` are at the observation end (what the value stage and scoring use);
+    ``calibration`` (when a calibration end is set) are at the calibration end with the
+    holdout columns (what the backtest fits on); ``repeat_purchases`` counts repeat
+    purchases per day over the whole log (for tracking plots).
+    """
+
+    features: pa.Table
+    calibration: pa.Table | None
+    repeat_purchases: pa.Table
     log: LogSummary
     observation_end: dt.date
     calibration_end: dt.date | None
 
-    def to_pandas(self) -> pd.DataFrame:
-        return self.table.to_pandas().set_index("customer_id")
+    def features_frame(self) -> pd.DataFrame:
+        return self.features.to_pandas().set_index("customer_id")
+
+    def calibration_frame(self) -> pd.DataFrame:
+        if self.calibration is None:
+            raise ValueError("no calibration_end was set, so there are no calibration features")
+        return self.calibration.to_pandas().set_index("customer_id")
 
 
 def resolve_calibration_end(
@@ -152,6 +165,21 @@ def features_sql(
         ORDER BY customer_id"""
 
 
+def repeat_purchases_sql(period: PeriodSettings, source: str = TRANSACTIONS_VIEW) -> str:
+    """Repeat purchases (at the model's resolution) per calendar day, for tracking plots."""
+    index = period_index_sql("order_date", period)
+    return f"""
+        WITH periods AS (
+            SELECT customer_id, {index} AS period, min(order_date) AS first_date
+            FROM {source} GROUP BY customer_id, period
+        ),
+        firsts AS (SELECT customer_id, min(period) AS first_period FROM periods GROUP BY customer_id)
+        SELECT first_date AS date, count(*) AS repeat_purchases
+        FROM periods JOIN firsts USING (customer_id)
+        WHERE period > first_period
+        GROUP BY first_date ORDER BY first_date"""
+
+
 def build_features(
     con: duckdb.DuckDBPyConnection,
     log: LogSummary,
@@ -160,15 +188,20 @@ def build_features(
     """Compute the features table from the validated ``transactions`` view on ``con``."""
     observation_end = log.observation_end
     calibration_end = resolve_calibration_end(settings, log.first_date, observation_end)
-    sql = features_sql(
-        settings.period,
-        observation_end,
-        calibration_end,
-        with_margin=log.has_margin,
-        with_channel=log.has_channel,
+    columns = {"with_margin": log.has_margin, "with_channel": log.has_channel}
+    features = fetch_arrow(con, features_sql(settings.period, observation_end, **columns))
+    calibration = None
+    if calibration_end is not None:
+        calibration = fetch_arrow(con, features_sql(settings.period, observation_end, calibration_end, **columns))
+    repeat_purchases = fetch_arrow(con, repeat_purchases_sql(settings.period))
+    return FeaturesResult(
+        features=features,
+        calibration=calibration,
+        repeat_purchases=repeat_purchases,
+        log=log,
+        observation_end=observation_end,
+        calibration_end=calibration_end,
     )
-    table = fetch_arrow(con, sql)
-    return FeaturesResult(table=table, log=log, observation_end=observation_end, calibration_end=calibration_end)
 
 
 def compute_features(

@@ -29,6 +29,7 @@ def test_features_on_the_builtin_master_log(tmp_path):
     assert len(run_dirs) == 1
     assert (tmp_path / "LATEST").read_text().strip() == run_dirs[0].name
     table = pq.read_table(run_dirs[0] / "features.parquet")
+    assert pq.read_table(run_dirs[0] / "calibration.parquet").num_rows == 23_570
     # CDNOW master: 69,659 rows, 23,570 customers, all first purchases in 1997's first quarter.
     assert table.num_rows == 23_570
     summary = json.loads((run_dirs[0] / "features_summary.json").read_text())

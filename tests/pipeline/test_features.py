@@ -40,7 +40,7 @@ def test_cdnow_sample_equals_lifetimes_summary(cdnow_sample_transactions, freq, 
     period = PERIODS[(freq, multiplier)]
     ours = compute_features(
         cdnow_sample_transactions, FRAME_INPUT, FeatureSettings(period=period)
-    ).to_pandas()
+    ).features_frame()
     reference = summary_data_from_transaction_data(
         cdnow_sample_transactions, "customer_id", "date", monetary_value_col="amount",
         freq=freq, freq_multiplier=multiplier,
@@ -50,7 +50,7 @@ def test_cdnow_sample_equals_lifetimes_summary(cdnow_sample_transactions, freq, 
 
 
 def test_text_file_and_dataframe_give_the_same_features(cdnow_sample_transactions, cdnow_sample_full_features):
-    from_frame = compute_features(cdnow_sample_transactions, FRAME_INPUT, FeatureSettings()).to_pandas()
+    from_frame = compute_features(cdnow_sample_transactions, FRAME_INPUT, FeatureSettings()).features_frame()
     pd.testing.assert_frame_equal(
         from_frame[["frequency", "recency", "T", "monetary_value", "n_transactions"]],
         cdnow_sample_full_features[["frequency", "recency", "T", "monetary_value", "n_transactions"]],
@@ -60,7 +60,7 @@ def test_text_file_and_dataframe_give_the_same_features(cdnow_sample_transaction
 @pytest.mark.parametrize("freq, multiplier", [("D", 7.0), ("W", 1.0)])
 def test_calibration_holdout_equals_lifetimes(cdnow_sample_transactions, freq, multiplier):
     settings = FeatureSettings(period=PERIODS[(freq, multiplier)], calibration_end=dt.date(1997, 9, 30))
-    ours = compute_features(cdnow_sample_transactions, FRAME_INPUT, settings).to_pandas()
+    ours = compute_features(cdnow_sample_transactions, FRAME_INPUT, settings).calibration_frame()
     # lifetimes' helper only works on pandas 3 when given a monetary column.
     reference = calibration_and_holdout_data(
         cdnow_sample_transactions, "customer_id", "date",
@@ -107,7 +107,7 @@ def test_rows_after_observation_end_are_ignored(cdnow_sample_transactions):
     kept = cdnow_sample_transactions[cdnow_sample_transactions["date"] <= "1997-06-30"]
     assert result.log.rows_used == len(kept)
     assert result.log.rows_after_observation_end == len(cdnow_sample_transactions) - len(kept)
-    assert result.table.num_rows == kept["customer_id"].nunique()
+    assert result.features.num_rows == kept["customer_id"].nunique()
 
 
 def test_margin_and_channel_columns(cdnow_sample_transactions):
@@ -118,7 +118,7 @@ def test_margin_and_channel_columns(cdnow_sample_transactions):
     settings = FRAME_INPUT.model_copy(
         update={"columns": ColumnMap(customer_id="customer_id", date="date", amount="amount", cost="cost", channel="channel")}
     )
-    features = compute_features(log, settings, FeatureSettings()).to_pandas()
+    features = compute_features(log, settings, FeatureSettings()).features_frame()
     np.testing.assert_allclose(features["total_margin"], features["total_amount"] * 0.4, rtol=1e-9)
     first = log.sort_values(["customer_id", "date", "channel"]).groupby("customer_id")["channel"].first()
     assert (features["first_channel"] == first.loc[features.index]).all()
@@ -165,9 +165,17 @@ def test_random_logs_equal_lifetimes(log, period_key, end_offset):
     observation_end = log["date"].max() + pd.Timedelta(days=end_offset)
     ours = compute_features(
         log, FRAME_INPUT, FeatureSettings(period=PERIODS[period_key], observation_end=observation_end.date())
-    ).to_pandas()
+    ).features_frame()
     reference = summary_data_from_transaction_data(
         log, "customer_id", "date", monetary_value_col="amount",
         observation_period_end=observation_end, freq=freq, freq_multiplier=multiplier,
     )
     assert_same_summary(ours, reference)
+
+
+def test_daily_repeat_purchases_add_up_to_frequency(cdnow_sample_transactions):
+    result = compute_features(cdnow_sample_transactions, FRAME_INPUT, FeatureSettings())
+    daily = result.repeat_purchases.to_pandas()
+    assert daily["repeat_purchases"].sum() == result.features_frame()["frequency"].sum()
+    # The first repeat purchase cannot precede the second day of the log.
+    assert daily["date"].min() > dt.date(1997, 1, 1)
