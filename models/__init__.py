@@ -1,0 +1,16 @@
+"""Pure statistics for customer lifetime value: estimators in, numbers out.
+
+Nothing here reads files, opens network connections or logs runs; the
+pipeline does that around these estimators.
+"""
+
+from ._estimation import ConvergenceError
+from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
+
+__all__ = [
+    "PURCHASE_MODELS",
+    "BetaGeoModel",
+    "ConvergenceError",
+    "ModifiedBetaGeoModel",
+    "ParetoNBDModel",
+]

@@ -1,0 +1,327 @@
+"""Every workaround for lifetimes, each with what breaks and on which versions.
+
+lifetimes (0.11.3, the last release, unmaintained since 2020) is the fitting
+engine and the source of most closed-form predictions for the purchase models.
+The estimators in ``purchase.py`` never touch a lifetimes object: they call the
+functions here, which take plain arrays and a dict of parameters in the
+features' time unit, and return plain arrays. The problems worked around, as
+seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
+
+1. Import side effects. ``lifetimes/fitters/__init__.py`` calls
+   ``warnings.simplefilter("ignore", FutureWarning)`` for the whole process,
+   and ``lifetimes/utils.py`` sets ``pd.options.mode.chained_assignment``,
+   an option pandas 3 deprecates (a Pandas4Warning on every import).
+2. The BG/NBD, MBG/NBD and Gamma-Gamma negative log-likelihoods call
+   ``warnings.simplefilter`` again on *every evaluation*, so fitting resets the
+   caller's warning filters.
+3. ``BaseFitter._fit`` prints the scipy result to stdout when BFGS fails before
+   raising; the print is noise in batch logs and the exception text says only
+   "try a larger penalizer".
+4. ``ParetoNBDFitter`` starts Nelder-Mead from ``np.random.normal(1, 0.05)``
+   drawn from the global, unseeded numpy generator, so two fits of the same
+   data differ (and the caller's global random state moves).
+5. ``ParetoNBDFitter`` minimises ``sum(weights * ll) / mean(weights)``, so with
+   sufficient-statistics weights the penalizer weighs more against the data
+   than in an unweighted fit; BG/NBD and MBG/NBD divide by ``sum(weights)`` and
+   are unaffected.
+6. Every fitter keeps the training data as ``self.data`` (and closures over it
+   in ``generate_new_data``), which would then be pickled with the model.
+   Nothing here keeps a fitter after ``fit``: predictions use a throwaway
+   fitter that holds only ``params_``.
+7. ``ParetoNBDFitter`` reports no standard errors (``_hessian_ = None``); the
+   estimators compute them for every model in ``_estimation.py``.
+8. ``ParetoNBDFitter.conditional_probability_of_n_purchases_up_to_time``
+   returns 0 for a zero horizon even for n = 0, where the probability is 1, and
+   ``conditional_expected_number_of_purchases_up_to_time`` takes ``log(0)``
+   (a RuntimeWarning) for a zero horizon.
+9. lifetimes fits in a rescaled time unit (oldest customer's age = 1) and
+   takes initial values in that scale (and on a log scale for BG/NBD and
+   MBG/NBD); ``initial_params`` here are in the features' time unit.
+"""
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ._estimation import ConvergenceError
+
+# Workaround 1: catch_warnings restores the process-wide filter list after the
+# import, undoing lifetimes' simplefilter; the pandas 3 deprecation warning for
+# mode.chained_assignment is silenced because the option is a no-op there.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
+    from lifetimes.utils import ConvergenceError as LifetimesConvergenceError
+
+FITTERS = {
+    "bgnbd": BetaGeoFitter,
+    "mbgnbd": ModifiedBetaGeoFitter,
+    "paretonbd": ParetoNBDFitter,
+}
+PARAMETER_NAMES = {
+    "bgnbd": ("r", "alpha", "a", "b"),
+    "mbgnbd": ("r", "alpha", "a", "b"),
+    "paretonbd": ("r", "alpha", "s", "beta"),
+}
+# Parameters measured in units of time; lifetimes rescales them with the data.
+TIME_PARAMETERS = {"bgnbd": ("alpha",), "mbgnbd": ("alpha",), "paretonbd": ("alpha", "beta")}
+OPTIMIZERS = {
+    "bgnbd": "BFGS on log-parameters (lifetimes BetaGeoFitter)",
+    "mbgnbd": "BFGS on log-parameters (lifetimes ModifiedBetaGeoFitter)",
+    "paretonbd": "Nelder-Mead (lifetimes ParetoNBDFitter)",
+}
+# Workaround 4: lifetimes' random start is normal(1, 0.05) in its rescaled
+# units; its mean is a deterministic start that converges on CDNOW.
+PARETO_DEFAULT_START = np.ones(4)
+
+
+@contextlib.contextmanager
+def _contained_lifetimes_call():
+    """Run lifetimes code without letting it change warning filters or print.
+
+    Workarounds 2 and 3. Overflow and divide-by-zero RuntimeWarnings are also
+    silenced: the optimisers probe extreme parameter values on their way to the
+    maximum, and the result is checked afterwards by its gradient and Hessian.
+    """
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as printed:
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield printed
+
+
+def _lifetimes_time_scale(age):
+    # Mirrors lifetimes.utils._scale_time, which every fitter applies to T.
+    return 1.0 / np.max(age)
+
+
+def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, initial_params, tol, max_iter):
+    """Fit a purchase model with lifetimes on unique rows weighted by their counts.
+
+    Parameters
+    ----------
+    model_name : {"bgnbd", "mbgnbd", "paretonbd"}
+    frequency, recency, age : numpy.ndarray
+        Unique (frequency, recency, T) rows.
+    weights : numpy.ndarray
+        Number of customers per unique row.
+    penalizer : float
+        lifetimes' ``penalizer_coef``, meant as in an unweighted lifetimes fit
+        on one row per customer.
+    initial_params : dict or None
+        Starting values in the features' time unit.
+    tol : float
+        Passed to ``scipy.optimize.minimize`` through lifetimes.
+    max_iter : int or None
+        Iteration limit; None keeps lifetimes' default.
+
+    Returns
+    -------
+    dict of str to float
+        Fitted parameters in the features' time unit.
+    """
+    names = PARAMETER_NAMES[model_name]
+    scale = _lifetimes_time_scale(age)
+    start = None
+    if initial_params is not None:
+        # Workaround 9.
+        start = np.array(
+            [initial_params[name] * (scale if name in TIME_PARAMETERS[model_name] else 1.0) for name in names]
+        )
+
+    if model_name == "paretonbd":
+        # Workaround 5: dividing by mean(weights) instead of 1 shrinks the data
+        # term by that factor, so shrink the penalizer by the same factor.
+        fitter = ParetoNBDFitter(penalizer_coef=penalizer / np.mean(weights))
+        options = {} if max_iter is None else {"maxiter": max_iter}
+        with _contained_lifetimes_call():
+            fitter.fit(
+                frequency,
+                recency,
+                age,
+                weights=weights,
+                initial_params=PARETO_DEFAULT_START if start is None else start,
+                tol=tol,
+                **options,
+            )
+    else:
+        fitter = FITTERS[model_name](penalizer_coef=penalizer)
+        options = {} if max_iter is None else {"maxiter": max_iter}
+        with _contained_lifetimes_call() as printed:
+            try:
+                fitter.fit(
+                    frequency,
+                    recency,
+                    age,
+                    weights=weights,
+                    initial_params=None if start is None else np.log(start),
+                    tol=tol,
+                    **options,
+                )
+            except LifetimesConvergenceError as error:
+                message = next(
+                    (line.strip() for line in printed.getvalue().splitlines() if "message" in line),
+                    "no message from scipy",
+                )
+                raise ConvergenceError(
+                    f"{model_name}: the optimiser did not converge ({message}); "
+                    "try other initial_params, a larger max_iter or a small penalizer"
+                ) from error
+    # Workaround 6: copy the numbers out and let the fitter (and its data) go.
+    return {name: float(fitter.params_[name]) for name in names}
+
+
+def total_log_likelihood(model_name, params, frequency, recency, age, weights):
+    """Total log-likelihood over customers, in the features' time unit.
+
+    lifetimes' own objective is a mean (BG/NBD, MBG/NBD) or a sum over the
+    mean weight (Pareto/NBD) in rescaled time, so it is not the number the
+    papers report. Its static likelihood functions are evaluated here at the
+    unscaled times and multiplied back, giving e.g. -9582.4 for BG/NBD on CDNOW
+    (Fader, Hardie & Lee 2005, "Counting your customers the easy way").
+
+    Parameters
+    ----------
+    model_name : {"bgnbd", "mbgnbd", "paretonbd"}
+    params : numpy.ndarray
+        Parameter vector in the order of ``PARAMETER_NAMES[model_name]``.
+    frequency, recency, age, weights : numpy.ndarray
+        Unique rows and their counts.
+
+    Returns
+    -------
+    float
+    """
+    params = np.asarray(params, dtype=np.float64)
+    if np.any(params <= 0):
+        return -np.inf
+    with _contained_lifetimes_call():
+        if model_name == "paretonbd":
+            mean_scaled = ParetoNBDFitter._negative_log_likelihood(params, frequency, recency, age, weights, 0.0)
+            return float(-mean_scaled * np.mean(weights))
+        negative_mean = FITTERS[model_name]._negative_log_likelihood(
+            np.log(params), frequency, recency, age, weights, 0.0
+        )
+        return float(-negative_mean * np.sum(weights))
+
+
+def penalty(model_name, params, age, n_customers, penalizer):
+    """lifetimes' L2 penalty in units of the total log-likelihood.
+
+    lifetimes adds ``penalizer * sum(params**2)`` (time parameters in its
+    rescaled unit, workaround 9) to a per-customer mean for BG/NBD and MBG/NBD
+    but to a total for Pareto/NBD (workaround 5), so the same ``penalizer``
+    weighs n_customers times less against the data in Pareto/NBD. Needed to
+    check that a penalized fit is at a stationary point of what it optimised.
+
+    Parameters
+    ----------
+    model_name : {"bgnbd", "mbgnbd", "paretonbd"}
+    params : numpy.ndarray
+        Parameter vector in the order of ``PARAMETER_NAMES[model_name]``.
+    age : numpy.ndarray
+        Customers' ages T (only the maximum matters).
+    n_customers : int
+    penalizer : float
+
+    Returns
+    -------
+    float
+    """
+    if penalizer == 0:
+        return 0.0
+    scale = _lifetimes_time_scale(age)
+    rescaled = np.array(
+        [
+            value * (scale if name in TIME_PARAMETERS[model_name] else 1.0)
+            for name, value in zip(PARAMETER_NAMES[model_name], params)
+        ]
+    )
+    per_objective = penalizer * float(np.sum(rescaled**2))
+    return per_objective if model_name == "paretonbd" else n_customers * per_objective
+
+
+def _fitter_with_params(model_name, params):
+    # Workaround 6: a fitter holding only the parameters, enough for lifetimes'
+    # prediction methods (they read self.params_ and nothing else).
+    fitter = FITTERS[model_name]()
+    fitter.params_ = pd.Series({name: params[name] for name in PARAMETER_NAMES[model_name]})
+    return fitter
+
+
+def conditional_expected_purchases(model_name, params, horizon, frequency, recency, age):
+    """Expected purchases in (T, T + horizon] given each customer's history.
+
+    BG/NBD: Fader, Hardie & Lee (2005) eq. 10. MBG/NBD: Batislam, Denizel &
+    Filiztekin (2007) with the correction of Wagner & Hoppe (2008). Pareto/NBD:
+    Schmittlein, Morrison & Colombo (1987); Fader & Hardie (2005) note 009
+    eq. 41.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    if horizon == 0:
+        # Workaround 8 (Pareto/NBD takes log(0)); the answer is 0 for all models.
+        return np.zeros(len(frequency))
+    fitter = _fitter_with_params(model_name, params)
+    with _contained_lifetimes_call():
+        expected = fitter.conditional_expected_number_of_purchases_up_to_time(horizon, frequency, recency, age)
+    return np.asarray(expected, dtype=np.float64)
+
+
+def probability_alive(model_name, params, frequency, recency, age):
+    """Probability that each customer is still active at the end of calibration.
+
+    BG/NBD: Fader, Hardie & Lee (2008), "Computing P(alive) using the BG/NBD
+    model", note 021. MBG/NBD: Batislam,
+    Denizel & Filiztekin (2007) appendix A eq. 5. Pareto/NBD: Fader & Hardie
+    (2005) note 009 eqs. 36-37.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    fitter = _fitter_with_params(model_name, params)
+    with _contained_lifetimes_call():
+        alive = fitter.conditional_probability_alive(frequency, recency, age)
+    return np.asarray(alive, dtype=np.float64)
+
+
+def expected_purchases_new_customer(model_name, params, horizon):
+    """Expected repeat purchases in (0, horizon] for a newly acquired customer.
+
+    BG/NBD: Fader, Hardie & Lee (2005) eq. 9. MBG/NBD: Batislam, Denizel &
+    Filiztekin (2007). Pareto/NBD: Schmittlein, Morrison & Colombo (1987);
+    Fader & Hardie (2005) note 009 eq. 27.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    fitter = _fitter_with_params(model_name, params)
+    with _contained_lifetimes_call():
+        expected = fitter.expected_number_of_purchases_up_to_time(horizon)
+    return np.asarray(expected, dtype=np.float64)
+
+
+def pareto_probability_of_purchases(params, n_purchases, horizon, frequency, recency, age):
+    """Pareto/NBD probability of exactly ``n_purchases`` in (T, T + horizon] given history.
+
+    Fader & Hardie (2006), "Deriving the conditional PMF of the Pareto/NBD
+    model", note 028 eq. 16.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    if horizon == 0:
+        # Workaround 8: lifetimes returns 0 here even for n = 0.
+        return np.full(len(frequency), 1.0 if n_purchases == 0 else 0.0)
+    fitter = _fitter_with_params("paretonbd", params)
+    with _contained_lifetimes_call():
+        probability = fitter.conditional_probability_of_n_purchases_up_to_time(
+            n_purchases, horizon, frequency, recency, age
+        )
+    return np.asarray(probability, dtype=np.float64)

@@ -1,0 +1,166 @@
+"""Checks on the customer-level features the models read, and their grouping.
+
+Every estimator validates its input here, once, at ``fit`` and at each
+prediction, so that a bad features table fails with one message naming the
+column and the number of bad rows instead of a NaN deep inside an optimiser.
+"""
+
+import numbers
+
+import numpy as np
+import pandas as pd
+
+PURCHASE_COLUMNS = ("frequency", "recency", "T")
+SPEND_COLUMNS = ("frequency", "monetary_value")
+
+
+def _rows(count):
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def check_features(features, columns):
+    """Return the named columns of a features table as float arrays, after checking them.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        One row per customer, indexed by customer id. Columns other than
+        ``columns`` are ignored.
+    columns : sequence of str
+        The columns the caller needs, drawn from ``frequency``, ``recency``,
+        ``T`` and ``monetary_value``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One float64 array per requested column, in the row order of ``features``.
+
+    Raises
+    ------
+    TypeError
+        If ``features`` is not a DataFrame.
+    ValueError
+        If a column is missing, not numeric, NaN or infinite, negative, if
+        ``frequency`` is not a whole number, if ``recency`` exceeds ``T``, or if
+        a customer without repeat purchases has a recency above zero. The
+        message names the column and the number of offending rows.
+    """
+    if not isinstance(features, pd.DataFrame):
+        raise TypeError(f"features must be a pandas DataFrame, got {type(features).__name__}")
+    missing = [column for column in columns if column not in features.columns]
+    if missing:
+        names = ", ".join(repr(column) for column in missing)
+        raise ValueError(f"features: missing column(s) {names}")
+
+    arrays = {}
+    for column in columns:
+        series = features[column]
+        if not (pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)):
+            raise ValueError(f"features: column '{column}' is not numeric (dtype {series.dtype})")
+        # Nullable dtypes (Float64, Int64) carry pd.NA; map it to NaN so that
+        # one finiteness check covers both kinds of missing value.
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        not_finite = int(np.count_nonzero(~np.isfinite(values)))
+        if not_finite:
+            raise ValueError(f"features: column '{column}': {_rows(not_finite)} NaN or infinite")
+        negative = int(np.count_nonzero(values < 0))
+        if negative:
+            raise ValueError(f"features: column '{column}': {_rows(negative)} negative")
+        arrays[column] = values
+
+    if "frequency" in arrays:
+        fractional = int(np.count_nonzero(arrays["frequency"] != np.floor(arrays["frequency"])))
+        if fractional:
+            raise ValueError(
+                f"features: column 'frequency': {_rows(fractional)} not a whole number of repeat purchases"
+            )
+    if "recency" in arrays and "T" in arrays:
+        beyond_age = int(np.count_nonzero(arrays["recency"] > arrays["T"]))
+        if beyond_age:
+            raise ValueError(f"features: column 'recency': {_rows(beyond_age)} with recency greater than T")
+    if "recency" in arrays and "frequency" in arrays:
+        # Recency is the age at the last *repeat* purchase, so a customer
+        # with none must have recency 0 (the models' likelihoods assume it).
+        inconsistent = int(np.count_nonzero((arrays["frequency"] == 0) & (arrays["recency"] > 0)))
+        if inconsistent:
+            raise ValueError(
+                f"features: column 'recency': {_rows(inconsistent)} with recency above 0 but frequency 0"
+            )
+    return arrays
+
+
+def check_horizon(horizon, name="horizon"):
+    """Return a non-negative finite horizon as a float.
+
+    Parameters
+    ----------
+    horizon : float
+        Length of a future period, in the time unit of ``recency`` and ``T``.
+    name : str
+        Argument name used in the error message.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(horizon).__name__}")
+    horizon = float(horizon)
+    if not np.isfinite(horizon) or horizon < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {horizon}")
+    return horizon
+
+
+def check_count(count, name="n_purchases"):
+    """Return a non-negative whole number as an int.
+
+    Parameters
+    ----------
+    count : int
+        A number of purchases.
+    name : str
+        Argument name used in the error message.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(count).__name__}")
+    if count < 0:
+        raise ValueError(f"{name} must be non-negative, got {count}")
+    return int(count)
+
+
+def unique_rows(columns):
+    """Group customers with identical values into unique rows with counts.
+
+    The models' likelihoods and predictions depend on a customer only through
+    these values, so computing them once per unique row and weighting by the
+    count gives the same numbers far faster (18.1M customers: 227 s to fit on
+    all rows, 9.5 s on unique rows with weights).
+
+    Parameters
+    ----------
+    columns : sequence of numpy.ndarray
+        Equal-length 1-d arrays, one per column.
+
+    Returns
+    -------
+    unique : list of numpy.ndarray
+        The columns restricted to one row per distinct combination.
+    inverse : numpy.ndarray
+        For each input row, the position of its combination in ``unique``.
+    counts : numpy.ndarray
+        Number of input rows per unique row.
+    """
+    frame = pd.DataFrame({position: values for position, values in enumerate(columns)})
+    # A hash-based groupby scales linearly; np.unique(axis=0) would sort
+    # structured rows, which is several times slower at tens of millions.
+    inverse = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+    counts = np.bincount(inverse, minlength=inverse.max() + 1 if len(inverse) else 0)
+    first_row = np.empty(len(counts), dtype=np.intp)
+    # Writing positions in reverse leaves each group's first position last.
+    first_row[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    unique = [np.asarray(values)[first_row] for values in columns]
+    return unique, inverse, counts

@@ -1,0 +1,415 @@
+"""Purchase-count models: BG/NBD, MBG/NBD and Pareto/NBD.
+
+Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
+in a common time unit such as weeks) and answers questions about future
+purchases in that unit. Fitting and most closed forms come from lifetimes,
+wrapped in ``_lifetimes_compat.py``; everything is computed once per unique
+(frequency, recency, T) row and joined back to the customer index.
+
+References
+----------
+.. [1] Fader, P. S., Hardie, B. G. S. and Lee, K. L. (2005), "Counting your
+   customers the easy way: an alternative to the Pareto/NBD model",
+   Marketing Science 24(2), 275-284.
+.. [2] Batislam, E. P., Denizel, M. and Filiztekin, A. (2007), "Empirical
+   validation and comparison of models for customer base analysis",
+   International Journal of Research in Marketing 24(3), 201-209; corrected
+   in Wagner, U. and Hoppe, D. (2008), "Erratum on the MBG/NBD model",
+   International Journal of Research in Marketing 25(3), 225-226.
+.. [3] Schmittlein, D. C., Morrison, D. G. and Colombo, R. (1987), "Counting
+   your customers: who are they and what will they do next?", Management
+   Science 33(1), 1-24; expressions as in Fader, P. S. and Hardie, B. G. S.
+   (2005), "A note on deriving the Pareto/NBD model and related expressions",
+   http://brucehardie.com/notes/009/.
+"""
+
+import numpy as np
+import pandas as pd
+from scipy.special import betaln
+from scipy.stats import nbinom
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from . import _lifetimes_compat
+from ._estimation import describe_optimum
+from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, unique_rows
+
+
+def _json_number(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+class _PurchaseModel(BaseEstimator):
+    """Shared fitting, validation and prediction for the purchase-count models.
+
+    Parameters
+    ----------
+    penalizer : float, default 0.0
+        L2 penalty on the parameters, with lifetimes' ``penalizer_coef``
+        meaning (added to the mean negative log-likelihood per customer, with
+        time rescaled so that the oldest customer's age is 1). 0 gives the
+        maximum-likelihood estimate.
+    initial_params : dict of str to float, optional
+        Starting values for the optimiser, in the time unit of the features.
+        Defaults to lifetimes' starting values, made deterministic.
+    tol : float, default 1e-7
+        Tolerance passed to ``scipy.optimize.minimize`` (BFGS gradient
+        tolerance for BG/NBD and MBG/NBD, Nelder-Mead ``xatol``/``fatol`` for
+        Pareto/NBD).
+    max_iter : int, optional
+        Iteration limit of the optimiser; None keeps lifetimes' default.
+
+    Attributes
+    ----------
+    params_ : dict of str to float
+        Maximum-likelihood parameters, in the time unit of the features.
+    standard_errors_ : dict of str to float
+        Asymptotic standard errors from the Hessian of the total
+        log-likelihood in the natural parameter scale (of the penalized
+        log-likelihood when ``penalizer`` > 0).
+    covariance_ : pandas.DataFrame
+        Inverse of the negative Hessian (the asymptotic covariance matrix).
+    log_likelihood_ : float
+        Total log-likelihood over customers at ``params_``, in the features'
+        time unit (the number the papers report).
+    n_customers_ : int
+        Customers the model was fitted on.
+    n_unique_rows_ : int
+        Distinct (frequency, recency, T) rows, the size of the likelihood sum.
+    convergence_ : dict
+        Optimiser name, relative gradient per customer at the fit, whether
+        the Hessian is negative definite, and an overall ``converged`` flag.
+    """
+
+    model_name = None
+    parameter_names = ()
+
+    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None):
+        self.penalizer = penalizer
+        self.initial_params = initial_params
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def _check_settings(self):
+        if not (np.isfinite(self.penalizer) and self.penalizer >= 0):
+            raise ValueError(f"penalizer must be a non-negative number, got {self.penalizer!r}")
+        if not (np.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"tol must be a positive number, got {self.tol!r}")
+        if self.max_iter is not None and not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter > 0):
+            raise ValueError(f"max_iter must be a positive integer or None, got {self.max_iter!r}")
+        if self.initial_params is not None:
+            given = set(self.initial_params)
+            if given != set(self.parameter_names):
+                raise ValueError(
+                    f"initial_params must have exactly the keys {list(self.parameter_names)}, got {sorted(given)}"
+                )
+            bad = [name for name, value in self.initial_params.items() if not (np.isfinite(value) and value > 0)]
+            if bad:
+                raise ValueError(f"initial_params must be positive and finite; check {bad}")
+
+    def fit(self, features, y=None):
+        """Estimate the model's parameters by maximum likelihood.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            One row per customer with columns ``frequency`` (repeat
+            purchases), ``recency`` (age at the last repeat purchase) and
+            ``T`` (age at the end of calibration); other columns are ignored.
+        y : None
+            Ignored; present for scikit-learn compatibility.
+
+        Returns
+        -------
+        self
+        """
+        self._check_settings()
+        columns = check_features(features, PURCHASE_COLUMNS)
+        if len(features) == 0:
+            raise ValueError("features: no rows to fit on")
+        if np.max(columns["T"]) == 0:
+            raise ValueError("features: column 'T': every row is 0, so there is no time to learn purchase rates from")
+
+        (frequency, recency, age), _, counts = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
+        params = _lifetimes_compat.fit_purchase_model(
+            self.model_name,
+            frequency,
+            recency,
+            age,
+            counts,
+            penalizer=self.penalizer,
+            initial_params=self.initial_params,
+            tol=self.tol,
+            max_iter=self.max_iter,
+        )
+
+        def log_likelihood(values):
+            return _lifetimes_compat.total_log_likelihood(self.model_name, values, frequency, recency, age, counts)
+
+        n_customers = int(counts.sum())
+
+        def penalty(values):
+            return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
+
+        optimum = describe_optimum(
+            log_likelihood,
+            np.array([params[name] for name in self.parameter_names]),
+            n_customers,
+            optimizer=_lifetimes_compat.OPTIMIZERS[self.model_name],
+            model_label=type(self).__name__,
+            penalty=penalty,
+        )
+        self.params_ = params
+        self.standard_errors_ = {
+            name: float(error) for name, error in zip(self.parameter_names, optimum["standard_errors"])
+        }
+        self.covariance_ = pd.DataFrame(
+            optimum["covariance"], index=list(self.parameter_names), columns=list(self.parameter_names)
+        )
+        self.log_likelihood_ = optimum["log_likelihood"]
+        self.n_customers_ = n_customers
+        self.n_unique_rows_ = int(len(counts))
+        self.convergence_ = optimum["convergence"]
+        return self
+
+    def _per_unique_history(self, features, compute, name):
+        """Evaluate ``compute(frequency, recency, T)`` once per unique row, indexed like ``features``."""
+        check_is_fitted(self)
+        columns = check_features(features, PURCHASE_COLUMNS)
+        if len(features) == 0:
+            return pd.Series([], index=features.index, name=name, dtype=np.float64)
+        unique, inverse, _ = unique_rows([columns[column] for column in PURCHASE_COLUMNS])
+        values = np.asarray(compute(*unique), dtype=np.float64)
+        return pd.Series(values[inverse], index=features.index, name=name)
+
+    def expected_purchases(self, features, horizon):
+        """Expected number of purchases in the next ``horizon`` periods, given each customer's history.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        horizon : float
+            Length of the future period, in the time unit of ``recency`` and ``T``.
+
+        Returns
+        -------
+        pandas.Series
+            Expected purchases in (T, T + horizon], indexed like ``features``.
+        """
+        horizon = check_horizon(horizon)
+        return self._per_unique_history(
+            features,
+            lambda frequency, recency, age: _lifetimes_compat.conditional_expected_purchases(
+                self.model_name, self.params_, horizon, frequency, recency, age
+            ),
+            "expected_purchases",
+        )
+
+    def probability_alive(self, features):
+        """Probability that each customer is still active at the end of calibration.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+
+        Returns
+        -------
+        pandas.Series
+            P(alive at T | history), indexed like ``features``.
+        """
+        return self._per_unique_history(
+            features,
+            lambda frequency, recency, age: _lifetimes_compat.probability_alive(
+                self.model_name, self.params_, frequency, recency, age
+            ),
+            "probability_alive",
+        )
+
+    def churn_probability(self, features):
+        """Probability that each customer has already dropped out by the end of calibration.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+
+        Returns
+        -------
+        pandas.Series
+            1 - P(alive at T | history), indexed like ``features``.
+        """
+        return (1.0 - self.probability_alive(features)).rename("churn_probability")
+
+    def probability_of_purchases(self, features, n_purchases, horizon):
+        """Probability of exactly ``n_purchases`` purchases in the next ``horizon`` periods, given history.
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        n_purchases : int
+            Number of purchases, 0 or more.
+        horizon : float
+            Length of the future period, in the time unit of ``recency`` and ``T``.
+
+        Returns
+        -------
+        pandas.Series
+            P(X(T, T + horizon] = n_purchases | history), indexed like ``features``.
+        """
+        n_purchases = check_count(n_purchases)
+        horizon = check_horizon(horizon)
+
+        def compute(frequency, recency, age):
+            if horizon == 0:
+                # Nothing can happen in an empty period; exact, unlike the formulas' rounding.
+                return np.full(len(frequency), float(n_purchases == 0))
+            return self._conditional_probability_of_purchases(n_purchases, horizon, frequency, recency, age)
+
+        return self._per_unique_history(features, compute, "probability_of_purchases")
+
+    def expected_purchases_new_customer(self, horizon):
+        """Expected repeat purchases of a newly acquired customer within ``horizon`` periods of the first.
+
+        Parameters
+        ----------
+        horizon : float or array_like of float
+            Time since the first purchase, in the model's time unit.
+
+        Returns
+        -------
+        float or numpy.ndarray
+            Unconditional E[X(horizon)], shaped like ``horizon``.
+        """
+        check_is_fitted(self)
+        values = np.asarray(horizon, dtype=np.float64)
+        if np.any(~np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("horizon must be finite and non-negative")
+        expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, self.params_, values)
+        expected = np.where(values == 0, 0.0, expected).reshape(values.shape)
+        return float(expected) if expected.ndim == 0 else expected
+
+    def summary(self):
+        """Fitted model as a JSON-serialisable dict.
+
+        Returns
+        -------
+        dict
+            Keys ``model``, ``estimator``, ``settings``, ``params``,
+            ``standard_errors``, ``log_likelihood``, ``n_customers``,
+            ``n_unique_rows`` and ``convergence``. Non-finite numbers are None.
+        """
+        check_is_fitted(self)
+        return {
+            "model": self.model_name,
+            "estimator": type(self).__name__,
+            "settings": self.get_params(),
+            "params": {name: _json_number(value) for name, value in self.params_.items()},
+            "standard_errors": {name: _json_number(value) for name, value in self.standard_errors_.items()},
+            "log_likelihood": _json_number(self.log_likelihood_),
+            "n_customers": self.n_customers_,
+            "n_unique_rows": self.n_unique_rows_,
+            "convergence": dict(self.convergence_),
+        }
+
+
+def _probability_of_purchases_when_alive(n_purchases, horizon, r, alpha, a, b):
+    """P(exactly n purchases in a period of length ``horizon``) for a BG/NBD customer alive at its start.
+
+    Fader, Hardie & Lee (2005) [1]_ eq. 8:
+    P(X(t) = n) = B(a, b + n) / B(a, b) * NB(n; r, alpha / (alpha + t))
+                + 1[n > 0] * B(a + 1, b + n - 1) / B(a, b) * P(NB(r, alpha / (alpha + t)) >= n),
+    where NB is the negative binomial pmf Gamma(r + n) / (Gamma(r) n!) p^r (1 - p)^n;
+    the finite sum in the paper is 1 minus the NB survival function. Arrays
+    of ``r``, ``alpha`` and ``b`` are allowed.
+    """
+    success = alpha / (alpha + horizon)
+    still_buying = np.exp(betaln(a, b + n_purchases) - betaln(a, b)) * nbinom.pmf(n_purchases, r, success)
+    if n_purchases == 0:
+        return still_buying
+    dropped_after_last = np.exp(betaln(a + 1, b + n_purchases - 1) - betaln(a, b)) * nbinom.sf(
+        n_purchases - 1, r, success
+    )
+    return still_buying + dropped_after_last
+
+
+class _BetaGeometricModel(_PurchaseModel):
+    # Dropout opportunities a customer with x repeat purchases has survived if
+    # alive at T: x for BG/NBD, x + 1 for MBG/NBD (which adds one at time 0).
+    _dropout_opportunities_offset = 0
+
+    def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
+        # Given alive at T, the history's likelihood factorises into
+        # lambda^x exp(-lambda T) (1 - p)^k with k surviving dropout
+        # opportunities, so lambda | history ~ Gamma(r + x, alpha + T) and
+        # p | history ~ Beta(a, b + k), independently. The Poisson process is
+        # memoryless and dropout is only possible after future purchases, so
+        # from T on the customer is a BG/NBD customer with those parameters
+        # ([1] eq. 8). A customer dead at T makes no purchases. For MBG/NBD
+        # ([2]) this reproduces Wagner & Hoppe's conditional expectation.
+        r, alpha, a, b = (self.params_[name] for name in self.parameter_names)
+        alive = _lifetimes_compat.probability_alive(self.model_name, self.params_, frequency, recency, age)
+        when_alive = _probability_of_purchases_when_alive(
+            n_purchases,
+            horizon,
+            r + frequency,
+            alpha + age,
+            a,
+            b + frequency + self._dropout_opportunities_offset,
+        )
+        return (1.0 - alive) * (n_purchases == 0) + alive * when_alive
+
+
+class BetaGeoModel(_BetaGeometricModel):
+    """BG/NBD model of repeat purchases (Fader, Hardie & Lee 2005).
+
+    While active a customer buys as a Poisson process with rate lambda ~
+    Gamma(r, alpha); after each repeat purchase they drop out with
+    probability p ~ Beta(a, b). Parameters: ``r``, ``alpha`` (time unit of
+    the features), ``a``, ``b``.
+    """
+
+    model_name = "bgnbd"
+    parameter_names = ("r", "alpha", "a", "b")
+    _dropout_opportunities_offset = 0
+
+
+class ModifiedBetaGeoModel(_BetaGeometricModel):
+    """MBG/NBD model of repeat purchases (Batislam, Denizel & Filiztekin 2007).
+
+    As BG/NBD, but a customer may also drop out right after the first
+    purchase, so customers without repeat purchases are not certainly alive.
+    Parameters: ``r``, ``alpha`` (time unit of the features), ``a``, ``b``.
+    """
+
+    model_name = "mbgnbd"
+    parameter_names = ("r", "alpha", "a", "b")
+    _dropout_opportunities_offset = 1
+
+
+class ParetoNBDModel(_PurchaseModel):
+    """Pareto/NBD model of repeat purchases (Schmittlein, Morrison & Colombo 1987).
+
+    While active a customer buys as a Poisson process with rate lambda ~
+    Gamma(r, alpha) and stays active for an exponential lifetime with rate
+    mu ~ Gamma(s, beta). Parameters: ``r``, ``alpha``, ``s``, ``beta``
+    (``alpha`` and ``beta`` in the time unit of the features).
+    """
+
+    model_name = "paretonbd"
+    parameter_names = ("r", "alpha", "s", "beta")
+
+    def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
+        return _lifetimes_compat.pareto_probability_of_purchases(
+            self.params_, n_purchases, horizon, frequency, recency, age
+        )
+
+
+PURCHASE_MODELS = {
+    BetaGeoModel.model_name: BetaGeoModel,
+    ModifiedBetaGeoModel.model_name: ModifiedBetaGeoModel,
+    ParetoNBDModel.model_name: ParetoNBDModel,
+}
