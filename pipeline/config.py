@@ -31,6 +31,9 @@ class ColumnMap(_Settings):
     margin: str | None = Field(None, description="Per-transaction margin (profit) amount.")
     cost: str | None = Field(None, description="Per-transaction cost; margin = amount - cost.")
     channel: str | None = Field(None, description="Acquisition/sales channel of the transaction.")
+    acquisition_cost: str | None = Field(
+        None, description="The customer's acquisition cost (CAC), repeated on their rows; the largest is used."
+    )
 
     @model_validator(mode="after")
     def _margin_or_cost(self) -> ColumnMap:

@@ -1,7 +1,8 @@
 """The validated, typed transaction log every stage reads: the input boundary.
 
 ``load_transactions`` turns whatever the user's file holds into the DuckDB view
-``transactions(customer_id, order_date DATE, amount DOUBLE, margin DOUBLE, channel VARCHAR)``
+``transactions(customer_id, order_date DATE, amount DOUBLE, margin DOUBLE, channel VARCHAR,
+acquisition_cost DOUBLE)``
 or raises :class:`InputDataError` with one line naming the file, column and first bad row.
 """
 
@@ -41,6 +42,7 @@ class LogSummary:
     rows_after_observation_end: int
     has_margin: bool
     has_channel: bool
+    has_acquisition_cost: bool
 
 
 def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -93,6 +95,7 @@ def load_transactions(
         "margin": mapping.margin,
         "cost": mapping.cost,
         "channel": mapping.channel,
+        "acquisition_cost": mapping.acquisition_cost,
     }
     for role, name in wanted.items():
         if name is not None and name not in types:
@@ -116,6 +119,9 @@ def load_transactions(
         margin_expr = f"({amount_expr} - {_number_expression(q(mapping.cost), types[mapping.cost])})"
         margin_source = mapping.cost
     channel_expr = f"CAST({q(mapping.channel)} AS VARCHAR)" if mapping.channel else "NULL::VARCHAR"
+    cac_expr = "NULL::DOUBLE"
+    if mapping.acquisition_cost:
+        cac_expr = _number_expression(q(mapping.acquisition_cost), types[mapping.acquisition_cost])
     field_count = "__field_count" if "__field_count" in types else "NULL::INTEGER"
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TYPED_VIEW} AS SELECT
@@ -124,6 +130,7 @@ def load_transactions(
             {amount_expr} AS amount,
             {margin_expr} AS margin,
             {channel_expr} AS channel,
+            {cac_expr} AS acquisition_cost,
             CAST({q(date_col)} AS VARCHAR) AS raw_date,
             CAST({q(amount_col)} AS VARCHAR) AS raw_amount,
             {field_count} AS field_count
@@ -161,6 +168,14 @@ def load_transactions(
     if margin_source:
         checks.append(
             (_bad_number("margin"), margin_source, lambda r: "margin/cost is empty or not a finite number")
+        )
+    if mapping.acquisition_cost:
+        checks.append(
+            (
+                "acquisition_cost < 0 OR isnan(acquisition_cost) OR isinf(acquisition_cost)",
+                mapping.acquisition_cost,
+                lambda r: "acquisition cost is negative or not a finite number",
+            )
         )
     if validation.negative_amounts == "fail":
         checks.append(
@@ -211,7 +226,8 @@ def load_transactions(
     drop_negative = " AND amount >= 0" if validation.negative_amounts == "drop" else ""
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
-            SELECT customer_id, order_date, amount, margin, channel FROM {TYPED_VIEW}
+            SELECT customer_id, order_date, amount, margin, channel, acquisition_cost
+            FROM {TYPED_VIEW}
             WHERE order_date <= DATE '{observation_end.isoformat()}'{drop_negative}"""
     )
     used, customers = con.execute(
@@ -231,6 +247,7 @@ def load_transactions(
         rows_after_observation_end=after_end,
         has_margin=margin_source is not None,
         has_channel=mapping.channel is not None,
+        has_acquisition_cost=mapping.acquisition_cost is not None,
     )
 
 

@@ -106,6 +106,7 @@ def features_sql(
     calibration_end: dt.date | None = None,
     with_margin: bool = False,
     with_channel: bool = False,
+    with_acquisition_cost: bool = False,
     source: str = TRANSACTIONS_VIEW,
 ) -> str:
     """The SQL of the features table over a typed transactions relation ``source``."""
@@ -122,6 +123,9 @@ def features_sql(
         # Ties on the first day are broken by channel name so the result is deterministic.
         extra_period.append("arg_min(channel, (order_date, channel)) AS channel")
         extra_customer.append("arg_min(channel, period) AS first_channel")
+    if with_acquisition_cost:
+        extra_period.append("max(acquisition_cost) AS acquisition_cost")
+        extra_customer.append("max(acquisition_cost) AS acquisition_cost")
     period_extra_sql = "".join(f", {e}" for e in extra_period)
     customer_extra_sql = "".join(f", {e}" for e in extra_customer)
     calibration = f"""
@@ -188,7 +192,11 @@ def build_features(
     """Compute the features table from the validated ``transactions`` view on ``con``."""
     observation_end = log.observation_end
     calibration_end = resolve_calibration_end(settings, log.first_date, observation_end)
-    columns = {"with_margin": log.has_margin, "with_channel": log.has_channel}
+    columns = {
+        "with_margin": log.has_margin,
+        "with_channel": log.has_channel,
+        "with_acquisition_cost": log.has_acquisition_cost,
+    }
     features = fetch_arrow(con, features_sql(settings.period, observation_end, **columns))
     calibration = None
     if calibration_end is not None:

@@ -114,14 +114,18 @@ def test_margin_and_channel_columns(cdnow_sample_transactions):
     log = cdnow_sample_transactions.assign(
         cost=cdnow_sample_transactions["amount"] * 0.6,
         channel=np.where(cdnow_sample_transactions["quantity"] > 1, "web", "store"),
+        cac=np.where(cdnow_sample_transactions["quantity"] > 1, 12.0, 8.0),
     )
-    settings = FRAME_INPUT.model_copy(
-        update={"columns": ColumnMap(customer_id="customer_id", date="date", amount="amount", cost="cost", channel="channel")}
+    columns = ColumnMap(
+        customer_id="customer_id", date="date", amount="amount", cost="cost", channel="channel", acquisition_cost="cac"
     )
+    settings = FRAME_INPUT.model_copy(update={"columns": columns})
     features = compute_features(log, settings, FeatureSettings()).features_frame()
     np.testing.assert_allclose(features["total_margin"], features["total_amount"] * 0.4, rtol=1e-9)
     first = log.sort_values(["customer_id", "date", "channel"]).groupby("customer_id")["channel"].first()
     assert (features["first_channel"] == first.loc[features.index]).all()
+    largest_cac = log.groupby("customer_id")["cac"].max()
+    np.testing.assert_array_equal(features["acquisition_cost"], largest_cac.loc[features.index])
 
 
 def test_calibration_end_outside_data_is_an_input_error(cdnow_sample_transactions):
