@@ -6,11 +6,13 @@ pipeline does that around these estimators.
 
 from ._estimation import ConvergenceError
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
+from .spend import GammaGammaModel
 
 __all__ = [
     "PURCHASE_MODELS",
     "BetaGeoModel",
     "ConvergenceError",
+    "GammaGammaModel",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
 ]

@@ -16,7 +16,11 @@ seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
    caller's warning filters.
 3. ``BaseFitter._fit`` prints the scipy result to stdout when BFGS fails before
    raising; the print is noise in batch logs and the exception text says only
-   "try a larger penalizer".
+   "try a larger penalizer". It also treats scipy's "precision loss" status as
+   failure, although BFGS reports it at a maximum when the requested gradient
+   tolerance is below the rounding noise of the objective (MBG/NBD on the
+   CDNOW sample at tol=1e-12); the fit is then retried with tolerances 1000
+   times looser, up to the flatness the estimators check for afterwards.
 4. ``ParetoNBDFitter`` starts Nelder-Mead from ``np.random.normal(1, 0.05)``
    drawn from the global, unseeded numpy generator, so two fits of the same
    data differ (and the caller's global random state moves).
@@ -46,7 +50,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._estimation import ConvergenceError
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
 
 # Workaround 1: catch_warnings restores the process-wide filter list after the
 # import, undoing lifetimes' simplefilter; the pandas 3 deprecation warning for
@@ -73,6 +77,10 @@ OPTIMIZERS = {
     "mbgnbd": "BFGS on log-parameters (lifetimes ModifiedBetaGeoFitter)",
     "paretonbd": "Nelder-Mead (lifetimes ParetoNBDFitter)",
 }
+# Workaround 3: each retry after a precision-loss failure loosens tol by this
+# factor, but never beyond the flatness the estimators require afterwards.
+PRECISION_LOSS_TOL_FACTOR = 1e3
+
 # Workaround 4: lifetimes' random start is normal(1, 0.05) in its rescaled
 # units; its mean is a deterministic start that converges on CDNOW.
 PARETO_DEFAULT_START = np.ones(4)
@@ -118,8 +126,10 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
 
     Returns
     -------
-    dict of str to float
+    params : dict of str to float
         Fitted parameters in the features' time unit.
+    tol_used : float
+        The tolerance of the fit that succeeded (see workaround 3).
     """
     names = PARAMETER_NAMES[model_name]
     scale = _lifetimes_time_scale(age)
@@ -130,11 +140,11 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
             [initial_params[name] * (scale if name in TIME_PARAMETERS[model_name] else 1.0) for name in names]
         )
 
+    options = {} if max_iter is None else {"maxiter": max_iter}
     if model_name == "paretonbd":
         # Workaround 5: dividing by mean(weights) instead of 1 shrinks the data
         # term by that factor, so shrink the penalizer by the same factor.
         fitter = ParetoNBDFitter(penalizer_coef=penalizer / np.mean(weights))
-        options = {} if max_iter is None else {"maxiter": max_iter}
         with _contained_lifetimes_call():
             fitter.fit(
                 frequency,
@@ -145,9 +155,14 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
                 tol=tol,
                 **options,
             )
-    else:
+        # Workaround 6: copy the numbers out and let the fitter (and its data) go.
+        return {name: float(fitter.params_[name]) for name in names}, tol
+
+    tolerances = [tol]
+    while tolerances[-1] * PRECISION_LOSS_TOL_FACTOR <= RELATIVE_GRADIENT_WARNING:
+        tolerances.append(tolerances[-1] * PRECISION_LOSS_TOL_FACTOR)
+    for attempt, attempt_tol in enumerate(tolerances):
         fitter = FITTERS[model_name](penalizer_coef=penalizer)
-        options = {} if max_iter is None else {"maxiter": max_iter}
         with _contained_lifetimes_call() as printed:
             try:
                 fitter.fit(
@@ -156,20 +171,22 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
                     age,
                     weights=weights,
                     initial_params=None if start is None else np.log(start),
-                    tol=tol,
+                    tol=attempt_tol,
                     **options,
                 )
             except LifetimesConvergenceError as error:
                 message = next(
                     (line.strip() for line in printed.getvalue().splitlines() if "message" in line),
-                    "no message from scipy",
+                    "message: none from scipy",
                 )
+                if "precision loss" in message and attempt + 1 < len(tolerances):
+                    continue
                 raise ConvergenceError(
                     f"{model_name}: the optimiser did not converge ({message}); "
                     "try other initial_params, a larger max_iter or a small penalizer"
                 ) from error
-    # Workaround 6: copy the numbers out and let the fitter (and its data) go.
-    return {name: float(fitter.params_[name]) for name in names}
+        # Workaround 6: copy the numbers out and let the fitter (and its data) go.
+        return {name: float(fitter.params_[name]) for name in names}, attempt_tol
 
 
 def total_log_likelihood(model_name, params, frequency, recency, age, weights):

@@ -78,8 +78,10 @@ class _PurchaseModel(BaseEstimator):
     n_unique_rows_ : int
         Distinct (frequency, recency, T) rows, the size of the likelihood sum.
     convergence_ : dict
-        Optimiser name, relative gradient per customer at the fit, whether
-        the Hessian is negative definite, and an overall ``converged`` flag.
+        Optimiser name, the tolerance that succeeded (looser than ``tol`` if
+        the first attempt ended in precision loss), relative gradient per
+        customer at the fit, whether the Hessian is negative definite, and an
+        overall ``converged`` flag.
     """
 
     model_name = None
@@ -132,7 +134,7 @@ class _PurchaseModel(BaseEstimator):
             raise ValueError("features: column 'T': every row is 0, so there is no time to learn purchase rates from")
 
         (frequency, recency, age), _, counts = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
-        params = _lifetimes_compat.fit_purchase_model(
+        params, tol_used = _lifetimes_compat.fit_purchase_model(
             self.model_name,
             frequency,
             recency,
@@ -170,7 +172,7 @@ class _PurchaseModel(BaseEstimator):
         self.log_likelihood_ = optimum["log_likelihood"]
         self.n_customers_ = n_customers
         self.n_unique_rows_ = int(len(counts))
-        self.convergence_ = optimum["convergence"]
+        self.convergence_ = {**optimum["convergence"], "tol": tol_used}
         return self
 
     def _per_unique_history(self, features, compute, name):
