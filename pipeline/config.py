@@ -101,8 +101,17 @@ class PeriodSettings(_Settings):
         return value
 
     @property
-    def days_per_period(self) -> float:
-        """Days in one model period at daily resolution (1 for calendar resolution's index)."""
+    def days_per_unit(self) -> float:
+        """Days in one model period (a month counts 365.25 / 12 days), whatever the resolution."""
+        return _DAYS_PER_UNIT[self.unit]
+
+    @property
+    def index_divisor(self) -> float:
+        """What differences of the period index are divided by to be in model periods.
+
+        At daily resolution the index counts days (divide by days per unit); at calendar
+        resolution it already counts periods.
+        """
         return _DAYS_PER_UNIT[self.unit] if self.resolution == "daily" else 1.0
 
     @property

@@ -178,8 +178,7 @@ def cumulative_tracking_data(
         array of ages in model periods.
     days_per_period : float
         Days in one model period (7 for weeks; 365.25 / 12 for months),
-        whatever the resolution; not ``PeriodSettings.days_per_period``,
-        which is 1 (the period index) at calendar resolution.
+        whatever the resolution (``PeriodSettings.days_per_unit``).
     observation_end : datetime.date
         Last day to track. It is the last row even when it is not a whole
         number of weeks after the first purchase.

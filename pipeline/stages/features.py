@@ -84,7 +84,7 @@ def resolve_calibration_end(
     """The calibration end from the settings, checked to lie strictly inside the data."""
     calibration_end = settings.calibration_end
     if settings.holdout_periods is not None:
-        days = settings.holdout_periods * _days_per_unit(settings.period)
+        days = settings.holdout_periods * settings.period.days_per_unit
         calibration_end = observation_end - dt.timedelta(days=round(days))
     if calibration_end is None:
         return None
@@ -94,10 +94,6 @@ def resolve_calibration_end(
             f"the first transaction ({first_date}) and before observation_end ({observation_end})"
         )
     return calibration_end
-
-
-def _days_per_unit(period: PeriodSettings) -> float:
-    return PeriodSettings(unit=period.unit, resolution="daily").days_per_period
 
 
 def features_sql(
@@ -111,7 +107,7 @@ def features_sql(
 ) -> str:
     """The SQL of the features table over a typed transactions relation ``source``."""
     split_end = calibration_end or observation_end
-    divisor = repr(float(period.days_per_period))
+    divisor = repr(float(period.index_divisor))
     index = period_index_sql("order_date", period)
     end_index = period_index_sql(_date_literal(split_end), period)
     extra_period = []
