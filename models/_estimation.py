@@ -62,7 +62,10 @@ def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
         hessian[i, i] = (forward - 2 * centre + backward) / steps[i] ** 2
         for j in range(i):
             hessian[i, j] = hessian[j, i] = (
-                shifted((i, 1), (j, 1)) - shifted((i, 1), (j, -1)) - shifted((i, -1), (j, 1)) + shifted((i, -1), (j, -1))
+                shifted((i, 1), (j, 1))
+                - shifted((i, 1), (j, -1))
+                - shifted((i, -1), (j, 1))
+                + shifted((i, -1), (j, -1))
             ) / (4 * steps[i] * steps[j])
     return gradient, hessian
 
@@ -143,3 +146,9 @@ def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label,
         "standard_errors": standard_errors,
         "convergence": convergence,
     }
+
+
+def json_number(value):
+    """A float for JSON summaries, with None for NaN and infinities (strict JSON has neither)."""
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -164,3 +164,33 @@ def unique_rows(columns):
     first_row[inverse[::-1]] = np.arange(len(inverse))[::-1]
     unique = [np.asarray(values)[first_row] for values in columns]
     return unique, inverse, counts
+
+
+def check_settings(estimator):
+    """Check the optimiser settings shared by every estimator, at ``fit``.
+
+    The constructors store settings unchecked (scikit-learn convention), so
+    this is the first place a bad value can be reported by name.
+
+    Parameters
+    ----------
+    estimator : object
+        Has ``penalizer``, ``tol``, ``max_iter``, ``initial_params`` and
+        ``parameter_names``.
+    """
+    if not (np.isfinite(estimator.penalizer) and estimator.penalizer >= 0):
+        raise ValueError(f"penalizer must be a non-negative number, got {estimator.penalizer!r}")
+    if not (np.isfinite(estimator.tol) and estimator.tol > 0):
+        raise ValueError(f"tol must be a positive number, got {estimator.tol!r}")
+    max_iter = estimator.max_iter
+    if max_iter is not None and not (isinstance(max_iter, numbers.Integral) and max_iter > 0):
+        raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+    if estimator.initial_params is not None:
+        given = set(estimator.initial_params)
+        if given != set(estimator.parameter_names):
+            raise ValueError(
+                f"initial_params must have exactly the keys {list(estimator.parameter_names)}, got {sorted(given)}"
+            )
+        bad = [name for name, value in estimator.initial_params.items() if not (np.isfinite(value) and value > 0)]
+        if bad:
+            raise ValueError(f"initial_params must be positive and finite; check {bad}")

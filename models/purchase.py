@@ -31,13 +31,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import _lifetimes_compat
-from ._estimation import describe_optimum
-from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, unique_rows
+from ._estimation import describe_optimum, json_number
+from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, check_settings, unique_rows
 
-
-def _json_number(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 class _PurchaseModel(BaseEstimator):
@@ -46,10 +42,11 @@ class _PurchaseModel(BaseEstimator):
     Parameters
     ----------
     penalizer : float, default 0.0
-        L2 penalty on the parameters, with lifetimes' ``penalizer_coef``
-        meaning (added to the mean negative log-likelihood per customer, with
-        time rescaled so that the oldest customer's age is 1). 0 gives the
-        maximum-likelihood estimate.
+        L2 penalty on the parameters, acting as lifetimes' ``penalizer_coef``
+        in an unweighted lifetimes fit: added to the mean (BG/NBD, MBG/NBD) or
+        total (Pareto/NBD) negative log-likelihood, with time rescaled so that
+        the oldest customer's age is 1. 0 gives the maximum-likelihood
+        estimate.
     initial_params : dict of str to float, optional
         Starting values for the optimiser, in the time unit of the features.
         Defaults to lifetimes' starting values, made deterministic.
@@ -93,23 +90,6 @@ class _PurchaseModel(BaseEstimator):
         self.tol = tol
         self.max_iter = max_iter
 
-    def _check_settings(self):
-        if not (np.isfinite(self.penalizer) and self.penalizer >= 0):
-            raise ValueError(f"penalizer must be a non-negative number, got {self.penalizer!r}")
-        if not (np.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"tol must be a positive number, got {self.tol!r}")
-        if self.max_iter is not None and not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter > 0):
-            raise ValueError(f"max_iter must be a positive integer or None, got {self.max_iter!r}")
-        if self.initial_params is not None:
-            given = set(self.initial_params)
-            if given != set(self.parameter_names):
-                raise ValueError(
-                    f"initial_params must have exactly the keys {list(self.parameter_names)}, got {sorted(given)}"
-                )
-            bad = [name for name, value in self.initial_params.items() if not (np.isfinite(value) and value > 0)]
-            if bad:
-                raise ValueError(f"initial_params must be positive and finite; check {bad}")
-
     def fit(self, features, y=None):
         """Estimate the model's parameters by maximum likelihood.
 
@@ -126,7 +106,7 @@ class _PurchaseModel(BaseEstimator):
         -------
         self
         """
-        self._check_settings()
+        check_settings(self)
         columns = check_features(features, PURCHASE_COLUMNS)
         if len(features) == 0:
             raise ValueError("features: no rows to fit on")
@@ -291,7 +271,7 @@ class _PurchaseModel(BaseEstimator):
         if np.any(~np.isfinite(values)) or np.any(values < 0):
             raise ValueError("horizon must be finite and non-negative")
         expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, self.params_, values)
-        expected = np.where(values == 0, 0.0, expected).reshape(values.shape)
+        expected = expected.reshape(values.shape)
         return float(expected) if expected.ndim == 0 else expected
 
     def summary(self):
@@ -309,9 +289,9 @@ class _PurchaseModel(BaseEstimator):
             "model": self.model_name,
             "estimator": type(self).__name__,
             "settings": self.get_params(),
-            "params": {name: _json_number(value) for name, value in self.params_.items()},
-            "standard_errors": {name: _json_number(value) for name, value in self.standard_errors_.items()},
-            "log_likelihood": _json_number(self.log_likelihood_),
+            "params": {name: json_number(value) for name, value in self.params_.items()},
+            "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
+            "log_likelihood": json_number(self.log_likelihood_),
             "n_customers": self.n_customers_,
             "n_unique_rows": self.n_unique_rows_,
             "convergence": dict(self.convergence_),

@@ -9,6 +9,8 @@ References
    monetary value", http://brucehardie.com/notes/025/.
 """
 
+import numbers
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
@@ -16,13 +18,9 @@ from scipy.special import digamma, gammaln
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, describe_optimum
-from ._validation import SPEND_COLUMNS, check_features, unique_rows
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, describe_optimum, json_number
+from ._validation import SPEND_COLUMNS, check_features, check_settings, unique_rows
 
-
-def _json_number(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 class _SpendStatistics:
@@ -151,23 +149,9 @@ class GammaGammaModel(BaseEstimator):
         self.min_repeat_customers = min_repeat_customers
 
     def _check_settings(self):
-        if not (np.isfinite(self.penalizer) and self.penalizer >= 0):
-            raise ValueError(f"penalizer must be a non-negative number, got {self.penalizer!r}")
-        if not (np.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"tol must be a positive number, got {self.tol!r}")
-        if self.max_iter is not None and not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter > 0):
-            raise ValueError(f"max_iter must be a positive integer or None, got {self.max_iter!r}")
-        if not (isinstance(self.min_repeat_customers, (int, np.integer)) and self.min_repeat_customers >= 1):
+        check_settings(self)
+        if not (isinstance(self.min_repeat_customers, numbers.Integral) and self.min_repeat_customers >= 1):
             raise ValueError(f"min_repeat_customers must be a positive integer, got {self.min_repeat_customers!r}")
-        if self.initial_params is not None:
-            given = set(self.initial_params)
-            if given != set(self.parameter_names):
-                raise ValueError(
-                    f"initial_params must have exactly the keys {list(self.parameter_names)}, got {sorted(given)}"
-                )
-            bad = [name for name, value in self.initial_params.items() if not (np.isfinite(value) and value > 0)]
-            if bad:
-                raise ValueError(f"initial_params must be positive and finite; check {bad}")
 
     def fit(self, features, y=None):
         """Estimate p, q and gamma by maximum likelihood on the repeat customers.
@@ -301,12 +285,12 @@ class GammaGammaModel(BaseEstimator):
             "model": self.model_name,
             "estimator": type(self).__name__,
             "settings": self.get_params(),
-            "params": {name: _json_number(value) for name, value in self.params_.items()},
-            "standard_errors": {name: _json_number(value) for name, value in self.standard_errors_.items()},
-            "log_likelihood": _json_number(self.log_likelihood_),
+            "params": {name: json_number(value) for name, value in self.params_.items()},
+            "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
+            "log_likelihood": json_number(self.log_likelihood_),
             "n_customers": self.n_customers_,
             "n_unique_rows": self.n_unique_rows_,
-            "population_mean_spend": _json_number(self.population_mean_spend_),
-            "frequency_monetary_correlation": _json_number(self.frequency_monetary_correlation_),
+            "population_mean_spend": json_number(self.population_mean_spend_),
+            "frequency_monetary_correlation": json_number(self.frequency_monetary_correlation_),
             "convergence": dict(self.convergence_),
         }

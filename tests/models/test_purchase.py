@@ -386,7 +386,14 @@ def test_predictions_agree_with_simulation(name):
         "new": features["frequency"].to_numpy(),
     }
     frequency = features["frequency"].to_numpy()
-    groups = {"x=0": frequency == 0, "x=1": frequency == 1, "x=2": frequency == 2, "x=3-5": (frequency >= 3) & (frequency <= 5), "x>5": frequency > 5, "all": np.ones_like(frequency, bool)}
+    groups = {
+        "x=0": frequency == 0,
+        "x=1": frequency == 1,
+        "x=2": frequency == 2,
+        "x=3-5": (frequency >= 3) & (frequency <= 5),
+        "x>5": frequency > 5,
+        "all": np.ones_like(frequency, bool),
+    }
     failures = []
     for quantity, prediction in predicted.items():
         for group, members in groups.items():
@@ -400,24 +407,39 @@ def test_predictions_agree_with_simulation(name):
                 standard_error = np.sqrt(np.sum(prediction[members] * (1 - prediction[members]))) / len(outcome)
             difference = prediction[members].mean() - outcome.mean()
             if abs(difference) > 4 * standard_error + 1e-9:
-                failures.append(f"{quantity} {group}: predicted {prediction[members].mean():.4f}, simulated {outcome.mean():.4f} (se {standard_error:.4f})")
+                failures.append(
+                    f"{quantity} {group}: predicted {prediction[members].mean():.4f}, "
+                    f"simulated {outcome.mean():.4f} (se {standard_error:.4f})"
+                )
     assert not failures, failures
 
 
 # --- input validation and the estimator contract -----------------------------
 
+def set_first_rows(frame, column, count, value, among=None):
+    """Copy of ``frame`` with ``column`` set to ``value`` on its first ``count`` rows (of ``among``)."""
+    among = np.ones(len(frame), bool) if among is None else np.asarray(among)
+    chosen = among & (np.cumsum(among) <= count)
+    values = frame[column].to_numpy().astype(float)
+    values[chosen] = value(frame[chosen]) if callable(value) else value
+    return frame.assign(**{column: values})
+
+
 BAD_FEATURES = [
     (lambda f: f.drop(columns=["recency"]), "missing column\\(s\\) 'recency'"),
-    (lambda f: f.assign(T=f["T"].where(f.index != f.index[3])), "column 'T': 1 row NaN"),
-    (lambda f: f.assign(recency=np.where(np.arange(len(f)) < 2, -1.0, f["recency"])), "column 'recency': 2 rows negative"),
-    (lambda f: f.assign(recency=np.where(np.arange(len(f)) == 0, f["T"] + 1, f["recency"])), "column 'recency': 1 row with recency greater than T"),
+    (lambda f: set_first_rows(f, "T", 1, np.nan), "column 'T': 1 row NaN"),
+    (lambda f: set_first_rows(f, "T", 4, np.inf), "column 'T': 4 rows NaN or infinite"),
+    (lambda f: set_first_rows(f, "recency", 2, -1.0), "column 'recency': 2 rows negative"),
     (
-        lambda f: f.assign(recency=np.where((f["frequency"] == 0).to_numpy() & (np.cumsum(f["frequency"] == 0) <= 3).to_numpy(), 0.5, f["recency"])),
+        lambda f: set_first_rows(f, "recency", 1, lambda rows: rows["T"] + 1),
+        "column 'recency': 1 row with recency greater than T",
+    ),
+    (
+        lambda f: set_first_rows(f, "recency", 3, 0.5, among=f["frequency"] == 0),
         "column 'recency': 3 rows with recency above 0 but frequency 0",
     ),
-    (lambda f: f.assign(frequency=f["frequency"].astype(float) + np.where(np.arange(len(f)) == 5, 0.5, 0.0)), "column 'frequency': 1 row not a whole number"),
+    (lambda f: set_first_rows(f, "frequency", 1, 1.5), "column 'frequency': 1 row not a whole number"),
     (lambda f: f.assign(frequency=f["frequency"].astype(str)), "column 'frequency' is not numeric"),
-    (lambda f: f.assign(T=np.where(np.arange(len(f)) < 4, np.inf, f["T"])), "column 'T': 4 rows NaN or infinite"),
 ]
 
 

@@ -156,9 +156,18 @@ def test_expected_spend_refuses_an_infinite_population_mean():
     ("corrupt", "message"),
     [
         (lambda f: f.drop(columns=["monetary_value"]), "missing column\\(s\\) 'monetary_value'"),
-        (lambda f: f.assign(monetary_value=np.where(np.arange(len(f)) < 3, -5.0, f["monetary_value"])), "column 'monetary_value': 3 rows negative"),
-        (lambda f: f.assign(monetary_value=f["monetary_value"].where(f.index != f.index[0])), "column 'monetary_value': 1 row NaN"),
-        (lambda f: f.assign(frequency=np.where(np.arange(len(f)) < 2, -1, f["frequency"])), "column 'frequency': 2 rows negative"),
+        (
+            lambda f: f.assign(monetary_value=np.where(np.arange(len(f)) < 3, -5.0, f["monetary_value"])),
+            "column 'monetary_value': 3 rows negative",
+        ),
+        (
+            lambda f: f.assign(monetary_value=f["monetary_value"].where(f.index != f.index[0])),
+            "column 'monetary_value': 1 row NaN",
+        ),
+        (
+            lambda f: f.assign(frequency=np.where(np.arange(len(f)) < 2, -1, f["frequency"])),
+            "column 'frequency': 2 rows negative",
+        ),
     ],
 )
 def test_bad_features_rejected_at_fit_and_predict(fitted, features, corrupt, message):
@@ -178,7 +187,13 @@ def test_unfitted_model_refuses_to_predict(features, predict):
 def test_get_params_set_params_and_clone_round_trip():
     model = GammaGammaModel(penalizer=0.01, min_repeat_customers=100)
     params = model.get_params()
-    assert params == {"penalizer": 0.01, "initial_params": None, "tol": 1e-7, "max_iter": None, "min_repeat_customers": 100}
+    assert params == {
+        "penalizer": 0.01,
+        "initial_params": None,
+        "tol": 1e-7,
+        "max_iter": None,
+        "min_repeat_customers": 100,
+    }
     assert GammaGammaModel().set_params(**params).get_params() == params
     assert clone(model).get_params() == params
 
