@@ -11,19 +11,21 @@ seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
    ``warnings.simplefilter("ignore", FutureWarning)`` for the whole process,
    and ``lifetimes/utils.py`` sets ``pd.options.mode.chained_assignment``,
    an option pandas 3 deprecates (a Pandas4Warning on every import).
-2. The BG/NBD, MBG/NBD and Gamma-Gamma negative log-likelihoods call
-   ``warnings.simplefilter`` again on *every evaluation*, so fitting resets the
-   caller's warning filters.
+2. The BG/NBD and MBG/NBD negative log-likelihoods (and Gamma-Gamma's, not
+   used here) call ``warnings.simplefilter`` again on *every evaluation*, so
+   fitting resets the caller's warning filters.
 3. ``BaseFitter._fit`` prints the scipy result to stdout when BFGS fails before
    raising; the print is noise in batch logs and the exception text says only
    "try a larger penalizer". It also treats scipy's "precision loss" status as
    failure, although BFGS reports it at a maximum when the requested gradient
-   tolerance is below the rounding noise of the objective (MBG/NBD on the
+   tolerance is below the rounding noise of the objective (BG/NBD on the
    CDNOW sample at tol=1e-12); the fit is then retried with tolerances 1000
    times looser, up to the flatness the estimators check for afterwards.
 4. ``ParetoNBDFitter`` starts Nelder-Mead from ``np.random.normal(1, 0.05)``
    drawn from the global, unseeded numpy generator, so two fits of the same
-   data differ (and the caller's global random state moves).
+   data differ (and the caller's global random state moves). It also ignores
+   Nelder-Mead's own failure flag, so running out of iterations goes
+   unnoticed; the estimators' gradient check at the result catches that.
 5. ``ParetoNBDFitter`` minimises ``sum(weights * ll) / mean(weights)``, so with
    sufficient-statistics weights the penalizer weighs more against the data
    than in an unweighted fit; BG/NBD and MBG/NBD divide by ``sum(weights)`` and
@@ -282,6 +284,17 @@ def conditional_expected_purchases(model_name, params, horizon, frequency, recen
     if horizon == 0:
         # Workaround 8 (Pareto/NBD takes log(0)); the answer is 0 for all models.
         return np.zeros(len(frequency))
+    if model_name == "paretonbd":
+        # Workaround 9: see _pareto_probability_alive. Note 009 eq. 41 is P(alive) times
+        # the expectation for a customer known to be alive, which has a closed form.
+        r, alpha, s, beta = (params[name] for name in PARAMETER_NAMES["paretonbd"])
+        frequency, age = np.asarray(frequency, dtype=float), np.asarray(age, dtype=float)
+        alive = _pareto_probability_alive(params, frequency, recency, age)
+        when_alive = (
+            (r + frequency) * (beta + age) / ((alpha + age) * (s - 1))
+            * (1 - ((beta + age) / (beta + age + horizon)) ** (s - 1))
+        )
+        return alive * when_alive
     fitter = _fitter_with_params(model_name, params)
     with _contained_lifetimes_call():
         expected = fitter.conditional_expected_number_of_purchases_up_to_time(horizon, frequency, recency, age)
@@ -300,10 +313,33 @@ def probability_alive(model_name, params, frequency, recency, age):
     -------
     numpy.ndarray
     """
+    if model_name == "paretonbd":
+        return _pareto_probability_alive(params, frequency, recency, age)
     fitter = _fitter_with_params(model_name, params)
     with _contained_lifetimes_call():
         alive = fitter.conditional_probability_alive(frequency, recency, age)
     return np.asarray(alive, dtype=np.float64)
+
+
+def _pareto_probability_alive(params, frequency, recency, age):
+    # Workaround 9 (lifetimes 0.11.3 ParetoNBDFitter.conditional_probability_alive):
+    # for a customer whose last purchase is at T (recency == T) the two hypergeometric
+    # terms of A_0 (note 009 eqs. 19-20) cancel exactly, lifetimes takes log(0) and
+    # returns NaN (seen on CDNOW master: x = 170, t_x = T = 70.86 weeks). There A_0 = 0
+    # and P(alive) = 1 exactly; the other rows keep lifetimes' value.
+    frequency = np.asarray(frequency, dtype=np.float64)
+    recency = np.asarray(recency, dtype=np.float64)
+    age = np.asarray(age, dtype=np.float64)
+    fitter = _fitter_with_params("paretonbd", params)
+    alive = np.ones(len(frequency))
+    inside = recency < age
+    if inside.any():
+        with _contained_lifetimes_call():
+            alive[inside] = np.asarray(
+                fitter.conditional_probability_alive(frequency[inside], recency[inside], age[inside]),
+                dtype=np.float64,
+            )
+    return alive
 
 
 def expected_purchases_new_customer(model_name, params, horizon):
