@@ -50,6 +50,7 @@ import io
 import warnings
 
 import numpy as np
+from scipy.special import gammaln
 import pandas as pd
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
@@ -261,10 +262,34 @@ def penalty(model_name, params, age, n_customers, penalizer):
     return per_objective if model_name == "paretonbd" else n_customers * per_objective
 
 
+class _ParetoNBDFitterExactAtRecencyT(ParetoNBDFitter):
+    """Workaround 9 for lifetimes' Pareto/NBD predictions (see _pareto_probability_alive).
+
+    The conditional PMF (note 028 eq. 16) divides by the individual likelihood (note 009
+    eq. 18), whose A_0 term lifetimes computes as a difference of two equal numbers when
+    recency == T; rounding makes it negative and the log NaN. A_0 is exactly 0 there.
+    """
+
+    @staticmethod
+    def _conditional_log_likelihood(params, freq, rec, T):
+        r, alpha, s, beta = params
+        freq, rec, T = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (freq, rec, T))
+        freq, rec, T = np.broadcast_arrays(freq, rec, T)
+        result = (
+            gammaln(r + freq) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+            - (r + freq) * np.log(alpha + T) - s * np.log(beta + T)
+        )
+        inside = rec < T
+        if inside.any():
+            result = result.copy()
+            result[inside] = ParetoNBDFitter._conditional_log_likelihood(params, freq[inside], rec[inside], T[inside])
+        return result
+
+
 def _fitter_with_params(model_name, params):
     # Workaround 6: a fitter holding only the parameters, enough for lifetimes'
     # prediction methods (they read self.params_ and nothing else).
-    fitter = FITTERS[model_name]()
+    fitter = _ParetoNBDFitterExactAtRecencyT() if model_name == "paretonbd" else FITTERS[model_name]()
     fitter.params_ = pd.Series({name: params[name] for name in PARAMETER_NAMES[model_name]})
     return fitter
 
