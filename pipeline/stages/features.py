@@ -37,6 +37,14 @@ HOLDOUT_COLUMNS = ["frequency_holdout", "monetary_value_holdout", "revenue_holdo
 
 _EPOCH_MONDAY = "DATE '1970-01-05'"
 
+# Sums of doubles depend on the order threads add them in, so a rerun could differ in the
+# last bits. Summing as fixed-point decimals (1e-6 resolution) is exact and order-free.
+EXACT = "DECIMAL(18, 6)"
+
+
+def _exact_sum(column: str) -> str:
+    return f"sum(CAST({column} AS {EXACT}))"
+
 
 def period_index_sql(date_sql: str, period: PeriodSettings) -> str:
     """SQL for the integer index of the period a date falls in (consecutive periods differ by 1)."""
@@ -113,8 +121,8 @@ def features_sql(
     extra_period = []
     extra_customer = []
     if with_margin:
-        extra_period.append("sum(margin) AS margin")
-        extra_customer.append("sum(margin) AS total_margin")
+        extra_period.append(f"{_exact_sum('margin')} AS margin")
+        extra_customer.append("CAST(sum(margin) AS DOUBLE) AS total_margin")
     if with_channel:
         # Ties on the first day are broken by channel name so the result is deterministic.
         extra_period.append("arg_min(channel, (order_date, channel)) AS channel")
@@ -126,7 +134,7 @@ def features_sql(
     customer_extra_sql = "".join(f", {e}" for e in extra_customer)
     calibration = f"""
         WITH periods AS (
-            SELECT customer_id, {index} AS period, sum(amount) AS amount, count(*) AS transactions,
+            SELECT customer_id, {index} AS period, {_exact_sum("amount")} AS amount, count(*) AS transactions,
                    min(order_date) AS first_date{period_extra_sql}
             FROM {source}
             WHERE order_date <= {_date_literal(split_end)}
@@ -137,11 +145,11 @@ def features_sql(
                (max(period) - min(period)) / {divisor} AS recency,
                ({end_index} - min(period)) / {divisor} AS T,
                CASE WHEN count(*) > 1
-                    THEN (sum(amount) - arg_min(amount, period)) / (count(*) - 1)
+                    THEN CAST(sum(amount) - arg_min(amount, period) AS DOUBLE) / (count(*) - 1)
                     ELSE 0.0 END AS monetary_value,
                min(first_date) AS first_purchase_date,
                CAST(sum(transactions) AS BIGINT) AS n_transactions,
-               sum(amount) AS total_amount{customer_extra_sql}
+               CAST(sum(amount) AS DOUBLE) AS total_amount{customer_extra_sql}
         FROM periods
         GROUP BY customer_id"""
     if calibration_end is None:
@@ -150,8 +158,9 @@ def features_sql(
     return f"""
         WITH calibration AS ({calibration}),
         holdout AS (
-            SELECT customer_id, count(DISTINCT {index}) AS periods, sum(amount) AS revenue,
-                   avg(amount) AS mean_transaction
+            SELECT customer_id, count(DISTINCT {index}) AS periods,
+                   CAST({_exact_sum("amount")} AS DOUBLE) AS revenue,
+                   CAST({_exact_sum("amount")} AS DOUBLE) / count(*) AS mean_transaction
             FROM {source}
             WHERE order_date > {_date_literal(calibration_end)} AND order_date <= {_date_literal(observation_end)}
             GROUP BY customer_id
