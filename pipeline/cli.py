@@ -68,29 +68,153 @@ def _summary_table(title: str, rows: dict[str, Any]) -> Table:
     return table
 
 
-def _features(config: Config) -> dict[str, Any]:
-    from pipeline.runner import run_features
-    from pipeline.runs import staged_run_dir
+def _progress_printer(quiet: bool = False):
+    """A progress callback: one dimmed line per step on a terminal-friendly console."""
+    if quiet:
+        return None
+    return lambda message: error_console.print(f"[dim]… {message}[/]", highlight=False)
 
-    with staged_run_dir(config.output_dir) as run:
-        _, summary = run_features(config, run.staging, final_dir=run.final)
-    return summary
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    """Predicted vs historical CLV, tiers and the backtest, as the run's closing report."""
+    features = summary["features"]
+    value = summary["value"]
+    model = summary["model"]
+    console.print(_summary_table("Features", {
+        "customers": features["customers"],
+        "repeat customers": features["repeat_customers"],
+        "period": f"{features['period_unit']} ({features['period_resolution']} resolution)",
+        "observation end": features["observation_end"],
+        "calibration end": features["calibration_end"],
+    }))
+    params = ", ".join(f"{k} {v:.4g}" for k, v in model["purchase_params"].items())
+    console.print(_summary_table("Model", {
+        "purchase model": f"{model['selected_purchase_model']} ({params})",
+        "why": model["selection_reason"],
+        "spend model": "Gamma-Gamma (" + ", ".join(f"{k} {v:.4g}" for k, v in model["spend_params"].items()) + ")",
+        "frequency–monetary correlation": f"{model['spend_frequency_monetary_correlation']:.3f} (Gamma-Gamma assumes ≈ 0)",
+    }))
+    settings = summary["value_settings"]
+    console.print(_summary_table("CLV: predicted vs historical", {
+        "horizon": f"{settings['horizon_periods']} {settings['period_unit']}s, discount {settings['discount_rate_per_period']:.4%} per {settings['period_unit']}",
+        "predicted CLV total": _money(value["predicted_clv_total"]),
+        "predicted CLV mean / median": f"{_money(value['predicted_clv_mean'])} / {_money(value['predicted_clv_median'])}",
+        "historical CLV (company)": _money(value["historical_clv_company"]),
+        "historical CLV per customer mean / median": f"{_money(value['historical_clv_customer_mean'])} / {_money(value['historical_clv_customer_median'])}",
+        "predicted − historical (mean)": _money(value["predicted_minus_historical_mean"]),
+        "rank correlation predicted vs historical": f"{value['predicted_historical_spearman']:.3f}",
+        "historical lifespan": f"{value['historical_lifespan_years']:.2f} years (churn {value['historical_churn_rate_annual']:.2f}/year)",
+        "mean P(alive)": f"{value['mean_probability_alive']:.3f}",
+    }))
+    tiers = Table(title="Tiers", title_justify="left")
+    for column in ("tier", "customers", "share", "share of CLV", "mean CLV", "mean historical", "action"):
+        tiers.add_column(column, overflow="fold")
+    for name, row in value["tiers"].items():
+        tiers.add_row(
+            name, f"{int(row['n_customers']):,}", f"{row['share_of_customers']:.1%}",
+            f"{row['share_of_predicted_clv']:.1%}", _money(row["mean_predicted_clv"]),
+            _money(row["mean_historical_clv"]), row["action"],
+        )
+    console.print(tiers)
+    if summary["backtest"]:
+        backtest = Table(title="Backtest on the holdout", title_justify="left")
+        columns = [
+            ("purchases_mae", "MAE purch.", "{:.3f}"), ("purchases_rmse", "RMSE purch.", "{:.3f}"),
+            ("purchases_total_error_pct", "total purch. err", "{:+.1f}%"),
+            ("revenue_total_error_pct", "total rev. err", "{:+.1f}%"), ("spend_rmse", "RMSE spend", "{:.2f}"),
+            ("purchases_spearman", "Spearman", "{:.3f}"), ("top_decile_revenue_capture", "top-10% capture", "{:.1%}"),
+        ]
+        backtest.add_column("model")
+        for _, label, _ in columns:
+            backtest.add_column(label, justify="right")
+        for name, metrics in summary["backtest"].items():
+            marker = " ✓" if name == model["selected_purchase_model"] else ""
+            backtest.add_row(
+                name + marker,
+                *[fmt.format(metrics[key]) if key in metrics else "—" for key, _, fmt in columns],
+            )
+        console.print(backtest)
+    console.print(f"outputs: [bold]{run_dir}[/] (customers.parquet, summary.json, plots/)", highlight=False)
 
 
 @app.command()
 @user_errors
 def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debug: DebugOption = False) -> None:
     """Compute per-customer RFM features (and the calibration/holdout split) into a new run directory."""
-    summary = _features(_load(config, set_))
+    from pipeline.runner import run_features
+    from pipeline.runs import staged_run_dir
+
+    settings = _load(config, set_)
+    with staged_run_dir(settings.output_dir) as run:
+        _, summary = run_features(settings, run.staging, final_dir=run.final)
     console.print(_summary_table("Features", summary))
 
 
 @app.command()
 @user_errors
-def run(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debug: DebugOption = False) -> None:
-    """Run the whole pipeline on the configured log (default: the built-in CDNOW master log)."""
-    summary = _features(_load(config, set_))
-    console.print(_summary_table("Features", summary))
+def fit(
+    config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
+) -> None:
+    """Backtest the candidate purchase models, select one and fit it with Gamma-Gamma (reads a features run)."""
+    from pipeline.runner import stage_fit
+    from pipeline.runs import resolve_run_dir
+
+    settings = _load(config, set_)
+    directory = resolve_run_dir(settings.output_dir, run_dir)
+    outputs = stage_fit(settings, directory, progress=_progress_printer())
+    console.print(f"selected {outputs.selected}: {outputs.selection_reason}; models in {directory / 'model'}")
+
+
+@app.command()
+@user_errors
+def value(
+    config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
+) -> None:
+    """Value every customer with the fitted models: CLV, churn, historical CLV, tiers (reads a fit run)."""
+    from pipeline.runner import stage_value
+    from pipeline.runs import resolve_run_dir
+
+    settings = _load(config, set_)
+    directory = resolve_run_dir(settings.output_dir, run_dir)
+    outputs = stage_value(settings, directory, progress=_progress_printer())
+    console.print(f"valued {len(outputs.customers):,} customers into {directory / 'customers.parquet'}")
+
+
+@app.command()
+@user_errors
+def report(
+    config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
+) -> None:
+    """Draw the plots and write summary.json for a run (reads its fit and value outputs)."""
+    from pipeline.runner import stage_report
+    from pipeline.runs import resolve_run_dir
+
+    settings = _load(config, set_)
+    directory = resolve_run_dir(settings.output_dir, run_dir)
+    summary = stage_report(settings, directory, progress=_progress_printer())
+    print_run_summary(summary, directory)
+
+
+@app.command()
+@user_errors
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run the whole pipeline (features → fit → value → report) on the configured log."""
+    from pipeline.runner import run_pipeline
+    from pipeline.runs import staged_run_dir
+
+    settings = _load(config, set_)
+    with staged_run_dir(settings.output_dir) as run_paths:
+        result = run_pipeline(settings, run_paths.staging, final_dir=run_paths.final, progress=_progress_printer(quiet))
+    print_run_summary(result.summary, run_paths.final)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

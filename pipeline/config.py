@@ -177,6 +177,59 @@ class ModelSettings(_Settings):
     selection_metric: SelectionMetric = "purchases_rmse"
 
 
+class AcquisitionCostSettings(_Settings):
+    """Customer acquisition cost (CAC). A CAC column of the log, when configured, wins."""
+
+    constant: float = Field(0.0, ge=0)
+    per_channel: dict[str, float] | None = Field(
+        None, description="CAC by the customer's first channel (needs input.columns.channel)."
+    )
+
+    @field_validator("per_channel")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            bad = [name for name, cost in value.items() if not cost >= 0]
+            if bad:
+                raise ValueError(f"costs must be non-negative; check {', '.join(bad)}")
+        return value
+
+
+class ValueSettings(_Settings):
+    """Predicted CLV = discounted expected margin over the horizon, minus CAC."""
+
+    horizon_months: float = Field(12, gt=0, le=240)
+    discount_rate_annual: float = Field(0.10, ge=0, le=1)
+    margin_rate: float = Field(
+        1.0, gt=0, le=1, description="Margin as a share of revenue where the log gives no margin/cost."
+    )
+    acquisition_cost: AcquisitionCostSettings = AcquisitionCostSettings()
+    churn_inactivity_days: float = Field(
+        180, gt=0, description="Historical CLV: a customer inactive this long before the end counts as churned."
+    )
+
+
+class TierSettings(_Settings):
+    name: str = Field(min_length=1)
+    cut: float
+    action: str
+
+
+class SegmentSettings(_Settings):
+    """CLV tiers, highest first: with ``quantile`` a cut is a quantile of predicted CLV, with
+    ``absolute`` an amount; each customer gets the first tier whose cut it reaches."""
+
+    method: Literal["quantile", "absolute"] = "quantile"
+    tiers: list[TierSettings] = Field(
+        default_factory=lambda: [
+            TierSettings(name="high", cut=0.8, action="loyalty programme, premium support and exclusive offers"),
+            TierSettings(name="medium", cut=0.5, action="personalised recommendations and upselling"),
+            TierSettings(name="low", cut=0.0, action="automated nurture campaigns"),
+        ],
+        min_length=1,
+    )
+
+
 class Config(_Settings):
     """A whole run's settings (configs/*.yaml)."""
 
@@ -184,6 +237,8 @@ class Config(_Settings):
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
     models: ModelSettings = ModelSettings()
+    value: ValueSettings = ValueSettings()
+    segments: SegmentSettings = SegmentSettings()
     output_dir: Path = Path("outputs")
     seed: int = 42
 

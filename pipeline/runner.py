@@ -7,11 +7,14 @@ the same stage runs alone (``clv features``) and inside the whole pipeline (``cl
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.io import write_json, write_parquet
+from pipeline.errors import InputDataError
+from pipeline.io import atomic_path, read_features, write_json, write_parquet
 from pipeline.stages.features import FeaturesResult, features_from_config
 
 FEATURES_FILE = "features.parquet"
@@ -65,5 +68,242 @@ def run_features(
     return result, summary
 
 
-def log_summary_as_dict(result: FeaturesResult) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(result.log).items()}
+CUSTOMERS_FILE = "customers.parquet"
+SUMMARY_FILE = "summary.json"
+BACKTEST_FILE = "backtest.json"
+VALUE_FILE = "value.json"
+MODEL_DIR = "model"
+SCORER_FILE = "model/scorer.joblib"
+FITTED_FILE = "model/fitted.joblib"
+MODELS_FILE = "model/models.json"
+PLOTS_DIR = "plots"
+
+
+def _progress(callback, message: str) -> None:
+    if callback is not None:
+        callback(message)
+
+
+def _dump(obj: Any, target: Path) -> Path:
+    import joblib
+
+    with atomic_path(target) as tmp:
+        joblib.dump(obj, tmp)
+    return target
+
+
+def _load(target: Path, stage: str) -> Any:
+    import joblib
+
+    if not target.is_file():
+        raise InputDataError(f"{target}: not found; run `clv {stage}` for this run directory first")
+    return joblib.load(target)
+
+
+@dataclasses.dataclass
+class FitOutputs:
+    """The fit stage's result: calibration fits with their backtest, and the production models."""
+
+    selected: str
+    selection_reason: str
+    calibration_models: Any  # FittedModels on the calibration period, or None without a holdout
+    backtest: dict[str, dict[str, float]]
+    purchase_model: Any
+    spend_model: Any
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "selected_purchase_model": self.selected,
+            "selection_reason": self.selection_reason,
+            "final": {"purchase": self.purchase_model.summary(), "spend": self.spend_model.summary()},
+            "calibration": None if self.calibration_models is None else self.calibration_models.summary(),
+        }
+
+
+def run_backtest(calibration, config: Config, progress=None):
+    """Fit every candidate on the calibration period and score them (and the naive baseline) on the holdout."""
+    from models.value import naive_holdout_forecast
+    from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
+    from pipeline.stages.fit import fit_models
+
+    fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"))
+    metrics = {name: backtest_model(calibration, model, fitted.spend) for name, model in fitted.purchase.items()}
+    selected, reason = select_model(metrics, config.models.selection_metric)
+    fitted.selected = selected
+    naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
+    metrics["historical_baseline"] = holdout_metrics(
+        calibration, naive["predicted_purchases"], naive["predicted_revenue"]
+    )
+    return fitted, metrics, selected, reason
+
+
+def stage_fit(config: Config, run_dir: Path, full=None, calibration=None, progress=None) -> FitOutputs:
+    """Backtest the candidates (with a holdout), pick one, refit it and Gamma-Gamma on all data."""
+    from pipeline.stages.fit import PURCHASE_MODEL_TITLES, fit_purchase_model, fit_spend_model
+
+    run_dir = Path(run_dir)
+    if full is None:
+        full = read_features(run_dir / FEATURES_FILE)
+        if (run_dir / CALIBRATION_FILE).is_file():
+            calibration = read_features(run_dir / CALIBRATION_FILE)
+    calibration_models, backtest = None, {}
+    selected = config.models.purchase.candidates[0]
+    reason = "no holdout (no calibration_end): the first candidate is used"
+    if calibration is not None:
+        calibration_models, backtest, selected, reason = run_backtest(calibration, config, progress)
+    # The production models are refitted on everything up to the observation end.
+    _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[selected]} and Gamma-Gamma on all data")
+    outputs = FitOutputs(
+        selected=selected,
+        selection_reason=reason,
+        calibration_models=calibration_models,
+        backtest=backtest,
+        purchase_model=fit_purchase_model(selected, full, config.models),
+        spend_model=fit_spend_model(full, config.models),
+    )
+    _dump(outputs, run_dir / FITTED_FILE)
+    write_json(outputs.summary(), run_dir / MODELS_FILE)
+    write_json(backtest, run_dir / BACKTEST_FILE)
+    return outputs
+
+
+@dataclasses.dataclass
+class ValueOutputs:
+    scorer: Any
+    historical: Any
+    customers: Any
+    tier_table: Any
+    summary: dict[str, Any]
+
+
+def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None = None, progress=None) -> ValueOutputs:
+    """Value every customer with the fitted models; freeze the scorer used for later scoring."""
+    import pandas as pd
+
+    from models.value import tier_summary
+    from pipeline.stages.value import build_scorer, value_summary
+
+    run_dir = Path(run_dir)
+    if full is None:
+        full = read_features(run_dir / FEATURES_FILE)
+    if fit is None:
+        fit = _load(run_dir / FITTED_FILE, "fit")
+    _progress(progress, "valuing customers")
+    scorer, historical = build_scorer(
+        full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
+    )
+    customers = full[["frequency", "recency", "T", "monetary_value"]].join(scorer.score(full))
+    tiers_frame = pd.DataFrame(
+        {"tier": pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True),
+         "action": customers["action"]},
+        index=customers.index,
+    )
+    tier_table = tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+    summary = value_summary(customers, historical, scorer)
+    write_parquet(customers.reset_index(), run_dir / CUSTOMERS_FILE)
+    _dump(scorer, run_dir / SCORER_FILE)
+    write_json({"settings": scorer.settings_summary(), **summary}, run_dir / VALUE_FILE)
+    return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tier_table, summary=summary)
+
+
+def write_plots(run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features_result=None) -> dict[str, Path]:
+    """The run's PNGs; the backtest plots only when there is a holdout."""
+    import pandas as pd
+
+    from pipeline import plots
+    from pipeline.stages.fit import PURCHASE_MODEL_TITLES
+
+    run_dir = Path(run_dir)
+    out = run_dir / PLOTS_DIR
+    written: dict[str, Path] = {}
+    period = config.features.period
+    title = PURCHASE_MODEL_TITLES[fit.selected]
+    full = value.customers
+    if fit.calibration_models is not None:
+        calibration = read_features(run_dir / CALIBRATION_FILE)
+        features = read_features(run_dir / FEATURES_FILE)
+        model = fit.calibration_models.purchase[fit.selected]
+        horizon = float(calibration["duration_holdout"].iloc[0])
+        data = plots.calibration_vs_holdout_data(calibration, model.expected_purchases(calibration, horizon))
+        written["calibration_vs_holdout"] = plots.plot_calibration_vs_holdout(
+            data, out / "calibration_vs_holdout.png", f"{title} (calibration fit)"
+        )
+        info = json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text())
+        tracking = plots.cumulative_tracking_data(
+            pd.read_parquet(run_dir / REPEAT_PURCHASES_FILE),
+            features["first_purchase_date"],
+            model,
+            period.days_per_unit,
+            dt.date.fromisoformat(info["observation_end"]),
+        )
+        written["cumulative_tracking"] = plots.plot_cumulative_tracking(
+            tracking, out / "cumulative_tracking.png", dt.date.fromisoformat(info["calibration_end"]),
+            f"{title} (calibration fit)",
+        )
+    matrix = plots.probability_alive_matrix_data(
+        fit.purchase_model, int(min(full["frequency"].max(), 30)), float(full["T"].max()), float(full["T"].max())
+    )
+    written["probability_alive_matrix"] = plots.plot_probability_alive_matrix(
+        matrix, out / "probability_alive_matrix.png", title, time_unit=period.unit + "s"
+    )
+    cuts = {name: cut for name, cut in zip(value.scorer.tier_names, value.scorer.tier_cuts) if cut != float("-inf")}
+    written["clv_distribution"] = plots.plot_clv_distribution(full["predicted_clv"], cuts, out / "clv_distribution.png")
+    written["clv_by_tier"] = plots.plot_clv_by_tier(value.tier_table, out / "clv_by_tier.png")
+    return written
+
+
+def stage_report(config: Config, run_dir: Path, final_dir: Path | None = None, fit=None, value=None, progress=None) -> dict[str, Any]:
+    """Plots and ``summary.json``: predicted vs historical CLV side by side, tiers, backtest."""
+    run_dir = Path(run_dir)
+    final_dir = Path(final_dir or run_dir)
+    if fit is None:
+        fit = _load(run_dir / FITTED_FILE, "fit")
+    if value is None:
+        value = stage_value(config, run_dir, fit=fit, progress=progress)
+    _progress(progress, "drawing plots")
+    plots = write_plots(run_dir, config, fit, value)
+    summary = {
+        "features": json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text()),
+        "model": {
+            "selected_purchase_model": fit.selected,
+            "selection_metric": config.models.selection_metric,
+            "selection_reason": fit.selection_reason,
+            "purchase_params": fit.purchase_model.summary()["params"],
+            "purchase_standard_errors": fit.purchase_model.summary()["standard_errors"],
+            "purchase_log_likelihood": fit.purchase_model.summary()["log_likelihood"],
+            "spend_params": fit.spend_model.summary()["params"],
+            "spend_frequency_monetary_correlation": float(fit.spend_model.frequency_monetary_correlation_),
+        },
+        "value_settings": value.scorer.settings_summary(),
+        "value": value.summary,
+        "backtest": fit.backtest,
+        "plots": {name: str(final_dir / path.relative_to(run_dir)) for name, path in plots.items()},
+    }
+    write_json(summary, run_dir / SUMMARY_FILE)
+    return summary
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """Everything a run produced, for printing and for tracking."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    features: FeaturesResult
+    fit: FitOutputs
+    value: ValueOutputs
+
+
+def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None) -> PipelineResult:
+    """features → fit (backtest, selection, refit) → value → report, all written into ``run_dir``."""
+    run_dir = Path(run_dir)
+    _progress(progress, "computing features")
+    features_result, _ = run_features(config, run_dir, source, final_dir=final_dir)
+    full = features_result.features_frame()
+    calibration = features_result.calibration_frame() if features_result.calibration is not None else None
+    fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
+    value = stage_value(config, run_dir, full=full, fit=fit, progress=progress)
+    summary = stage_report(config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress)
+    return PipelineResult(
+        run_dir=Path(final_dir or run_dir), summary=summary, features=features_result, fit=fit, value=value
+    )

@@ -1,0 +1,236 @@
+"""Value stage: per-customer churn, expected purchases and spend, predicted and historical CLV, tiers.
+
+``CustomerValueScorer`` is the trained artefact: fitted models plus the value settings and the
+tier cuts frozen as amounts, so a customer scored later (batch export, the MLflow pyfunc)
+gets exactly the numbers the run wrote to ``customers.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models import value as value_math
+from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
+from pipeline.errors import InputDataError
+
+DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
+
+SCORE_COLUMNS = [
+    "probability_alive",
+    "churn_probability",
+    "expected_purchases",
+    "probability_no_purchases",
+    "expected_spend",
+    "margin_rate",
+    "acquisition_cost",
+    "discounted_expected_purchases",
+    "predicted_clv",
+    "historical_clv",
+    "tier",
+    "action",
+]
+
+
+def horizon_periods(settings: ValueSettings, period: PeriodSettings) -> int:
+    """The CLV horizon in whole model periods (12 months = 52 weeks)."""
+    return max(1, round(settings.horizon_months * DAYS_PER_MONTH / period.days_per_unit))
+
+
+@dataclasses.dataclass
+class CustomerValueScorer:
+    """Fitted purchase and spend models with everything needed to value a customer."""
+
+    purchase_model: Any
+    purchase_model_name: str
+    spend_model: Any
+    period_unit: str
+    days_per_unit: float
+    horizon_periods: int
+    discount_rate_per_period: float
+    default_margin_rate: float
+    acquisition_cost_constant: float
+    acquisition_cost_per_channel: dict[str, float] | None
+    lifespan_years: float
+    churn_inactivity_days: float
+    tier_names: list[str]
+    tier_cuts: list[float]
+    tier_actions: list[str]
+
+    @property
+    def tiers(self) -> list[value_math.Tier]:
+        return [value_math.Tier(n, c, a) for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)]
+
+    def _margin_rate(self, features: pd.DataFrame) -> pd.Series:
+        if "total_margin" in features.columns:
+            return value_math.customer_margin_rate(
+                features["total_margin"], features["total_amount"], self.default_margin_rate
+            )
+        return pd.Series(self.default_margin_rate, index=features.index, dtype=float)
+
+    def _acquisition_cost(self, features: pd.DataFrame) -> pd.Series:
+        if "acquisition_cost" in features.columns:
+            return value_math.acquisition_cost_per_customer(
+                features.index, column=features["acquisition_cost"].fillna(self.acquisition_cost_constant)
+            )
+        if self.acquisition_cost_per_channel is not None:
+            if "first_channel" not in features.columns:
+                raise InputDataError(
+                    "value.acquisition_cost.per_channel needs a channel: set input.columns.channel"
+                )
+            try:
+                return value_math.acquisition_cost_per_customer(
+                    features.index, per_channel=self.acquisition_cost_per_channel, channel=features["first_channel"]
+                )
+            except ValueError as exc:
+                raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
+        return value_math.acquisition_cost_per_customer(features.index, constant=self.acquisition_cost_constant)
+
+    def predicted_clv(self, features: pd.DataFrame) -> pd.Series:
+        discounted = value_math.discounted_expected_purchases(
+            self.purchase_model, features, self.horizon_periods, 1.0, self.discount_rate_per_period
+        )
+        return value_math.predicted_clv(
+            discounted, self.spend_model.expected_spend(features), self._margin_rate(features),
+            self._acquisition_cost(features),
+        )
+
+    def score(self, features: pd.DataFrame, tiers: list[value_math.Tier] | None = None) -> pd.DataFrame:
+        """One row per customer of ``features`` with every figure of :data:`SCORE_COLUMNS`."""
+        model = self.purchase_model
+        horizon = float(self.horizon_periods)
+        probability_alive = model.probability_alive(features)
+        spend = self.spend_model.expected_spend(features)
+        margin = self._margin_rate(features)
+        cost = self._acquisition_cost(features)
+        discounted = value_math.discounted_expected_purchases(
+            model, features, self.horizon_periods, 1.0, self.discount_rate_per_period
+        )
+        clv = value_math.predicted_clv(discounted, spend, margin, cost)
+        historical = value_math.historical_clv(
+            features,
+            self.days_per_unit,
+            churn_inactivity_days=self.churn_inactivity_days,
+            margin_rate=margin,
+            acquisition_cost=cost,
+            lifespan_years=self.lifespan_years,
+        ).per_customer
+        tiers_frame = value_math.assign_tiers(clv, tiers or self.tiers, method="absolute")
+        scores = pd.DataFrame(
+            {
+                "probability_alive": probability_alive,
+                "churn_probability": 1.0 - probability_alive,
+                "expected_purchases": model.expected_purchases(features, horizon),
+                "probability_no_purchases": model.probability_of_purchases(features, 0, horizon),
+                "expected_spend": spend,
+                "margin_rate": margin,
+                "acquisition_cost": cost,
+                "discounted_expected_purchases": discounted,
+                "predicted_clv": clv,
+                "historical_clv": historical,
+                "tier": tiers_frame["tier"].astype(str),
+                "action": tiers_frame["action"].astype(str),
+            },
+            index=features.index,
+        )
+        return scores
+
+    def settings_summary(self) -> dict[str, Any]:
+        return {
+            "purchase_model": self.purchase_model_name,
+            "period_unit": self.period_unit,
+            "horizon_periods": self.horizon_periods,
+            "discount_rate_per_period": self.discount_rate_per_period,
+            "default_margin_rate": self.default_margin_rate,
+            "acquisition_cost_constant": self.acquisition_cost_constant,
+            "acquisition_cost_per_channel": self.acquisition_cost_per_channel,
+            "lifespan_years": self.lifespan_years,
+            "tiers": [
+                {"name": n, "min_predicted_clv": (None if math.isinf(c) else c), "action": a}
+                for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)
+            ],
+        }
+
+
+def build_scorer(
+    features: pd.DataFrame,
+    purchase_model: Any,
+    purchase_model_name: str,
+    spend_model: Any,
+    value: ValueSettings,
+    segments: SegmentSettings,
+    period: PeriodSettings,
+) -> tuple[CustomerValueScorer, value_math.HistoricalCLV]:
+    """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``."""
+    scorer = CustomerValueScorer(
+        purchase_model=purchase_model,
+        purchase_model_name=purchase_model_name,
+        spend_model=spend_model,
+        period_unit=period.unit,
+        days_per_unit=period.days_per_unit,
+        horizon_periods=horizon_periods(value, period),
+        discount_rate_per_period=value_math.discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),
+        default_margin_rate=value.margin_rate,
+        acquisition_cost_constant=value.acquisition_cost.constant,
+        acquisition_cost_per_channel=value.acquisition_cost.per_channel,
+        lifespan_years=float("nan"),
+        churn_inactivity_days=value.churn_inactivity_days,
+        tier_names=[], tier_cuts=[], tier_actions=[],
+    )
+    try:
+        historical = value_math.historical_clv(
+            features,
+            period.days_per_unit,
+            churn_inactivity_days=value.churn_inactivity_days,
+            margin_rate=scorer._margin_rate(features),
+            acquisition_cost=scorer._acquisition_cost(features),
+        )
+        configured = [value_math.Tier(t.name, t.cut, t.action) for t in segments.tiers]
+        clv = scorer.predicted_clv(features)
+        thresholds = value_math.tier_thresholds(clv, configured, method=segments.method)
+    except ValueError as exc:
+        raise InputDataError(f"value: {exc}") from None
+    cuts = [float(thresholds[t.name]) for t in configured]
+    # Customers scored later may fall below every customer seen here: the lowest tier is open.
+    cuts[-1] = -math.inf
+    scorer.lifespan_years = historical.lifespan_years
+    scorer.tier_names = [t.name for t in configured]
+    scorer.tier_cuts = cuts
+    scorer.tier_actions = [t.action for t in configured]
+    return scorer, historical
+
+
+def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, scorer: CustomerValueScorer) -> dict[str, Any]:
+    """Predicted vs historical CLV, side by side, and the tiers."""
+    tiers_frame = customers[["tier", "action"]].assign(
+        tier=pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True)
+    )
+    summary = value_math.tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+    predicted = customers["predicted_clv"]
+    per_customer_historical = customers["historical_clv"]
+    return {
+        "customers": int(len(customers)),
+        "predicted_clv_total": float(predicted.sum()),
+        "predicted_clv_mean": float(predicted.mean()),
+        "predicted_clv_median": float(predicted.median()),
+        "historical_clv_company": float(historical.clv),
+        "historical_clv_customer_mean": float(per_customer_historical.mean()),
+        "historical_clv_customer_median": float(per_customer_historical.median()),
+        "predicted_minus_historical_mean": float(predicted.mean() - per_customer_historical.mean()),
+        "predicted_historical_spearman": float(predicted.rank().corr(per_customer_historical.rank())),
+        "historical_method": historical.method,
+        "historical_lifespan_years": float(historical.lifespan_years),
+        "historical_churn_rate_annual": float(historical.churn_rate_annual),
+        "historical_average_purchase_value": float(historical.average_purchase_value),
+        "historical_purchases_per_year": float(historical.purchases_per_year),
+        "mean_probability_alive": float(customers["probability_alive"].mean()),
+        "expected_purchases_total": float(customers["expected_purchases"].sum()),
+        "tiers": {
+            str(name): {key: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v)) for key, v in row.items()}
+            for name, row in summary.iterrows()
+        },
+    }
