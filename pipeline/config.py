@@ -230,6 +230,14 @@ class SegmentSettings(_Settings):
     )
 
 
+class SparkSettings(_Settings):
+    """Where Spark runs when ``engine: spark`` (features and batch scoring only)."""
+
+    master: str = "local[*]"
+    app_name: str = "clv-pipeline"
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
+
+
 class Config(_Settings):
     """A whole run's settings (configs/*.yaml)."""
 
@@ -241,6 +249,8 @@ class Config(_Settings):
     segments: SegmentSettings = SegmentSettings()
     output_dir: Path = Path("outputs")
     seed: int = 42
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkSettings = SparkSettings()
 
     @field_validator("output_dir")
     @classmethod
