@@ -20,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-error_console = Console(stderr=True)
+# Off a terminal (CI logs, cron mail) rich would wrap tables at 80 columns; 160 keeps rows whole.
+console = Console(width=None if sys.stdout.isatty() else 160)
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
@@ -66,6 +67,11 @@ def _summary_table(title: str, rows: dict[str, Any]) -> Table:
     for key, value in rows.items():
         table.add_row(key.replace("_", " "), "—" if value is None else f"{value:,}" if isinstance(value, int) else str(value))
     return table
+
+
+def _progress(callback, message: str) -> None:
+    if callback is not None:
+        callback(message)
 
 
 def _progress_printer(quiet: bool = False):
@@ -148,9 +154,16 @@ def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debu
     from pipeline.runner import run_features
     from pipeline.runs import staged_run_dir
 
+    from pipeline import tracking
+
     settings = _load(config, set_)
-    with staged_run_dir(settings.output_dir) as run:
-        _, summary = run_features(settings, run.staging, final_dir=run.final)
+    with tracking.tracked_run(settings, "features") as tracker:
+        with staged_run_dir(settings.output_dir) as run:
+            _, summary = run_features(settings, run.staging, final_dir=run.final)
+        if tracker:
+            tracking.log_config(tracker, settings, config)
+            tracking.log_data(tracker, tracking.data_fingerprint(settings, summary), summary)
+            tracking.log_outputs(tracker, run.final)
     console.print(_summary_table("Features", summary))
 
 
@@ -163,9 +176,17 @@ def fit(
     from pipeline.runner import stage_fit
     from pipeline.runs import resolve_run_dir
 
+    from pipeline import tracking
+
     settings = _load(config, set_)
     directory = resolve_run_dir(settings.output_dir, run_dir)
-    outputs = stage_fit(settings, directory, progress=_progress_printer())
+    with tracking.tracked_run(settings, "fit") as tracker:
+        outputs = stage_fit(settings, directory, progress=_progress_printer())
+        if tracker:
+            tracking.log_config(tracker, settings, config)
+            tracking.log_model_summaries(tracker, outputs)
+            tracking.log_candidates(tracker, outputs)
+            tracking.log_backtest(tracker, outputs)
     console.print(f"selected {outputs.selected}: {outputs.selection_reason}; models in {directory / 'model'}")
 
 
@@ -178,9 +199,16 @@ def value(
     from pipeline.runner import stage_value
     from pipeline.runs import resolve_run_dir
 
+    from pipeline import tracking
+
     settings = _load(config, set_)
     directory = resolve_run_dir(settings.output_dir, run_dir)
-    outputs = stage_value(settings, directory, progress=_progress_printer())
+    with tracking.tracked_run(settings, "value") as tracker:
+        outputs = stage_value(settings, directory, progress=_progress_printer())
+        if tracker:
+            tracking.log_config(tracker, settings, config)
+            tracking.log_value(tracker, outputs.summary)
+            tracking.log_outputs(tracker, directory)
     console.print(f"valued {len(outputs.customers):,} customers into {directory / 'customers.parquet'}")
 
 
@@ -193,9 +221,15 @@ def report(
     from pipeline.runner import stage_report
     from pipeline.runs import resolve_run_dir
 
+    from pipeline import tracking
+
     settings = _load(config, set_)
     directory = resolve_run_dir(settings.output_dir, run_dir)
-    summary = stage_report(settings, directory, progress=_progress_printer())
+    with tracking.tracked_run(settings, "report") as tracker:
+        summary = stage_report(settings, directory, progress=_progress_printer())
+        if tracker:
+            tracking.log_config(tracker, settings, config)
+            tracking.log_outputs(tracker, directory)
     print_run_summary(summary, directory)
 
 
@@ -211,10 +245,80 @@ def run(
     from pipeline.runner import run_pipeline
     from pipeline.runs import staged_run_dir
 
+    from pipeline import tracking
+
     settings = _load(config, set_)
-    with staged_run_dir(settings.output_dir) as run_paths:
-        result = run_pipeline(settings, run_paths.staging, final_dir=run_paths.final, progress=_progress_printer(quiet))
+    progress = _progress_printer(quiet)
+    # The tracking store is checked before any work, so an unreachable server costs nothing.
+    with tracking.tracked_run(settings, "pipeline") as tracker:
+        with staged_run_dir(settings.output_dir) as run_paths:
+            result = run_pipeline(settings, run_paths.staging, final_dir=run_paths.final, progress=progress)
+        result.run_dir = run_paths.final
+        registered = None
+        if tracker:
+            _progress(progress, "logging to MLflow")
+            registered = tracking.log_pipeline_run(tracker, settings, config, result)
     print_run_summary(result.summary, run_paths.final)
+    if registered:
+        console.print(
+            f"MLflow run [bold]{tracker.run_id}[/] → registered [bold]{registered['name']}[/] version "
+            f"{registered['version']} (alias challenger); promote with `clv promote {registered['version']}`",
+            highlight=False,
+        )
+
+
+@app.command()
+@user_errors
+def promote(
+    reference: Annotated[str, typer.Argument(help="Model version number, or the MLflow run id that registered it.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Give the `champion` alias to a registered model version."""
+    from pipeline import tracking
+
+    result = tracking.promote(_load(config, set_), reference)
+    before = f" (was version {result['previous']})" if result["previous"] else ""
+    console.print(f"{result['name']} version {result['version']} (run {result['run_id']}) is now champion{before}")
+
+
+@app.command()
+@user_errors
+def compare(
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Experiment name.")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many recent runs.")] = 10,
+    debug: DebugOption = False,
+) -> None:
+    """Compare recent pipeline runs: data, model, key parameters, holdout metrics, CLV; ★ = champion."""
+    from pipeline import tracking
+
+    frame = tracking.compare_runs(_load(config, set_), experiment, last)
+    if frame.empty:
+        console.print("no pipeline runs yet: run `clv run` first")
+        return
+    table = Table(title="Runs (newest first)", title_justify="left")
+    columns = [
+        ("run_id", "run", lambda v: v[:8]), ("started", "started", str), ("data", "data sha", str),
+        ("model", "model", str), ("params", "params", str),
+        ("holdout_purchases_rmse", "holdout RMSE", "{:.3f}".format),
+        ("holdout_purchases_total_error_pct", "total err", "{:+.1f}%".format),
+        ("baseline_purchases_rmse", "baseline RMSE", "{:.3f}".format),
+        ("predicted_clv_mean", "pred. CLV", "{:,.2f}".format), ("historical_clv_mean", "hist. CLV", "{:,.2f}".format),
+        ("version", "version", str),
+    ]
+    table.add_column("")
+    for _, label, _ in columns:
+        table.add_column(label, overflow="fold")
+    for _, row in frame.iterrows():
+        cells = []
+        for key, _, fmt in columns:
+            value = row[key]
+            cells.append("—" if value is None or (isinstance(value, float) and value != value) else fmt(value))
+        table.add_row("★" if row["champion"] else "", *cells)
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -230,6 +230,18 @@ class SegmentSettings(_Settings):
     )
 
 
+class TrackingSettings(_Settings):
+    """MLflow tracking and registry. Without a URI: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "clv"
+    registered_model: str = "clv"
+    required: bool = Field(
+        True, description="If false, an unreachable tracking server is a warning and outputs stay local."
+    )
+
+
 class SparkSettings(_Settings):
     """Where Spark runs when ``engine: spark`` (features and batch scoring only)."""
 
@@ -250,6 +262,7 @@ class Config(_Settings):
     output_dir: Path = Path("outputs")
     seed: int = 42
     engine: Literal["duckdb", "spark"] = "duckdb"
+    tracking: TrackingSettings = TrackingSettings()
     spark: SparkSettings = SparkSettings()
 
     @field_validator("output_dir")

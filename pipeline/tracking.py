@@ -1,0 +1,462 @@
+"""Everything MLflow: runs, what each run logs, the pyfunc model, the registry and comparisons.
+
+No other module imports mlflow. Small ``log_*`` functions, each logging one kind of thing, are
+called by the CLI around the stages; the stages themselves know nothing of tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from pipeline.config import Config, TrackingSettings, resolve_input_path
+from pipeline.errors import InputDataError, TrackingError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+RUN_KIND_TAG = "clv.run_kind"
+MODEL_ARTIFACT = "model"
+# MLflow caps param values; longer ones (a long path, a tier action) are cut with a marker.
+_PARAM_LIMIT = 500
+
+
+def _quiet_mlflow() -> None:
+    # The HTTP client retries for minutes by default; a scheduled job should fail fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def tracking_uri(settings: TrackingSettings) -> str:
+    """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else a SQLite store here."""
+    return settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _artifact_location(uri: str) -> str | None:
+    # A local SQLite store keeps artifacts beside it (./mlartifacts), not in the cwd's mlruns/.
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        return (database.resolve().parent / DEFAULT_ARTIFACTS).as_uri()
+    return None
+
+
+def connect(settings: TrackingSettings):
+    """Point MLflow at the configured store and check it answers; return an ``MlflowClient``.
+
+    Raises :class:`TrackingError` (one line: URI and what failed) when it does not.
+    """
+    _quiet_mlflow()
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).resolve().parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:200]
+            raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri))
+    except Exception as exc:  # noqa: BLE001 - any store failure is the same message to the user
+        raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0][:300]}") from None
+    mlflow.set_experiment(settings.experiment)
+    return client
+
+
+def code_version() -> dict[str, str]:
+    """Git commit (when run from a checkout) and package version, as tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {}
+    try:
+        tags["clv.package_version"] = version("clv-pipeline")
+    except PackageNotFoundError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                timeout=5, cwd=Path(__file__).resolve().parent,
+            )
+            tags["clv.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become their YAML flow form."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        value = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    text = str(value)
+    return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(config: Config, log_info: dict[str, Any], source: Any = None) -> dict[str, Any]:
+    """What identifies the input: path, size, dates and a SHA-256 of the file's bytes."""
+    fingerprint = {
+        "path": str(log_info.get("source")),
+        "rows": log_info.get("rows_read"),
+        "customers": log_info.get("customers"),
+        "first_date": log_info.get("first_date"),
+        "last_date": log_info.get("last_date"),
+    }
+    if isinstance(source, pd.DataFrame):
+        fingerprint["sha256"] = hashlib.sha256(
+            pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes()
+        ).hexdigest()
+        fingerprint["hash_of"] = "DataFrame rows"
+    else:
+        path = resolve_input_path(str(source if source is not None else config.input.path))
+        if path.is_file():
+            fingerprint["sha256"] = file_sha256(path)
+            fingerprint["hash_of"] = "file bytes"
+        else:  # a directory of Parquet parts: hash the sorted list of names and sizes
+            parts = sorted(p for p in path.rglob("*") if p.is_file())
+            listing = "\n".join(f"{p.relative_to(path)} {p.stat().st_size}" for p in parts)
+            fingerprint["sha256"] = hashlib.sha256(listing.encode()).hexdigest()
+            fingerprint["hash_of"] = "file names and sizes"
+    return fingerprint
+
+
+@contextlib.contextmanager
+def tracked_run(config: Config, kind: str, run_name: str | None = None) -> Iterator[Any]:
+    """An MLflow run around a stage or the pipeline; FAILED with the error as a tag if it raises.
+
+    With ``tracking.enabled: false`` — or an unreachable store and ``tracking.required: false``
+    — yields ``None`` and the caller writes outputs locally only.
+    """
+    settings = config.tracking
+    if not settings.enabled:
+        yield None
+        return
+    try:
+        client = connect(settings)
+    except TrackingError as exc:
+        if settings.required:
+            raise
+        warnings.warn(f"{exc}; tracking.required is false, so outputs are written locally only", stacklevel=2)
+        yield None
+        return
+    import mlflow
+
+    tags = {RUN_KIND_TAG: kind, **code_version()}
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        try:
+            yield _Run(client=client, run_id=run.info.run_id, config=config)
+        except BaseException as exc:
+            message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            client.set_tag(run.info.run_id, "clv.error", message)
+            client.set_tag(run.info.run_id, "clv.error_type", type(exc).__name__)
+            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+
+
+class _Run:
+    """The open run: a client and its id (nested runs are opened through it)."""
+
+    def __init__(self, client: Any, run_id: str, config: Config):
+        self.client = client
+        self.run_id = run_id
+        self.config = config
+
+
+def log_config(run: _Run, config: Config, config_path: Path | None = None) -> None:
+    import mlflow
+
+    resolved = config.model_dump(mode="json")
+    mlflow.log_params({key: _param_value(value) for key, value in flatten(resolved).items()})
+    mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
+    if config_path is not None:
+        mlflow.set_tag("clv.config_file", str(config_path))
+
+
+def log_data(run: _Run, fingerprint: dict[str, Any], features_info: dict[str, Any]) -> None:
+    """The data fingerprint as tags, and an ``mlflow.data`` dataset input (no rows uploaded)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.set_tags({f"data.{key}": str(value) for key, value in fingerprint.items()})
+    mlflow.log_params({
+        "data.sha256": fingerprint["sha256"][:16],
+        "data.rows": fingerprint["rows"],
+        "data.customers": features_info.get("customers"),
+    })
+    mlflow.log_metrics({
+        "data.rows": float(fingerprint["rows"] or 0),
+        "data.customers": float(features_info.get("customers") or 0),
+        "data.repeat_customers": float(features_info.get("repeat_customers") or 0),
+    })
+    path = Path(str(fingerprint["path"]))
+    uri = path.resolve().as_uri() if path.exists() else f"file:///{fingerprint['path']}"
+    try:
+        source = resolve_dataset_source(uri)
+    except Exception:  # noqa: BLE001 - an unknown scheme only loses the dataset link
+        return
+    dataset = MetaDataset(source=source, name=path.name, digest=fingerprint["sha256"][:16])
+    mlflow.log_input(dataset, context="training")
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        key: float(value) for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    }
+
+
+def log_model_summaries(run: _Run, fit: Any) -> None:
+    """Fitted parameters, standard errors and log-likelihoods of the production models."""
+    import mlflow
+
+    for role, model in (("purchase", fit.purchase_model), ("spend", fit.spend_model)):
+        summary = model.summary()
+        mlflow.log_params({f"{role}.model": summary["model"]})
+        mlflow.log_metrics(_finite({f"{role}.{name}": value for name, value in summary["params"].items()}))
+        mlflow.log_metrics(_finite({f"{role}.se.{name}": value for name, value in summary["standard_errors"].items()}))
+        mlflow.log_metrics(_finite({
+            f"{role}.log_likelihood": summary["log_likelihood"], f"{role}.n_customers": summary["n_customers"],
+        }))
+    mlflow.log_metric("spend.frequency_monetary_correlation", float(fit.spend_model.frequency_monetary_correlation_))
+    mlflow.log_dict(fit.summary(), "models.json")
+
+
+def log_candidates(run: _Run, fit: Any) -> None:
+    """One nested run per candidate purchase model, with its calibration fit and holdout metrics."""
+    import mlflow
+
+    if fit.calibration_models is None:
+        mlflow.set_tag("clv.selected_purchase_model", fit.selected)
+        return
+    for name, model in fit.calibration_models.purchase.items():
+        summary = model.summary()
+        with mlflow.start_run(run_name=name, nested=True, tags={RUN_KIND_TAG: "candidate"}):
+            mlflow.log_params({"purchase.model": name, **{f"purchase.{k}": v for k, v in summary["params"].items()}})
+            mlflow.log_metrics(_finite({f"purchase.se.{k}": v for k, v in summary["standard_errors"].items()}))
+            mlflow.log_metric("purchase.log_likelihood", summary["log_likelihood"])
+            mlflow.log_metrics(_finite({f"holdout.{k}": v for k, v in fit.backtest[name].items()}))
+            mlflow.set_tag("clv.selected", str(name == fit.selected).lower())
+    mlflow.set_tags({"clv.selected_purchase_model": fit.selected, "clv.selection_reason": fit.selection_reason})
+    mlflow.log_param("selected_purchase_model", fit.selected)
+
+
+def log_backtest(run: _Run, fit: Any) -> None:
+    import mlflow
+
+    if not fit.backtest:
+        return
+    mlflow.log_metrics(_finite({f"holdout.{k}": v for k, v in fit.backtest[fit.selected].items()}))
+    mlflow.log_metrics(_finite({f"baseline.{k}": v for k, v in fit.backtest["historical_baseline"].items()}))
+
+
+def log_value(run: _Run, value_summary: dict[str, Any]) -> None:
+    """Predicted vs historical CLV (totals, means, per tier) as metrics."""
+    import mlflow
+
+    flat = {f"clv.{k}": v for k, v in value_summary.items() if k != "tiers"}
+    for tier, row in value_summary["tiers"].items():
+        flat |= {f"tier.{tier}.{k}": v for k, v in row.items()}
+    mlflow.log_metrics(_finite(flat))
+
+
+def log_outputs(run: _Run, run_dir: Path) -> None:
+    """The run directory's plots, customers table, summaries — everything but the staging temp files."""
+    import mlflow
+
+    run_dir = Path(run_dir)
+    for name in ("customers.parquet", "summary.json", "features_summary.json", "backtest.json", "value.json"):
+        if (run_dir / name).is_file():
+            mlflow.log_artifact(str(run_dir / name))
+    if (run_dir / "plots").is_dir():
+        mlflow.log_artifacts(str(run_dir / "plots"), artifact_path="plots")
+
+
+# --- the registered model -----------------------------------------------------------------
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class CustomerValueModel(mlflow.pyfunc.PythonModel):
+        """Scores a per-customer features frame: P(alive), churn, purchases, spend, CLV, tier.
+
+        Input: one row per customer with ``customer_id``, ``frequency``, ``recency``, ``T``,
+        ``monetary_value``, ``n_transactions``, ``total_amount`` (optionally ``total_margin``,
+        ``acquisition_cost``, ``first_channel``), in the model's time unit.
+        """
+
+        def load_context(self, context):
+            import joblib
+
+            self.scorer = joblib.load(context.artifacts["scorer"])
+
+        def predict(self, context, model_input, params=None):
+            frame = pd.DataFrame(model_input)
+            if "customer_id" in frame.columns:
+                frame = frame.set_index("customer_id")
+            return self.scorer.score(frame).reset_index()
+
+    return CustomerValueModel
+
+
+PYFUNC_INPUT_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value", "n_transactions", "total_amount"]
+
+
+def log_and_register_model(run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any) -> dict[str, Any]:
+    """Log the pyfunc model (signature, input example) and register a new version as ``challenger``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    optional = [c for c in ("total_margin", "acquisition_cost", "first_channel") if c in features.columns]
+    example = features.reset_index()[PYFUNC_INPUT_COLUMNS + optional].head(5)
+    output = scorer.score(example.set_index("customer_id")).reset_index()
+    signature = infer_signature(example, output)
+    settings = run.config.tracking
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=_pyfunc_class()(),
+        artifacts={"scorer": str(scorer_path)},
+        signature=signature,
+        input_example=example,
+        # Listing requirements skips MLflow's slow import-tracing inference.
+        pip_requirements=["lifetimes==0.11.3", "pandas", "numpy", "scipy", "scikit-learn", "joblib"],
+        metadata={"value_settings": scorer.settings_summary()},
+        registered_model_name=settings.registered_model,
+    )
+    version = str(info.registered_model_version)
+    run.client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
+    run.client.set_model_version_tag(settings.registered_model, version, "purchase_model", scorer.purchase_model_name)
+    mlflow.set_tags({"clv.registered_model": settings.registered_model, "clv.model_version": version})
+    return {"name": settings.registered_model, "version": version, "model_uri": info.model_uri}
+
+
+def champion_version(client: Any, name: str) -> Any:
+    """The registered model version holding the champion alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(config: Config, reference: str) -> dict[str, str]:
+    """Give the ``champion`` alias to a version, named by number or by the run that made it."""
+    client = connect(config.tracking)
+    name = config.tracking.registered_model
+    from mlflow.exceptions import MlflowException
+
+    if reference.isdigit():
+        try:
+            version = client.get_model_version(name, reference)
+        except MlflowException:
+            raise InputDataError(f"registered model '{name}' has no version {reference}") from None
+    else:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{reference}'")
+        if not versions:
+            raise InputDataError(f"run {reference} registered no version of '{name}'")
+        version = versions[0]
+    previous = champion_version(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return {
+        "name": name,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "previous": None if previous is None else str(previous.version),
+    }
+
+
+def compare_runs(config: Config, experiment: str | None = None, last: int = 10) -> pd.DataFrame:
+    """Recent pipeline runs side by side: data, model, parameters, holdout and CLV figures."""
+    client = connect(config.tracking)
+    name = experiment or config.tracking.experiment
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise InputDataError(f"no MLflow experiment named '{name}'")
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{RUN_KIND_TAG}` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=last,
+    )
+    champion = champion_version(client, config.tracking.registered_model)
+    rows = []
+    for item in runs:
+        metrics, params, tags = item.data.metrics, item.data.params, item.data.tags
+        purchase = {k.removeprefix("purchase."): v for k, v in metrics.items()
+                    if k.startswith("purchase.") and k.count(".") == 1 and k not in ("purchase.log_likelihood", "purchase.n_customers")}
+        rows.append({
+            "run_id": item.info.run_id,
+            "started": pd.Timestamp(item.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+            "status": item.info.status,
+            "data": params.get("data.sha256", "")[:10],
+            "rows": params.get("data.rows"),
+            "model": params.get("purchase.model") or tags.get("clv.selected_purchase_model"),
+            "params": ", ".join(f"{k} {v:.3g}" for k, v in purchase.items()),
+            "holdout_purchases_rmse": metrics.get("holdout.purchases_rmse"),
+            "holdout_purchases_total_error_pct": metrics.get("holdout.purchases_total_error_pct"),
+            "baseline_purchases_rmse": metrics.get("baseline.purchases_rmse"),
+            "predicted_clv_mean": metrics.get("clv.predicted_clv_mean"),
+            "historical_clv_mean": metrics.get("clv.historical_clv_customer_mean"),
+            "version": tags.get("clv.model_version"),
+            "champion": bool(champion is not None and champion.run_id == item.info.run_id),
+        })
+    return pd.DataFrame(rows)
+
+
+def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None) -> dict[str, Any]:
+    """Everything a whole-pipeline run logs, ending with the registered model version."""
+    log_config(run, config, config_path)
+    features_info = result.summary["features"]
+    log_data(run, data_fingerprint(config, features_info, source), features_info)
+    log_model_summaries(run, result.fit)
+    log_candidates(run, result.fit)
+    log_backtest(run, result.fit)
+    log_value(run, result.value.summary)
+    log_outputs(run, result.run_dir)
+    features = result.features.features_frame()
+    return log_and_register_model(run, Path(result.run_dir) / "model" / "scorer.joblib", features, result.value.scorer)
