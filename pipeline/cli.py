@@ -321,6 +321,89 @@ def compare(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def score(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model URI, e.g. models:/clv@champion.")] = "models:/clv@champion",
+    input_path: Annotated[str | None, typer.Option("--input", "-i", help="Transaction log (default: the config's input).")] = None,
+    features_path: Annotated[Path | None, typer.Option("--features", help="A features Parquet/CSV instead of a raw log.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Features as of this date (default: last date in the log).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export file: .parquet or .csv (+ .manifest.json beside it).")] = Path("scores.parquet"),
+    scored_at: Annotated[str | None, typer.Option("--scored-at", help="Fix the scored-at timestamp (ISO) for a reproducible re-export.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Score every customer with a registered model and export one row per customer."""
+    import datetime as dt
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.batch import score_log
+    from pipeline.errors import InputDataError
+
+    settings = _load(config, set_)
+    try:
+        as_of_date = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise InputDataError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        stamp = dt.datetime.fromisoformat(scored_at) if scored_at else None
+    except ValueError:
+        raise InputDataError(f"--scored-at {scored_at!r} is not an ISO timestamp") from None
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+    show = not quiet and sys.stderr.isatty()
+    with Progress(
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=error_console, disable=not show, transient=True,
+    ) as progress:
+        task = progress.add_task("customers", total=None)
+        manifest = score_log(
+            settings, model, out, as_of=as_of_date, input_path=input_path, features_path=features_path,
+            scored_at=stamp, on_batch=lambda n: progress.advance(task, n),
+            on_total=lambda total: progress.update(task, total=total),
+        )
+    console.print(
+        f"scored {manifest['rows']:,} customers as of {manifest['as_of_date']} with {manifest['model_uri']} "
+        f"(version {manifest['model_version']}) → {out} (sha256 {manifest['sha256'][:12]}…, manifest beside it)",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def retrain(
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Train on data up to this date (default: today, UTC).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Scheduled retraining: fit, backtest, register a challenger, promote it only if it does at least as well.
+
+    Exit codes: 0 promoted or kept, 2 bad input/config, 3 tracking unreachable, 75 another retrain holds the lock.
+    """
+    import datetime as dt
+
+    from pipeline.errors import InputDataError
+    from pipeline.retrain import retrain as run_retrain
+
+    settings = _load(config, set_)
+    try:
+        as_of_date = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise InputDataError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
+    decision = run_retrain(settings, config, as_of_date, progress=_progress_printer(quiet))
+    verdict = "PROMOTED" if decision.promoted else "KEPT champion"
+    console.print(
+        f"retrain as of {decision.as_of}: challenger version {decision.challenger_version} — {verdict}: "
+        f"{decision.reason} (run {decision.run_id})",
+        highlight=False,
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app(prog_name="clv")
 

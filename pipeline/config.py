@@ -370,3 +370,11 @@ def resolve_input_path(path: str) -> Path:
             raise ConfigError(f"input.path: no built-in dataset '{name}' in lifetimes/datasets")
         return candidate
     return Path(path).expanduser()
+
+
+def config_digest(config: Config) -> str:
+    """Hash of the settings that shape the model (not where outputs, runs or Spark go)."""
+    import hashlib
+
+    data = config.model_dump(mode="json", exclude={"output_dir", "tracking", "spark", "engine"})
+    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()

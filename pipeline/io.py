@@ -173,3 +173,21 @@ def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     relation = con.sql(sql)
     method = getattr(relation, "to_arrow_table", None) or relation.arrow
     return method()
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (logs can be larger than memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def arrow_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int):
+    """Stream a query's result as Arrow record batches (DuckDB 2 renamed fetch_record_batch)."""
+    relation = con.sql(sql)
+    method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    return method(batch_rows)

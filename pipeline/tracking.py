@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.config import Config, TrackingSettings, resolve_input_path
 from pipeline.errors import InputDataError, TrackingError
+from pipeline.io import file_sha256
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -37,6 +38,15 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's INFO lines (table creation, registry) and hints would bury the run's report.
+    # Importing mlflow configures its logger, so levels are set after the import.
+    import logging
+
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*(type hints|Inferred schema contains integer).*")
 
 
 def tracking_uri(settings: TrackingSettings) -> str:
@@ -127,14 +137,6 @@ def _param_value(value: Any) -> str:
         value = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     text = str(value)
     return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_fingerprint(config: Config, log_info: dict[str, Any], source: Any = None) -> dict[str, Any]:
@@ -343,6 +345,24 @@ def _pyfunc_class():
 PYFUNC_INPUT_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value", "n_transactions", "total_amount"]
 
 
+def _log_pyfunc(example: pd.DataFrame, signature: Any, scorer_path: Path, scorer: Any) -> Any:
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow suggests type hints on predict; this model carries an explicit signature instead.
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=_pyfunc_class()(),
+            artifacts={"scorer": str(scorer_path)},
+            signature=signature,
+            input_example=example,
+            # Listing requirements skips MLflow's slow import-tracing inference.
+            pip_requirements=["lifetimes==0.11.3", "pandas", "numpy", "scipy", "scikit-learn", "joblib"],
+            metadata={"value_settings": scorer.settings_summary()},
+        )
+
+
 def log_and_register_model(run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any) -> dict[str, Any]:
     """Log the pyfunc model (signature, input example) and register a new version as ``challenger``."""
     import mlflow
@@ -353,18 +373,19 @@ def log_and_register_model(run: _Run, scorer_path: Path, features: pd.DataFrame,
     output = scorer.score(example.set_index("customer_id")).reset_index()
     signature = infer_signature(example, output)
     settings = run.config.tracking
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=_pyfunc_class()(),
-        artifacts={"scorer": str(scorer_path)},
-        signature=signature,
-        input_example=example,
-        # Listing requirements skips MLflow's slow import-tracing inference.
-        pip_requirements=["lifetimes==0.11.3", "pandas", "numpy", "scipy", "scikit-learn", "joblib"],
-        metadata={"value_settings": scorer.settings_summary()},
-        registered_model_name=settings.registered_model,
-    )
-    version = str(info.registered_model_version)
+    info = _log_pyfunc(example, signature, scorer_path, scorer)
+    from mlflow.exceptions import MlflowException
+
+    # Registering through the client (not log_model's registered_model_name) returns the new
+    # version directly and keeps MLflow's console chatter out of the run report.
+    try:
+        run.client.create_registered_model(settings.registered_model)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "ALREADY_EXISTS" not in str(exc):
+            raise
+    created = run.client.create_model_version(settings.registered_model, source=info.model_uri, run_id=run.run_id,
+                                              model_id=getattr(info, "model_id", None))
+    version = str(created.version)
     run.client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
     run.client.set_model_version_tag(settings.registered_model, version, "purchase_model", scorer.purchase_model_name)
     mlflow.set_tags({"clv.registered_model": settings.registered_model, "clv.model_version": version})
@@ -447,8 +468,13 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
 
 def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None) -> dict[str, Any]:
     """Everything a whole-pipeline run logs, ending with the registered model version."""
+    import mlflow
+
+    from pipeline.config import config_digest
+
     log_config(run, config, config_path)
     features_info = result.summary["features"]
+    mlflow.set_tags({"clv.as_of": features_info["observation_end"], "clv.config_sha256": config_digest(config)})
     log_data(run, data_fingerprint(config, features_info, source), features_info)
     log_model_summaries(run, result.fit)
     log_candidates(run, result.fit)
@@ -457,3 +483,37 @@ def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result
     log_outputs(run, result.run_dir)
     features = result.features.features_frame()
     return log_and_register_model(run, Path(result.run_dir) / "model" / "scorer.joblib", features, result.value.scorer)
+
+
+def load_scorer(config: Config, model_uri: str) -> tuple[Any, Any]:
+    """The frozen scorer inside a registered pyfunc model, and which model version it is."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.stages.score import ModelIdentity
+
+    client = connect(config.tracking)
+    import mlflow.pyfunc
+
+    name = version = run_id = None
+    try:
+        if model_uri.startswith("models:/"):
+            reference = model_uri.removeprefix("models:/")
+            if "@" in reference:
+                name, alias = reference.split("@", 1)
+                found = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = reference.partition("/")
+                found = client.get_model_version(name, number)
+            version, run_id = str(found.version), found.run_id
+        elif model_uri.startswith("runs:/"):
+            run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+        with warnings.catch_warnings():
+            # Unpickling the model class repeats MLflow's type-hint suggestion; the model has a signature.
+            warnings.simplefilter("ignore", UserWarning)
+            model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        raise InputDataError(f"model {model_uri}: not found ({str(exc).splitlines()[0][:200]})") from None
+    scorer = getattr(model.unwrap_python_model(), "scorer", None)
+    if scorer is None:
+        raise InputDataError(f"model {model_uri}: not a CLV model logged by this pipeline")
+    return scorer, ModelIdentity(uri=model_uri, name=name, version=version, run_id=run_id)

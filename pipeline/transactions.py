@@ -209,7 +209,7 @@ def load_transactions(
         observation_end = last_date
     if observation_end < first_date:
         raise InputDataError(
-            f"{label}: observation_end {observation_end} is before the first transaction ({first_date})"
+            f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
         )
     after_end = con.execute(
         f"SELECT count(*) FROM {TYPED_VIEW} WHERE order_date > ?", [observation_end]

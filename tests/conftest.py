@@ -20,6 +20,20 @@ def sample_config(*overrides: str) -> Config:
     return load_config(CONFIGS / "cdnow_sample.yaml", list(overrides))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_tracking_store(tmp_path_factory):
+    """Commands that track without an explicit URI write to a temp store, never the checkout."""
+    import os
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def cdnow_sample_path() -> Path:
     return resolve_input_path("builtin:CDNOW_sample.txt")

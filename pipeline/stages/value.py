@@ -49,6 +49,7 @@ class CustomerValueScorer:
     purchase_model_name: str
     spend_model: Any
     period_unit: str
+    period_resolution: str
     days_per_unit: float
     horizon_periods: int
     discount_rate_per_period: float
@@ -143,6 +144,7 @@ class CustomerValueScorer:
         return {
             "purchase_model": self.purchase_model_name,
             "period_unit": self.period_unit,
+            "period_resolution": self.period_resolution,
             "horizon_periods": self.horizon_periods,
             "discount_rate_per_period": self.discount_rate_per_period,
             "default_margin_rate": self.default_margin_rate,
@@ -171,6 +173,7 @@ def build_scorer(
         purchase_model_name=purchase_model_name,
         spend_model=spend_model,
         period_unit=period.unit,
+        period_resolution=period.resolution,
         days_per_unit=period.days_per_unit,
         horizon_periods=horizon_periods(value, period),
         discount_rate_per_period=value_math.discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),

@@ -60,7 +60,7 @@ CASES = [
     (
         "../good.csv",
         {"features": {"observation_end": "2023-01-01"}},
-        r"observation_end 2023-01-01 is before the first transaction \(2024-01-02\)",
+        r"observation end \(as-of date\) 2023-01-01 is before the first transaction \(2024-01-02\)",
     ),
 ]
 

@@ -1,0 +1,80 @@
+"""`clv score`: batch scoring of every customer with a registered model (the IO edge of stages/score)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, PeriodSettings
+from pipeline.errors import InputDataError
+from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
+from pipeline.stages.features import features_sql
+from pipeline.stages.score import BATCH_ROWS, OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns, write_scores
+from pipeline.transactions import load_transactions
+
+
+def _features_file_batches(con, path: Path, batch_rows: int):
+    if not path.is_file():
+        raise InputDataError(f"{path}: features file not found")
+    reader = "read_parquet" if path.suffix.lower() in (".parquet", ".pq") else "read_csv"
+    quoted = "'" + str(path).replace("'", "''") + "'"
+    try:
+        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {reader}({quoted})").fetchall()]
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file to the user
+        raise InputDataError(f"{path}: cannot read features: {first_line(exc)}") from None
+    check_feature_columns(columns, str(path))
+    wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in columns]
+    select = ", ".join(duckdb_identifier(c) for c in wanted)
+    return arrow_batches(con, f"SELECT {select} FROM {reader}({quoted}) ORDER BY customer_id", batch_rows)
+
+
+def score_log(
+    config: Config,
+    model_uri: str,
+    output: Path,
+    as_of: dt.date | None = None,
+    input_path: str | None = None,
+    features_path: Path | None = None,
+    scored_at: dt.datetime | None = None,
+    batch_rows: int = BATCH_ROWS,
+    on_batch: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score every customer of a raw log (features at ``as_of``) or of a features file."""
+    from pipeline import tracking
+
+    from pipeline.stages.score import check_writable, output_format
+
+    output_format(Path(output))
+    check_writable(Path(output).parent)
+    scorer, identity = tracking.load_scorer(config, model_uri)
+    scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    con = connect()
+    try:
+        if features_path is not None:
+            batches = _features_file_batches(con, Path(features_path), batch_rows)
+            if as_of is None:
+                raise InputDataError("--as-of is required with --features (the date the features describe)")
+            extra = {"input": str(features_path), "input_kind": "features"}
+        else:
+            log = load_transactions(con, input_path or config.input.path, config.input, config.validation, as_of)
+            as_of = log.observation_end
+            # The model's own period settings, so features mean what they meant in training.
+            period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
+            sql = features_sql(
+                period, as_of, None, with_margin=log.has_margin, with_channel=log.has_channel,
+                with_acquisition_cost=log.has_acquisition_cost,
+            )
+            if on_total:
+                on_total(log.customers)
+            batches = arrow_batches(con, sql, batch_rows)
+            extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
+        resolved = Path(str(extra["input"]))
+        if resolved.is_file():
+            extra["input_sha256"] = file_sha256(resolved)
+        return write_scores(batches, scorer, identity, as_of, scored_at, Path(output), extra, on_batch=on_batch)
+    finally:
+        con.close()
+
