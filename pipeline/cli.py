@@ -260,9 +260,11 @@ def run(
             registered = tracking.log_pipeline_run(tracker, settings, config, result)
     print_run_summary(result.summary, run_paths.final)
     if registered:
+        failed = [k for k, ok in registered["checks"].items() if not ok]
+        status = "alias challenger" if not failed else "no alias: failed " + ", ".join(failed)
         console.print(
             f"MLflow run [bold]{tracker.run_id}[/] → registered [bold]{registered['name']}[/] version "
-            f"{registered['version']} (alias challenger); promote with `clv promote {registered['version']}`",
+            f"{registered['version']} ({status}); promote with `clv promote {registered['version']}`",
             highlight=False,
         )
 

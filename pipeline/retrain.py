@@ -55,7 +55,10 @@ def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config
     return abs(backtest_model(calibration, purchase, spend)[_METRIC_KEYS[config.models.selection_metric]])
 
 
-def decide(config: Config, tracker: Any, result: Any, fingerprint: str, digest: str, as_of: dt.date) -> dict[str, Any]:
+def decide(
+    config: Config, tracker: Any, result: Any, fingerprint: str, digest: str, as_of: dt.date,
+    checks_passed: bool = True,
+) -> dict[str, Any]:
     """Compare the new challenger with the champion on the same holdout window."""
     from pipeline import tracking
 
@@ -68,6 +71,9 @@ def decide(config: Config, tracker: Any, result: Any, fingerprint: str, digest: 
         challenger_metric = abs(fit.backtest[fit.selected][_METRIC_KEYS[metric]])
     decision = {"metric": metric, "challenger_metric": challenger_metric, "champion_metric": None,
                 "champion_version_before": None if champion is None else str(champion.version)}
+    if not checks_passed:
+        return decision | {"promoted": False, "reason": "the challenger failed its release checks "
+                                                         "(see the version's check.* tags): champion kept"}
     if champion is None:
         return decision | {"promoted": True, "reason": "no champion yet"}
     champion_tags = tracker.client.get_run(champion.run_id).data.tags
@@ -124,7 +130,7 @@ def retrain(
             result.run_dir = paths.final
             registered = tracking.log_pipeline_run(tracker, config, config_path, result)
             fingerprint = tracker.client.get_run(tracker.run_id).data.tags["data.sha256"]
-            decision = decide(config, tracker, result, fingerprint, digest, as_of)
+            decision = decide(config, tracker, result, fingerprint, digest, as_of, registered["checks_passed"])
             mlflow.set_tags({"clv.retrain.promoted": str(decision["promoted"]).lower(),
                              "clv.retrain.reason": decision["reason"][:500]})
             for key in ("challenger_metric", "champion_metric"):

@@ -363,8 +363,28 @@ def _log_pyfunc(example: pd.DataFrame, signature: Any, scorer_path: Path, scorer
         )
 
 
-def log_and_register_model(run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any) -> dict[str, Any]:
-    """Log the pyfunc model (signature, input example) and register a new version as ``challenger``."""
+def release_checks(fit: Any, selection_metric: str) -> dict[str, bool]:
+    """What a new version must pass to become ``challenger``: converged fits, and (with a
+    holdout) a lower holdout error than the historical-CLV baseline."""
+    from pipeline.stages.backtest import _SELECTION_KEYS
+
+    checks = {
+        "purchase_model_converged": bool(fit.purchase_model.convergence_.get("converged", False)),
+        "spend_model_converged": bool(fit.spend_model.convergence_.get("converged", False)),
+    }
+    if fit.backtest:
+        key = _SELECTION_KEYS[selection_metric]
+        checks["beats_historical_baseline"] = bool(
+            abs(fit.backtest[fit.selected][key]) < abs(fit.backtest["historical_baseline"][key])
+        )
+    return checks
+
+
+def log_and_register_model(
+    run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any, checks: dict[str, bool] | None = None
+) -> dict[str, Any]:
+    """Log the pyfunc model (signature, input example) and register a new version; it becomes
+    ``challenger`` only if it passes ``checks``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -386,10 +406,17 @@ def log_and_register_model(run: _Run, scorer_path: Path, features: pd.DataFrame,
     created = run.client.create_model_version(settings.registered_model, source=info.model_uri, run_id=run.run_id,
                                               model_id=getattr(info, "model_id", None))
     version = str(created.version)
-    run.client.set_registered_model_alias(settings.registered_model, CHALLENGER, version)
-    run.client.set_model_version_tag(settings.registered_model, version, "purchase_model", scorer.purchase_model_name)
-    mlflow.set_tags({"clv.registered_model": settings.registered_model, "clv.model_version": version})
-    return {"name": settings.registered_model, "version": version, "model_uri": info.model_uri}
+    checks = checks or {}
+    passed = all(checks.values())
+    name = settings.registered_model
+    for key, value in {"purchase_model": scorer.purchase_model_name, "checks_passed": str(passed).lower(),
+                       **{f"check.{k}": str(v).lower() for k, v in checks.items()}}.items():
+        run.client.set_model_version_tag(name, version, key, value)
+    if passed:
+        run.client.set_registered_model_alias(name, CHALLENGER, version)
+    mlflow.set_tags({"clv.registered_model": name, "clv.model_version": version, "clv.checks_passed": str(passed).lower()})
+    return {"name": name, "version": version, "model_uri": info.model_uri, "checks_passed": passed,
+            "checks": checks}
 
 
 def champion_version(client: Any, name: str) -> Any:
@@ -482,7 +509,11 @@ def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result
     log_value(run, result.value.summary)
     log_outputs(run, result.run_dir)
     features = result.features.features_frame()
-    return log_and_register_model(run, Path(result.run_dir) / "model" / "scorer.joblib", features, result.value.scorer)
+    mlflow.set_tag("mlflow.runName", f"{result.fit.selected} as of {features_info['observation_end']}")
+    checks = release_checks(result.fit, config.models.selection_metric)
+    return log_and_register_model(
+        run, Path(result.run_dir) / "model" / "scorer.joblib", features, result.value.scorer, checks
+    )
 
 
 def load_scorer(config: Config, model_uri: str) -> tuple[Any, Any]:

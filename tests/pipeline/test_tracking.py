@@ -94,6 +94,10 @@ def test_each_run_registers_a_challenger_version(sqlite_store):
     assert [str(v.version) for v in versions] == ["1", "2"]
     assert str(client.get_model_version_by_alias("clv", "challenger").version) == "2"
     assert [v.run_id for v in versions] == [r.info.run_id for r in pipeline_runs(client)]
+    # Each version passed its release checks (converged fits, better than the historical baseline).
+    for version in versions:
+        assert version.tags["checks_passed"] == "true"
+        assert version.tags["check.beats_historical_baseline"] == "true"
 
 
 def test_promote_and_compare(sqlite_store):
