@@ -189,10 +189,10 @@ def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None
     if fit is None:
         fit = _load(run_dir / FITTED_FILE, "fit")
     _progress(progress, "valuing customers")
-    scorer, historical = build_scorer(
+    scorer, historical, scores = build_scorer(
         full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
     )
-    customers = full[["frequency", "recency", "T", "monetary_value"]].join(scorer.score(full))
+    customers = full[["frequency", "recency", "T", "monetary_value"]].join(scores)
     tiers_frame = pd.DataFrame(
         {"tier": pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True),
          "action": customers["action"]},

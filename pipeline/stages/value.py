@@ -91,17 +91,8 @@ class CustomerValueScorer:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
         return value_math.acquisition_cost_per_customer(features.index, constant=self.acquisition_cost_constant)
 
-    def predicted_clv(self, features: pd.DataFrame) -> pd.Series:
-        discounted = value_math.discounted_expected_purchases(
-            self.purchase_model, features, self.horizon_periods, 1.0, self.discount_rate_per_period
-        )
-        return value_math.predicted_clv(
-            discounted, self.spend_model.expected_spend(features), self._margin_rate(features),
-            self._acquisition_cost(features),
-        )
-
-    def score(self, features: pd.DataFrame, tiers: list[value_math.Tier] | None = None) -> pd.DataFrame:
-        """One row per customer of ``features`` with every figure of :data:`SCORE_COLUMNS`."""
+    def figures(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Every per-customer figure except the tier (which needs the frozen cuts)."""
         model = self.purchase_model
         horizon = float(self.horizon_periods)
         probability_alive = model.probability_alive(features)
@@ -111,7 +102,6 @@ class CustomerValueScorer:
         discounted = value_math.discounted_expected_purchases(
             model, features, self.horizon_periods, 1.0, self.discount_rate_per_period
         )
-        clv = value_math.predicted_clv(discounted, spend, margin, cost)
         historical = value_math.historical_clv(
             features,
             self.days_per_unit,
@@ -120,8 +110,7 @@ class CustomerValueScorer:
             acquisition_cost=cost,
             lifespan_years=self.lifespan_years,
         ).per_customer
-        tiers_frame = value_math.assign_tiers(clv, tiers or self.tiers, method="absolute")
-        scores = pd.DataFrame(
+        return pd.DataFrame(
             {
                 "probability_alive": probability_alive,
                 "churn_probability": 1.0 - probability_alive,
@@ -131,14 +120,19 @@ class CustomerValueScorer:
                 "margin_rate": margin,
                 "acquisition_cost": cost,
                 "discounted_expected_purchases": discounted,
-                "predicted_clv": clv,
+                "predicted_clv": value_math.predicted_clv(discounted, spend, margin, cost),
                 "historical_clv": historical,
-                "tier": tiers_frame["tier"].astype(str),
-                "action": tiers_frame["action"].astype(str),
             },
             index=features.index,
         )
-        return scores
+
+    def with_tiers(self, figures: pd.DataFrame) -> pd.DataFrame:
+        tiers_frame = value_math.assign_tiers(figures["predicted_clv"], self.tiers, method="absolute")
+        return figures.assign(tier=tiers_frame["tier"].astype(str), action=tiers_frame["action"].astype(str))
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """One row per customer of ``features`` with every figure of :data:`SCORE_COLUMNS`."""
+        return self.with_tiers(self.figures(features))
 
     def settings_summary(self) -> dict[str, Any]:
         return {
@@ -166,8 +160,11 @@ def build_scorer(
     value: ValueSettings,
     segments: SegmentSettings,
     period: PeriodSettings,
-) -> tuple[CustomerValueScorer, value_math.HistoricalCLV]:
-    """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``."""
+) -> tuple[CustomerValueScorer, value_math.HistoricalCLV, pd.DataFrame]:
+    """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
+
+    Returns the scorer, the historical CLV and the scores of ``features`` (computed once).
+    """
     scorer = CustomerValueScorer(
         purchase_model=purchase_model,
         purchase_model_name=purchase_model_name,
@@ -192,19 +189,19 @@ def build_scorer(
             margin_rate=scorer._margin_rate(features),
             acquisition_cost=scorer._acquisition_cost(features),
         )
+        scorer.lifespan_years = historical.lifespan_years
         configured = [value_math.Tier(t.name, t.cut, t.action) for t in segments.tiers]
-        clv = scorer.predicted_clv(features)
-        thresholds = value_math.tier_thresholds(clv, configured, method=segments.method)
+        figures = scorer.figures(features)
+        thresholds = value_math.tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
     except ValueError as exc:
         raise InputDataError(f"value: {exc}") from None
     cuts = [float(thresholds[t.name]) for t in configured]
     # Customers scored later may fall below every customer seen here: the lowest tier is open.
     cuts[-1] = -math.inf
-    scorer.lifespan_years = historical.lifespan_years
     scorer.tier_names = [t.name for t in configured]
     scorer.tier_cuts = cuts
     scorer.tier_actions = [t.action for t in configured]
-    return scorer, historical
+    return scorer, historical, scorer.with_tiers(figures)
 
 
 def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, scorer: CustomerValueScorer) -> dict[str, Any]:
