@@ -27,6 +27,7 @@ FEATURE_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
 REQUIRED_FEATURES = ["customer_id", *FEATURE_COLUMNS, "n_transactions", "total_amount"]
 OPTIONAL_FEATURES = ["total_margin", "acquisition_cost", "first_channel"]
 BATCH_ROWS = 1 << 20
+PURCHASE_FIGURES = ["probability_alive", "expected_purchases", "probability_no_purchases", "discounted_expected_purchases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,11 @@ def score_batch(
 ) -> pa.Table:
     """Score one batch of features; the row order and customer ids are kept."""
     features = batch.to_pandas().set_index("customer_id")
-    scores = scorer.score(features)
+    purchase = None
+    if all(column in features.columns for column in PURCHASE_FIGURES):
+        # Joined in SQL from figures computed once per unique history (see pipeline.batch).
+        purchase = features[PURCHASE_FIGURES]
+    scores = scorer.with_tiers(scorer.figures(features, purchase=purchase))
     frame = features[FEATURE_COLUMNS].join(scores).reset_index()
     frame["model_name"] = model.name
     frame["model_version"] = model.version

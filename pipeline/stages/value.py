@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from models import value as value_math
+from models._validation import unique_rows
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 
 DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
+HISTORY_COLUMNS = ["frequency", "recency", "T"]
 
 SCORE_COLUMNS = [
     "probability_alive",
@@ -91,17 +93,42 @@ class CustomerValueScorer:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
         return value_math.acquisition_cost_per_customer(features.index, constant=self.acquisition_cost_constant)
 
-    def figures(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Every per-customer figure except the tier (which needs the frozen cuts)."""
+    def purchase_figures(self, histories: pd.DataFrame) -> pd.DataFrame:
+        """The purchase model's figures for each row of ``histories`` (frequency, recency, T).
+
+        Call it on unique histories: everything here depends on nothing else, and at scale
+        18M customers share well under a million histories.
+        """
         model = self.purchase_model
         horizon = float(self.horizon_periods)
-        probability_alive = model.probability_alive(features)
+        return pd.DataFrame(
+            {
+                "probability_alive": model.probability_alive(histories),
+                "expected_purchases": model.expected_purchases(histories, horizon),
+                "probability_no_purchases": model.probability_of_purchases(histories, 0, horizon),
+                "discounted_expected_purchases": value_math.discounted_expected_purchases(
+                    model, histories, self.horizon_periods, 1.0, self.discount_rate_per_period
+                ),
+            },
+            index=histories.index,
+        )
+
+    def figures(self, features: pd.DataFrame, purchase: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Every per-customer figure except the tier (which needs the frozen cuts).
+
+        ``purchase`` may carry :meth:`purchase_figures` already joined to ``features`` (as
+        batch scoring does in SQL); otherwise they are computed once per unique history.
+        """
+        if purchase is None:
+            columns = [features[name].to_numpy() for name in HISTORY_COLUMNS]
+            unique, inverse, _ = unique_rows(columns)
+            per_history = self.purchase_figures(pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique))))
+            purchase = pd.DataFrame(per_history.to_numpy()[inverse], index=features.index, columns=per_history.columns)
+        probability_alive = purchase["probability_alive"]
+        discounted = purchase["discounted_expected_purchases"]
         spend = self.spend_model.expected_spend(features)
         margin = self._margin_rate(features)
         cost = self._acquisition_cost(features)
-        discounted = value_math.discounted_expected_purchases(
-            model, features, self.horizon_periods, 1.0, self.discount_rate_per_period
-        )
         historical = value_math.historical_clv(
             features,
             self.days_per_unit,
@@ -114,8 +141,8 @@ class CustomerValueScorer:
             {
                 "probability_alive": probability_alive,
                 "churn_probability": 1.0 - probability_alive,
-                "expected_purchases": model.expected_purchases(features, horizon),
-                "probability_no_purchases": model.probability_of_purchases(features, 0, horizon),
+                "expected_purchases": purchase["expected_purchases"],
+                "probability_no_purchases": purchase["probability_no_purchases"],
                 "expected_spend": spend,
                 "margin_rate": margin,
                 "acquisition_cost": cost,
