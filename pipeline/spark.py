@@ -15,7 +15,6 @@ monetary_value)`` (:func:`spend_fit_frame`). Scoring goes back to the cluster: a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import os
@@ -23,14 +22,15 @@ import re
 import shutil
 import sys
 import uuid
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -48,6 +48,7 @@ from pipeline.config import (
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.io import detect_format
 from pipeline.stages.features import FEATURE_COLUMNS, FeaturesResult, resolve_calibration_end
+from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
 from pipeline.transactions import LogSummary
 
@@ -184,16 +185,19 @@ def _first_line(spark: SparkSession, path: str) -> str | None:
 
 
 def _sniff_delimiter(first_line: str | None) -> str:
-    """The delimiter DuckDB's sniffer would most likely pick: the commonest candidate in line 1."""
-    if not first_line:
-        return ","
-    try:
-        return csv.Sniffer().sniff(first_line, delimiters=_CANDIDATE_DELIMITERS).delimiter
-    except csv.Error:
-        return ","
+    """The candidate delimiter that occurs most often in the first line (',' if none does).
+
+    DuckDB's sniffer detects the delimiter; a Spark read needs it named. Set
+    ``input.delimiter`` when the first line could mislead (e.g. commas inside a quoted header).
+    """
+    counts = {candidate: (first_line or "").count(candidate) for candidate in _CANDIDATE_DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
 
 
-def _read_raw(spark: SparkSession, source: str | Path | DataFrame, settings: InputSettings) -> tuple[DataFrame, str, str]:
+def _read_raw(
+    spark: SparkSession, source: str | Path | DataFrame, settings: InputSettings
+) -> tuple[DataFrame, str, str]:
     """The log as Spark reads it (text files: every column a string), a label and the format."""
     if isinstance(source, DataFrame):
         return source, "input DataFrame", "dataframe"
@@ -248,8 +252,13 @@ def _read_whitespace(spark: SparkSession, path: str, settings: InputSettings) ->
 
 
 def _first_message_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "getMessage", lambda: str(exc))() or exc).strip()
+    text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _column(name: str) -> Column:
+    """A column by its exact name (dots and backticks in it are not syntax)."""
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def _text(column: Column) -> Column:
@@ -264,12 +273,22 @@ def _number(column: Column, data_type: T.DataType) -> Column:
     return F.when(text.rlike(_NUMBER), text.try_cast("double"))
 
 
+def parse_date(text: Column, strptime_format: str) -> Column:
+    """Dates parsed from ``text`` as DuckDB's ``try_strptime(text, strptime_format)`` parses them (NULL if not)."""
+    date = F.try_to_date(text, spark_date_pattern(strptime_format))
+    if "%y" in strptime_format.replace("%%", ""):
+        # strptime (and DuckDB) read two-digit years 69-99 as 1969-1999; Spark's 'yy' as 2069-2099.
+        # A century back lands on the same calendar day: no century year lies in between.
+        date = F.when(F.year(date) >= 2069, F.add_months(date, -1200)).otherwise(date)
+    return date
+
+
 def _date(column: Column, data_type: T.DataType, date_format: str | None) -> Column:
     if isinstance(data_type, _TEMPORAL_TYPES):
         return F.to_date(column)
     text = _text(column)
     if date_format:
-        return F.try_to_date(text, spark_date_pattern(date_format))
+        return parse_date(text, date_format)
     return text.try_cast("date")
 
 
@@ -292,36 +311,35 @@ def _typed(raw: DataFrame, settings: InputSettings, keep: tuple[str, ...] = ()) 
     """The typed log (``load_transactions``' view) and the column margins come from, if any."""
     types = {field.name: field.dataType for field in raw.schema.fields}
     mapping = settings.columns
-    col = F.col
     cid = mapping.customer_id
-    customer = col(f"`{cid}`")
+    customer = _column(cid)
     if isinstance(types[cid], T.StringType):
         customer = F.nullif(F.trim(customer), F.lit(""))
-    amount = _number(col(f"`{mapping.amount}`"), types[mapping.amount])
+    amount = _number(_column(mapping.amount), types[mapping.amount])
     margin = F.lit(None).cast("double")
     margin_source = None
     if mapping.margin:
-        margin = _number(col(f"`{mapping.margin}`"), types[mapping.margin])
+        margin = _number(_column(mapping.margin), types[mapping.margin])
         margin_source = mapping.margin
     elif mapping.cost:
-        margin = amount - _number(col(f"`{mapping.cost}`"), types[mapping.cost])
+        margin = amount - _number(_column(mapping.cost), types[mapping.cost])
         margin_source = mapping.cost
-    channel = col(f"`{mapping.channel}`").cast("string") if mapping.channel else F.lit(None).cast("string")
+    channel = _column(mapping.channel).cast("string") if mapping.channel else F.lit(None).cast("string")
     cac = F.lit(None).cast("double")
     if mapping.acquisition_cost:
-        cac = _number(col(f"`{mapping.acquisition_cost}`"), types[mapping.acquisition_cost])
-    field_count = col(_FIELD_COUNT) if _FIELD_COUNT in types else F.lit(None).cast("int")
+        cac = _number(_column(mapping.acquisition_cost), types[mapping.acquisition_cost])
+    field_count = F.col(_FIELD_COUNT) if _FIELD_COUNT in types else F.lit(None).cast("int")
     typed = raw.select(
         customer.alias("customer_id"),
-        _date(col(f"`{mapping.date}`"), types[mapping.date], settings.date_format).alias("order_date"),
+        _date(_column(mapping.date), types[mapping.date], settings.date_format).alias("order_date"),
         amount.alias("amount"),
         margin.alias("margin"),
         channel.alias("channel"),
         cac.alias("acquisition_cost"),
-        col(f"`{mapping.date}`").cast("string").alias("raw_date"),
-        col(f"`{mapping.amount}`").cast("string").alias("raw_amount"),
+        _column(mapping.date).cast("string").alias("raw_date"),
+        _column(mapping.amount).cast("string").alias("raw_amount"),
         field_count.alias("field_count"),
-        *[col(name) for name in keep],
+        *[F.col(name) for name in keep],
     )
     return typed, margin_source
 
@@ -375,7 +393,9 @@ def _checks(settings: InputSettings, validation: ValidationSettings, margin_sour
             _Check(
                 col("amount") < 0,
                 mapping.amount,
-                lambda r: f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)",
+                lambda r: (
+                    f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)"
+                ),
             )
         )
     return checks
@@ -439,7 +459,7 @@ def read_transactions(
         order and the count of such rows (no line numbers: Spark does not track them).
     """
     raw, label, _ = _read_raw(spark, source, settings)
-    types = [field.name for field in raw.schema.fields]
+    columns = raw.columns
     mapping = settings.columns
     wanted = {
         "customer_id": mapping.customer_id, "date": mapping.date, "amount": mapping.amount,
@@ -447,14 +467,16 @@ def read_transactions(
         "acquisition_cost": mapping.acquisition_cost,
     }
     for role, name in wanted.items():
-        if name is not None and name not in types:
-            available = ", ".join(c for c in types if c != _FIELD_COUNT)
-            raise InputDataError(f"{label}: column '{name}' (input.columns.{role}) not found; the file has: {available}")
+        if name is not None and name not in columns:
+            available = ", ".join(c for c in columns if c != _FIELD_COUNT)
+            raise InputDataError(
+                f"{label}: column '{name}' (input.columns.{role}) not found; the file has: {available}"
+            )
 
     typed, margin_source = _typed(raw, settings)
     expected_fields = len(settings.names) if settings.names else None
-    if _FIELD_COUNT in types and expected_fields is None:
-        expected_fields = len([c for c in types if c != _FIELD_COUNT])
+    if _FIELD_COUNT in columns and expected_fields is None:
+        expected_fields = len([c for c in columns if c != _FIELD_COUNT])
     checks = _checks(settings, validation, margin_source, expected_fields)
     col = F.col
     drop_negative = validation.negative_amounts == "drop"
@@ -710,7 +732,10 @@ class SparkFeatures:
         For logs whose features fit in the driver's memory (a few hundred bytes a customer);
         otherwise write the DataFrames and use :func:`unique_statistics` for the fit.
         """
-        self.transactions.persist()
+        # Three tables from one read of the log: cache it for the while, unless the caller has.
+        cached_here = self.transactions.storageLevel == StorageLevel.NONE
+        if cached_here:
+            self.transactions.persist()
         try:
             return FeaturesResult(
                 features=_to_arrow(self.features),
@@ -721,16 +746,18 @@ class SparkFeatures:
                 calibration_end=self.calibration_end,
             )
         finally:
-            self.transactions.unpersist()
+            if cached_here:
+                self.transactions.unpersist()
 
 
 def _to_arrow(frame: DataFrame) -> pa.Table:
     table = frame.toArrow()
-    # Spark may hand out 64-bit-offset strings; DuckDB's tables use plain ones.
-    schema = pa.schema(
-        [field.with_type(pa.string()) if pa.types.is_large_string(field.type) else field for field in table.schema]
-    )
-    return table.cast(schema).replace_schema_metadata(None)
+    # The schema DuckDB's tables have: every column nullable, plain (32-bit offset) strings.
+    fields = [
+        pa.field(field.name, pa.string() if pa.types.is_large_string(field.type) else field.type)
+        for field in table.schema
+    ]
+    return table.cast(pa.schema(fields))
 
 
 def compute_features(
@@ -805,7 +832,8 @@ def purchase_fit_frame(statistics: pd.DataFrame) -> pd.DataFrame:
     customer ids (a fit does not use them).
     """
     counts = statistics["customers"].to_numpy()
-    return pd.DataFrame({name: np.repeat(statistics[name].to_numpy(), counts) for name in ("frequency", "recency", "T")})
+    columns = ("frequency", "recency", "T")
+    return pd.DataFrame({name: np.repeat(statistics[name].to_numpy(), counts) for name in columns})
 
 
 def spend_fit_frame(features_df: DataFrame) -> pd.DataFrame:
@@ -848,7 +876,7 @@ def score(
     features_df: DataFrame,
     scorer: Any,
     output_dir: str | Path,
-    columns: dict[str, Any] | None = None,
+    constant_columns: dict[str, Any] | None = None,
 ) -> Path:
     """Score every customer with a fitted scorer on the executors and write Parquet partitions.
 
@@ -865,19 +893,21 @@ def score(
         The Parquet dataset directory to create (replaced if it exists). It is written beside
         as a temporary directory and renamed into place, so a failure leaves nothing behind;
         on a cluster it must be a filesystem path that every executor and the driver see.
-    columns : dict, optional
-        Constant columns appended to every row, e.g. ``{"model_version": "3", "scored_at": ...}``,
-        so an export can be traced to the model that made it.
+    constant_columns : dict, optional
+        Appended to every row, e.g. ``{"model_version": "3", "scored_at": ...}``, so an export
+        can be traced to the model that made it.
 
     Returns
     -------
     Path
         ``output_dir``.
     """
-    spark = features_df.sparkSession
-    schema = score_schema(features_df.schema)
+    check_feature_columns(features_df.columns, "features")
+    # Only what the scorer reads crosses to Python.
+    needed = features_df.select(*[c for c in REQUIRED_FEATURES + OPTIONAL_FEATURES if c in features_df.columns])
+    schema = score_schema(needed.schema)
     names = schema.fieldNames()
-    scorer_value, release = _broadcast(spark, scorer)
+    scorer_value, release = _broadcast(features_df.sparkSession, scorer)
 
     def score_batches(batches):
         model = scorer_value()
@@ -887,8 +917,8 @@ def score(
             frame = batch.set_index("customer_id")
             yield frame[FEATURE_COLUMNS].join(model.score(frame)).reset_index()[names]
 
-    scored = features_df.mapInPandas(score_batches, schema)
-    for name, value in (columns or {}).items():
+    scored = needed.mapInPandas(score_batches, schema)
+    for name, value in (constant_columns or {}).items():
         scored = scored.withColumn(name, F.lit(value))
 
     target = Path(output_dir)
