@@ -162,8 +162,13 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     by_step, inverse = _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_periods)
     discount_factors = (1.0 + discount_rate_per_step) ** -np.arange(1, by_step.shape[1] + 1, dtype=np.float64)
     # Discount on the unique rows, then join back: one float per customer
-    # instead of an n_customers x n_steps matrix.
-    discounted = by_step @ discount_factors
+    # instead of an n_customers x n_steps matrix. Accumulated step by step
+    # rather than with a matrix product, whose summation order (BLAS blocking)
+    # depends on the number of rows: a customer must get the same bits whether
+    # scored alone, in a batch or in a Spark partition.
+    discounted = np.zeros(by_step.shape[0])
+    for step in range(by_step.shape[1]):
+        discounted += by_step[:, step] * discount_factors[step]
     return pd.Series(discounted[inverse], index=features.index, name="discounted_expected_purchases")
 
 
