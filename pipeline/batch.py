@@ -11,7 +11,14 @@ from pipeline.config import Config, PeriodSettings
 from pipeline.errors import InputDataError
 from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
 from pipeline.stages.features import features_sql
-from pipeline.stages.score import BATCH_ROWS, OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns, write_scores
+from pipeline.stages.score import (
+    BATCH_ROWS,
+    OPTIONAL_FEATURES,
+    REQUIRED_FEATURES,
+    check_feature_columns,
+    output_format,
+    write_scores,
+)
 from pipeline.transactions import load_transactions
 
 
@@ -52,6 +59,48 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int):
     )
 
 
+def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, features_path, scored_at):
+    """Features and scores on Spark, written as a Parquet dataset directory plus its manifest."""
+    import hashlib
+
+    import pyarrow.dataset as ds
+
+    from pipeline import spark as spark_engine
+    from pipeline.config import FeatureSettings
+    from pipeline.io import write_json
+
+    if output_format(output) != "parquet":
+        raise InputDataError(f"{output}: the Spark engine writes a Parquet dataset; name the export *.parquet")
+    if features_path is not None:
+        raise InputDataError("--features is not supported with engine: spark; give the raw log with --input")
+    session = spark_engine.spark_session(config.spark)
+    period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
+    computed = spark_engine.compute_features(
+        session, input_path or config.input.path, config.input,
+        FeatureSettings(period=period, observation_end=as_of), config.validation,
+    )
+    as_of = computed.observation_end
+    constants = {"model_name": identity.name, "model_version": identity.version, "model_run_id": identity.run_id,
+                 "as_of_date": as_of, "scored_at": scored_at}
+    directory = spark_engine.score(computed.features, scorer, output, constant_columns=constants)
+    dataset = ds.dataset(directory, format="parquet")
+    parts = sorted(p for p in Path(directory).rglob("*.parquet"))
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part.relative_to(directory)} {file_sha256(part)}\n".encode())
+    manifest = {
+        "file": Path(directory).name, "format": "parquet dataset", "parts": len(parts),
+        "rows": dataset.count_rows(), "columns": dataset.schema.names,
+        "sha256": digest.hexdigest(), "sha256_of": "part names and their SHA-256, sorted",
+        "model_uri": identity.uri, "model_name": identity.name, "model_version": identity.version,
+        "model_run_id": identity.run_id, "as_of_date": as_of.isoformat(), "scored_at": scored_at.isoformat(),
+        "input": computed.log.source, "input_kind": "transactions", "input_rows": computed.log.rows_used,
+        "engine": "spark",
+    }
+    write_json(manifest, Path(directory).with_name(Path(directory).name + ".manifest.json"))
+    return manifest
+
+
 def score_log(
     config: Config,
     model_uri: str,
@@ -67,12 +116,14 @@ def score_log(
     """Score every customer of a raw log (features at ``as_of``) or of a features file."""
     from pipeline import tracking
 
-    from pipeline.stages.score import check_writable, output_format
+    from pipeline.stages.score import check_writable
 
     output_format(Path(output))
     check_writable(Path(output).parent)
     scorer, identity = tracking.load_scorer(config, model_uri)
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    if config.engine == "spark":
+        return _score_on_spark(config, scorer, identity, Path(output), as_of, input_path, features_path, scored_at)
     con = connect()
     try:
         if features_path is not None:

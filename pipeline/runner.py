@@ -58,7 +58,15 @@ def run_features(
     ``final_dir`` is where ``run_dir`` will be moved once the whole run succeeds; the summary
     names the file there.
     """
-    result = features_from_config(config, source)
+    if config.engine == "spark":
+        # Optional extra: imported only when asked for. The features come back to the driver
+        # (a few hundred bytes a customer); the fit runs here on them as with DuckDB.
+        from pipeline import spark as spark_engine
+
+        session = spark_engine.spark_session(config.spark)
+        result = spark_engine.features_from_config(session, config, source).collect()
+    else:
+        result = features_from_config(config, source)
     write_parquet(result.features, Path(run_dir) / FEATURES_FILE)
     if result.calibration is not None:
         write_parquet(result.calibration, Path(run_dir) / CALIBRATION_FILE)
