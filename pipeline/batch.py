@@ -37,7 +37,7 @@ def _features_file_query(con, path: Path) -> str:
     return f"SELECT {select} FROM {reader}({quoted})"
 
 
-def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int):
+def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None):
     """Features with the purchase model's figures joined from one evaluation per unique history.
 
     The purchase figures (P(alive), expected purchases, discounted purchases) depend only on
@@ -47,6 +47,8 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int):
     import pandas as pd
 
     con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_query}")
+    if on_total:
+        on_total(con.execute("SELECT count(*) FROM score_features").fetchall()[0][0])
     histories = con.sql("SELECT DISTINCT frequency, recency, T FROM score_features").df()
     figures = pd.concat([histories, scorer.purchase_figures(histories)], axis=1)
     con.register("purchase_figures", figures)
@@ -140,9 +142,7 @@ def score_log(
                 period, as_of, None, with_margin=log.has_margin, with_channel=log.has_channel,
                 with_acquisition_cost=log.has_acquisition_cost,
             )
-            if on_total:
-                on_total(log.customers)
-            batches = _joined_batches(con, sql, scorer, batch_rows)
+            batches = _joined_batches(con, sql, scorer, batch_rows, on_total)
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))
         if resolved.is_file():

@@ -20,6 +20,7 @@ from pipeline.errors import InputDataError
 from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
 
 TYPED_VIEW = "typed_transactions"
+TYPED_ROWS = "typed_transaction_rows"
 TRANSACTIONS_VIEW = "transactions"
 
 _TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
@@ -34,7 +35,7 @@ class LogSummary:
     source: str
     rows_read: int
     rows_used: int
-    customers: int
+    customers: int | None  # known once the features are computed (counting here costs a pass)
     first_date: dt.date
     last_date: dt.date
     observation_end: dt.date
@@ -43,6 +44,11 @@ class LogSummary:
     has_margin: bool
     has_channel: bool
     has_acquisition_cost: bool
+
+
+def _is_text_source(con: duckdb.DuckDBPyConnection) -> bool:
+    plan = con.execute(f"SELECT sql FROM duckdb_views() WHERE view_name = '{RAW_VIEW}'").fetchall()
+    return bool(plan) and "read_csv" in plan[0][0]
 
 
 def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -186,13 +192,28 @@ def load_transactions(
             )
         )
 
+    checked = TYPED_VIEW
+    if "__field_count" in types or _is_text_source(con):
+        # Text is parsed once: the typed rows are kept (DuckDB spills them if memory runs
+        # short) and every later pass reads them instead of re-parsing the file. Only the
+        # error path goes back to the file, for the raw value and its line number.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {TYPED_ROWS} AS
+                SELECT customer_id, order_date, amount, margin, channel, acquisition_cost, field_count
+                FROM {TYPED_VIEW}"""
+        )
+        checked = TYPED_ROWS
     count_columns = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _, _ in checks)
+    end_columns = ""
+    if observation_end is not None:
+        end = f"DATE '{observation_end.isoformat()}'"
+        end_columns = f", count(*) FILTER (WHERE order_date > {end}), count(*) FILTER (WHERE amount < 0 AND order_date <= {end})"
     try:
         stats = con.execute(
             f"""SELECT count(*), {count_columns},
                    count(*) FILTER (WHERE amount < 0),
-                   min(order_date), max(order_date)
-               FROM {TYPED_VIEW}"""
+                   min(order_date), max(order_date){end_columns}
+               FROM {checked}"""
         ).fetchall()[0]
     except duckdb.Error as exc:
         raise InputDataError(f"{label}: cannot read: {first_line(exc)}") from None
@@ -203,7 +224,10 @@ def load_transactions(
         if bad_count:
             raise InputDataError(_row_error(con, label, settings, condition, column, describe, bad_count))
     negative_rows = stats[1 + len(checks)]
-    first_date, last_date = stats[-2], stats[-1]
+    first_date, last_date = stats[2 + len(checks)], stats[3 + len(checks)]
+    after_end, negative_kept_rows = 0, negative_rows
+    if observation_end is not None:
+        after_end, negative_kept_rows = stats[4 + len(checks)], stats[5 + len(checks)]
 
     if observation_end is None:
         observation_end = last_date
@@ -211,9 +235,6 @@ def load_transactions(
         raise InputDataError(
             f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
         )
-    after_end = con.execute(
-        f"SELECT count(*) FROM {TYPED_VIEW} WHERE order_date > ?", [observation_end]
-    ).fetchall()[0][0]
     if after_end and validation.rows_after_observation_end == "fail":
         condition = f"order_date > DATE '{observation_end.isoformat()}'"
         raise InputDataError(
@@ -227,19 +248,17 @@ def load_transactions(
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
             SELECT customer_id, order_date, amount, margin, channel, acquisition_cost
-            FROM {TYPED_VIEW}
+            FROM {checked}
             WHERE order_date <= DATE '{observation_end.isoformat()}'{drop_negative}"""
     )
-    used, customers = con.execute(
-        f"SELECT count(*), count(DISTINCT customer_id) FROM {TRANSACTIONS_VIEW}"
-    ).fetchall()[0]
+    used = rows_read - after_end - (negative_kept_rows if drop_negative else 0)
     if used == 0:
         raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
     return LogSummary(
         source=label,
         rows_read=rows_read,
         rows_used=used,
-        customers=customers,
+        customers=None,
         first_date=first_date,
         last_date=min(last_date, observation_end),
         observation_end=observation_end,
