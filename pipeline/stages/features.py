@@ -108,7 +108,6 @@ def _customer_columns(
     with_margin: bool,
     with_channel: bool,
     with_acquisition_cost: bool,
-    prefix: str = "",
 ) -> list[str]:
     """Per-customer aggregates over the marked rows for which ``in_window`` holds."""
     divisor = repr(float(period.index_divisor))
@@ -117,29 +116,26 @@ def _customer_columns(
     amount = f"sum(CAST(amount AS {EXACT})) FILTER (WHERE {in_window})"
     first_amount = f"sum(CAST(amount AS {EXACT})) FILTER (WHERE period = first_period)"
     columns = [
-        f"CAST({periods} - 1 AS BIGINT) AS {prefix}frequency",
-        f"(max(period) FILTER (WHERE {in_window}) - min(first_period)) / {divisor} AS {prefix}recency",
-        f"({end_index} - min(first_period)) / {divisor} AS {prefix}T",
+        f"CAST({periods} - 1 AS BIGINT) AS frequency",
+        f"(max(period) FILTER (WHERE {in_window}) - min(first_period)) / {divisor} AS recency",
+        f"({end_index} - min(first_period)) / {divisor} AS T",
         f"CASE WHEN {periods} > 1 THEN CAST({amount} - {first_amount} AS DOUBLE) / ({periods} - 1)"
-        f" ELSE 0.0 END AS {prefix}monetary_value",
-        f"min(order_date) AS {prefix}first_purchase_date",
-        f"count(*) FILTER (WHERE {in_window}) AS {prefix}n_transactions",
-        f"CAST({amount} AS DOUBLE) AS {prefix}total_amount",
+        f" ELSE 0.0 END AS monetary_value",
+        f"min(order_date) AS first_purchase_date",
+        f"count(*) FILTER (WHERE {in_window}) AS n_transactions",
+        f"CAST({amount} AS DOUBLE) AS total_amount",
     ]
     if with_margin:
-        columns.append(f"CAST(sum(CAST(margin AS {EXACT})) FILTER (WHERE {in_window}) AS DOUBLE) AS {prefix}total_margin")
+        columns.append(f"CAST(sum(CAST(margin AS {EXACT})) FILTER (WHERE {in_window}) AS DOUBLE) AS total_margin")
     if with_channel:
         # The first purchase's channel (rows without one skipped); ties on that day are broken
         # by name, deterministically.
-        columns.append(f"arg_min(channel, (order_date, channel)) FILTER (WHERE {in_window}) AS {prefix}first_channel")
+        columns.append(f"arg_min(channel, (order_date, channel)) FILTER (WHERE {in_window}) AS first_channel")
     if with_acquisition_cost:
-        columns.append(f"max(acquisition_cost) FILTER (WHERE {in_window}) AS {prefix}acquisition_cost")
+        columns.append(f"max(acquisition_cost) FILTER (WHERE {in_window}) AS acquisition_cost")
     return columns
 
 
-FEATURE_TABLE_COLUMNS = [
-    "frequency", "recency", "T", "monetary_value", "first_purchase_date", "n_transactions", "total_amount",
-]
 
 
 def features_sql(
@@ -159,8 +155,8 @@ def features_sql(
     periods without a (customer, period) hash aggregate, which on CDNOW-like logs holds about
     one entry per row (49.5M periods from 50M rows) and dominated time and memory.
 
-    Output columns: ``customer_id`` and the full-period features; with ``calibration_end``
-    also ``cal_*`` features at the calibration end and the holdout columns; with
+    Output columns: ``customer_id`` and the features at the observation end; with
+    ``calibration_end`` instead the features at the calibration end and the holdout columns; with
     ``with_repeat_purchases``, extra rows with a NULL ``customer_id`` carry per-day repeat
     purchases (``date``, ``repeat_purchases``) from the same pass (GROUPING SETS).
     """
@@ -173,8 +169,10 @@ def features_sql(
         f"first_value({index}) OVER customer_dates AS first_period",
     ]
     flags = dict(with_margin=with_margin, with_channel=with_channel, with_acquisition_cost=with_acquisition_cost)
-    columns = _customer_columns(period, observation_end, "TRUE", **flags)
-    if calibration_end is not None:
+    having = ""
+    if calibration_end is None:
+        columns = _customer_columns(period, observation_end, "TRUE", **flags)
+    else:
         cal = _date_literal(calibration_end)
         # A calendar period can straddle the calibration end: its holdout part starts a
         # holdout period of its own, as lifetimes counts the holdout separately.
@@ -182,7 +180,11 @@ def features_sql(
             f"order_date > {cal} AND ({index} IS DISTINCT FROM lag({index}) OVER customer_dates"
             f" OR lag(order_date) OVER customer_dates <= {cal}) AS starts_holdout_period"
         )
-        columns += _customer_columns(period, calibration_end, f"order_date <= {cal}", prefix="cal_", **flags)
+        # Calibration features plus holdout columns, for customers who bought by the calibration
+        # end (as lifetimes' calibration_and_holdout_data). A separate query from the full
+        # features: one result twice as wide cost more memory than a second pass costs time.
+        columns = _customer_columns(period, calibration_end, f"order_date <= {cal}", **flags)
+        having = f"HAVING min(order_date) <= {cal}"
         holdout_amount = f"sum(CAST(amount AS {EXACT})) FILTER (WHERE order_date > {cal})"
         holdout_rows = f"count(*) FILTER (WHERE order_date > {cal})"
         duration = (
@@ -217,35 +219,19 @@ def features_sql(
                {body}
         FROM marked
         {grouping}
+        {having}
         {order}"""
 
 
-def split_features(
-    combined: pa.Table, calibration_end: dt.date | None, with_repeat_purchases: bool = True
-) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
-    """Split the one-pass result into the features, calibration and per-day tables."""
+def split_repeat_purchases(combined: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Split a ``with_repeat_purchases`` result into the features and the per-day table."""
     import pyarrow.compute as pc
 
-    customers = combined
-    per_day = None
-    if with_repeat_purchases:
-        count = combined.num_rows - combined["customer_id"].null_count
-        # Customer rows sort first (NULLS LAST): slices share buffers, nothing is copied.
-        customers = combined.slice(0, count)
-        per_day = combined.slice(count).select(["date", "repeat_purchases"])
-        per_day = per_day.filter(pc.greater(per_day["repeat_purchases"], 0))
-    optional = [c for c in ("total_margin", "first_channel", "acquisition_cost") if c in customers.column_names]
-    names = ["customer_id", *FEATURE_TABLE_COLUMNS, *optional]
-    features = customers.select(names)
-    calibration = None
-    if calibration_end is not None:
-        in_calibration = pc.less_equal(customers["cal_first_purchase_date"], pa.scalar(calibration_end, pa.date32()))
-        holdout = ["frequency_holdout", "monetary_value_holdout", "revenue_holdout", "duration_holdout"]
-        calibration = customers.filter(in_calibration).select(
-            ["customer_id", *[f"cal_{c}" for c in FEATURE_TABLE_COLUMNS + optional], *holdout]
-        )
-        calibration = calibration.rename_columns(names + holdout)
-    return features, calibration, per_day
+    count = combined.num_rows - combined["customer_id"].null_count
+    # Customer rows sort first (NULLS LAST): slices share buffers, nothing is copied.
+    features = combined.slice(0, count).drop_columns(["date", "repeat_purchases"])
+    per_day = combined.slice(count).select(["date", "repeat_purchases"])
+    return features, per_day.filter(pc.greater(per_day["repeat_purchases"], 0))
 
 
 def build_features(
@@ -256,16 +242,16 @@ def build_features(
     """Compute the features table from the validated ``transactions`` view on ``con``."""
     observation_end = log.observation_end
     calibration_end = resolve_calibration_end(settings, log.first_date, observation_end)
-    sql = features_sql(
-        settings.period,
-        observation_end,
-        calibration_end,
-        with_margin=log.has_margin,
-        with_channel=log.has_channel,
-        with_acquisition_cost=log.has_acquisition_cost,
-        with_repeat_purchases=True,
-    )
-    features, calibration, repeat_purchases = split_features(fetch_arrow(con, sql), calibration_end)
+    columns = {
+        "with_margin": log.has_margin,
+        "with_channel": log.has_channel,
+        "with_acquisition_cost": log.has_acquisition_cost,
+    }
+    full = features_sql(settings.period, observation_end, with_repeat_purchases=True, **columns)
+    features, repeat_purchases = split_repeat_purchases(fetch_arrow(con, full))
+    calibration = None
+    if calibration_end is not None:
+        calibration = fetch_arrow(con, features_sql(settings.period, observation_end, calibration_end, **columns))
     log = dataclasses.replace(log, customers=features.num_rows)
     return FeaturesResult(
         features=features,
