@@ -189,6 +189,39 @@ class _PurchaseModel(BaseEstimator):
             "expected_purchases",
         )
 
+    def expected_purchases_by_horizon(self, features, horizons):
+        """Expected purchases in (T, T + h] for each of several horizons ``h``.
+
+        One pass over the unique histories for all horizons, where calling
+        :meth:`expected_purchases` per horizon would regroup the customers each time
+        (that regrouping was half the cost of a 52-week CLV at 10M rows).
+
+        Parameters
+        ----------
+        features : pandas.DataFrame
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        horizons : sequence of float
+            Horizons, in the time unit of ``recency`` and ``T``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape (customers, horizons), rows in the order of ``features``.
+        """
+        check_is_fitted(self)
+        horizons = [check_horizon(h) for h in horizons]
+        columns = check_features(features, PURCHASE_COLUMNS)
+        result = np.zeros((len(features), len(horizons)))
+        if len(features) == 0:
+            return result
+        unique, inverse, _ = unique_rows([columns[column] for column in PURCHASE_COLUMNS])
+        per_unique = np.empty((len(unique[0]), len(horizons)))
+        for position, horizon in enumerate(horizons):
+            per_unique[:, position] = _lifetimes_compat.conditional_expected_purchases(
+                self.model_name, self.params_, horizon, *unique
+            )
+        return per_unique[inverse]
+
     def probability_alive(self, features):
         """Probability that each customer is still active at the end of calibration.
 

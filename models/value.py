@@ -92,9 +92,12 @@ def _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_p
     unique, inverse, _ = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
     unique_features = pd.DataFrame(dict(zip(PURCHASE_COLUMNS, unique)))
     cumulative = np.zeros((len(unique_features), n_steps + 1))
-    for step in range(1, n_steps + 1):
-        expected = purchase_model.expected_purchases(unique_features, step * step_periods)
-        cumulative[:, step] = np.asarray(expected, dtype=np.float64)
+    horizons = [step * step_periods for step in range(1, n_steps + 1)]
+    if hasattr(purchase_model, "expected_purchases_by_horizon"):
+        cumulative[:, 1:] = purchase_model.expected_purchases_by_horizon(unique_features, horizons)
+    else:  # any model with just expected_purchases(features, horizon)
+        for step, horizon in enumerate(horizons, start=1):
+            cumulative[:, step] = np.asarray(purchase_model.expected_purchases(unique_features, horizon), dtype=np.float64)
     # The models give the cumulative E[X(T, T + t)]; a step's purchases are
     # the increments, as in lifetimes' customer_lifetime_value [2].
     return np.diff(cumulative, axis=1), inverse

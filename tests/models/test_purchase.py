@@ -527,3 +527,15 @@ def test_summary_is_json_and_complete(fitted, name):
 
 def test_registry_names_each_model_class():
     assert PURCHASE_MODELS == {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel, "paretonbd": ParetoNBDModel}
+
+
+def test_expected_purchases_by_horizon_equals_one_horizon_at_a_time(cdnow_sample_calibration_features):
+    from models.purchase import BetaGeoModel
+
+    model = BetaGeoModel().fit(cdnow_sample_calibration_features)
+    horizons = [1.0, 4.345, 39.0]
+    together = model.expected_purchases_by_horizon(cdnow_sample_calibration_features, horizons)
+    for position, horizon in enumerate(horizons):
+        np.testing.assert_array_equal(
+            together[:, position], model.expected_purchases(cdnow_sample_calibration_features, horizon).to_numpy()
+        )
