@@ -21,6 +21,7 @@ from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transa
 
 TYPED_VIEW = "typed_transactions"
 TYPED_ROWS = "typed_transaction_rows"
+MAX_AMOUNT = 1e12
 TRANSACTIONS_VIEW = "transactions"
 
 _TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
@@ -183,6 +184,14 @@ def load_transactions(
                 lambda r: "acquisition cost is negative or not a finite number",
             )
         )
+    # Amounts are summed as DECIMAL(18, 6) (exact, order-free): larger values cannot be held.
+    checks.append(
+        (
+            f"abs(amount) >= {MAX_AMOUNT:.0f}" + (f" OR abs(margin) >= {MAX_AMOUNT:.0f}" if margin_source else ""),
+            amount_col,
+            lambda r: f"{r['raw_amount']} is too large (amounts must be below {MAX_AMOUNT:,.0f})",
+        )
+    )
     if validation.negative_amounts == "fail":
         checks.append(
             (

@@ -42,6 +42,7 @@ CASES = [
         {"features": {"observation_end": "2024-02-01"}, "validation": {"rows_after_observation_end": "fail"}},
         r"after_observation_end\.csv: column 'date', line 3: '2024-03-03' is after observation_end 2024-02-01",
     ),
+    ("huge_amount.csv", {}, r"huge_amount\.csv: column 'amount', line 3: 2000000000000 is too large"),
     ("empty.csv", {}, r"empty\.csv: the file is empty"),
     ("header_only.csv", {}, r"header_only\.csv: the log has no rows"),
     (
