@@ -297,7 +297,8 @@ class PipelineResult:
 
     run_dir: Path
     summary: dict[str, Any]
-    features: FeaturesResult
+    features: Any  # pandas: features at the observation end
+    calibration: Any  # pandas: calibration features with holdout columns, or None
     fit: FitOutputs
     value: ValueOutputs
 
@@ -309,9 +310,12 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     features_result, _ = run_features(config, run_dir, source, final_dir=final_dir)
     full = features_result.features_frame()
     calibration = features_result.calibration_frame() if features_result.calibration is not None else None
+    # The Arrow copies are on disk now; at 18M customers each holds a gigabyte or so.
+    del features_result
     fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
     value = stage_value(config, run_dir, full=full, fit=fit, progress=progress)
     summary = stage_report(config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress)
     return PipelineResult(
-        run_dir=Path(final_dir or run_dir), summary=summary, features=features_result, fit=fit, value=value
+        run_dir=Path(final_dir or run_dir), summary=summary, features=full, calibration=calibration, fit=fit,
+        value=value
     )

@@ -508,7 +508,7 @@ def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result
     log_backtest(run, result.fit)
     log_value(run, result.value.summary)
     log_outputs(run, result.run_dir)
-    features = result.features.features_frame()
+    features = result.features
     mlflow.set_tag("mlflow.runName", f"{result.fit.selected} as of {features_info['observation_end']}")
     checks = release_checks(result.fit, config.models.selection_metric)
     return log_and_register_model(

@@ -75,12 +75,17 @@ class FeaturesResult:
     calibration_end: dt.date | None
 
     def features_frame(self) -> pd.DataFrame:
-        return self.features.to_pandas().set_index("customer_id")
+        return _frame(self.features)
 
     def calibration_frame(self) -> pd.DataFrame:
         if self.calibration is None:
             raise ValueError("no calibration_end was set, so there are no calibration features")
-        return self.calibration.to_pandas().set_index("customer_id")
+        return _frame(self.calibration)
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    # split_blocks avoids consolidating columns into one 2-D block (a second full copy).
+    return table.to_pandas(split_blocks=True).set_index("customer_id")
 
 
 def resolve_calibration_end(
