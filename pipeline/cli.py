@@ -167,26 +167,36 @@ def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debu
     console.print(_summary_table("Features", summary))
 
 
+def _run_stage_alone(config: Path, overrides: list[str] | None, run_dir: Path | None, kind: str, stage, log):
+    """A stage on an existing run directory, as its own MLflow run; ``log(tracker, outputs)`` logs it."""
+    from pipeline import tracking
+    from pipeline.runs import resolve_run_dir
+
+    settings = _load(config, overrides)
+    directory = resolve_run_dir(settings.output_dir, run_dir)
+    with tracking.tracked_run(settings, kind) as tracker:
+        outputs = stage(settings, directory, progress=_progress_printer())
+        if tracker:
+            tracking.log_config(tracker, settings, config)
+            log(tracker, outputs, directory)
+    return outputs, directory
+
+
 @app.command()
 @user_errors
 def fit(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Backtest the candidate purchase models, select one and fit it with Gamma-Gamma (reads a features run)."""
-    from pipeline.runner import stage_fit
-    from pipeline.runs import resolve_run_dir
-
     from pipeline import tracking
+    from pipeline.runner import stage_fit
 
-    settings = _load(config, set_)
-    directory = resolve_run_dir(settings.output_dir, run_dir)
-    with tracking.tracked_run(settings, "fit") as tracker:
-        outputs = stage_fit(settings, directory, progress=_progress_printer())
-        if tracker:
-            tracking.log_config(tracker, settings, config)
-            tracking.log_model_summaries(tracker, outputs)
-            tracking.log_candidates(tracker, outputs)
-            tracking.log_backtest(tracker, outputs)
+    def log(tracker, outputs, _):
+        tracking.log_model_summaries(tracker, outputs)
+        tracking.log_candidates(tracker, outputs)
+        tracking.log_backtest(tracker, outputs)
+
+    outputs, directory = _run_stage_alone(config, set_, run_dir, "fit", stage_fit, log)
     console.print(f"selected {outputs.selected}: {outputs.selection_reason}; models in {directory / 'model'}")
 
 
@@ -196,19 +206,14 @@ def value(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Value every customer with the fitted models: CLV, churn, historical CLV, tiers (reads a fit run)."""
-    from pipeline.runner import stage_value
-    from pipeline.runs import resolve_run_dir
-
     from pipeline import tracking
+    from pipeline.runner import stage_value
 
-    settings = _load(config, set_)
-    directory = resolve_run_dir(settings.output_dir, run_dir)
-    with tracking.tracked_run(settings, "value") as tracker:
-        outputs = stage_value(settings, directory, progress=_progress_printer())
-        if tracker:
-            tracking.log_config(tracker, settings, config)
-            tracking.log_value(tracker, outputs.summary)
-            tracking.log_outputs(tracker, directory)
+    def log(tracker, outputs, directory):
+        tracking.log_value(tracker, outputs.summary)
+        tracking.log_outputs(tracker, directory)
+
+    outputs, directory = _run_stage_alone(config, set_, run_dir, "value", stage_value, log)
     console.print(f"valued {len(outputs.customers):,} customers into {directory / 'customers.parquet'}")
 
 
@@ -218,18 +223,12 @@ def report(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Draw the plots and write summary.json for a run (reads its fit and value outputs)."""
-    from pipeline.runner import stage_report
-    from pipeline.runs import resolve_run_dir
-
     from pipeline import tracking
+    from pipeline.runner import stage_report
 
-    settings = _load(config, set_)
-    directory = resolve_run_dir(settings.output_dir, run_dir)
-    with tracking.tracked_run(settings, "report") as tracker:
-        summary = stage_report(settings, directory, progress=_progress_printer())
-        if tracker:
-            tracking.log_config(tracker, settings, config)
-            tracking.log_outputs(tracker, directory)
+    summary, directory = _run_stage_alone(
+        config, set_, run_dir, "report", stage_report, lambda tracker, _, d: tracking.log_outputs(tracker, d)
+    )
     print_run_summary(summary, directory)
 
 
