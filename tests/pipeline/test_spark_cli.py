@@ -48,7 +48,8 @@ def test_spark_scoring_equals_duckdb_scoring(runs, tmp_path):
         result = runner.invoke(app, ["score", "-q", *common, "--set", f"engine={engine}", *stamp,
                                      "--out", str(tmp_path / engine / "scores.parquet")])
         assert result.exit_code == 0, result.stderr
-    duck = pd.read_parquet(tmp_path / "duckdb" / "scores.parquet").set_index("customer_id")
+    duck = pd.read_parquet(tmp_path / "duckdb" / "scores.parquet")
+    duck = duck.astype({c: "str" for c in duck.select_dtypes("category").columns}).set_index("customer_id")
     spark = pd.read_parquet(tmp_path / "spark" / "scores.parquet").set_index("customer_id").sort_index()
     spark = spark[duck.columns]
     pd.testing.assert_frame_equal(spark.drop(columns=["as_of_date", "scored_at"]),
