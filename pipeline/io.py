@@ -143,8 +143,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_parquet(table: pa.Table | pd.DataFrame, target: Path) -> Path:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=table.index.name is not None)
+    # Dictionary pages only for text (repeated tiers, channels); on float columns the writer
+    # would try them first and fall back, at twice the cost.
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_dictionary(f.type)]
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, use_dictionary=text)
     return Path(target)
 
 
