@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,9 +47,7 @@ def run_task(arguments: list[str], timeout_seconds: float | None = None) -> Meas
     The child prints one JSON object on its last stdout line, with at least ``seconds``.
     """
     command = [sys.executable, "-m", "benchmarks._tasks", *arguments]
-    environment = dict(os.environ)
-    # The child must import this package however the parent was started.
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPOSITORY), environment.get("PYTHONPATH")]))
+    environment = child_environment()
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=_REPOSITORY, env=environment)
@@ -80,6 +79,14 @@ def run_task(arguments: list[str], timeout_seconds: float | None = None) -> Meas
     )
 
 
+def child_environment() -> dict[str, str]:
+    """This process's environment, with the repository first on the child's import path."""
+    environment = dict(os.environ)
+    # The child must import this package however the parent was started.
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPOSITORY), environment.get("PYTHONPATH")]))
+    return environment
+
+
 def _wait(process: subprocess.Popen, timeout_seconds: float | None):
     if timeout_seconds is None:
         _, status, usage = os.wait4(process.pid, 0)
@@ -98,3 +105,167 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One stderr line of a streamed child, stamped when it arrived.
+
+    ``seconds`` counts from the child's spawn; ``cpu_seconds`` and ``rss_high_water_bytes``
+    are the child's user + system time and ``VmHWM`` read from /proc at that moment (all its
+    threads; not its own children, which only count once they have exited).
+    """
+
+    seconds: float
+    text: str
+    cpu_seconds: float
+    rss_high_water_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedRun:
+    """A child process measured whole, with its stderr lines stamped as they arrived.
+
+    ``seconds``, ``cpu_seconds`` and ``peak_rss_bytes`` are the whole process: interpreter
+    start-up, imports and exit included (``wait4``'s rusage, which also covers any
+    grandchildren it waited for). ``rss_samples`` are ``(seconds, VmRSS bytes)`` every
+    ``sample_seconds``, to tell which step the peak belongs to.
+    """
+
+    command: list[str]
+    exit_code: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    lines: list[Line]
+    rss_samples: list[tuple[float, int]]
+    stdout: str
+
+    def peak_rss_between(self, start_seconds: float, end_seconds: float) -> int:
+        """The largest sampled RSS in ``[start, end]`` (0 when no sample fell in it)."""
+        return max((rss for t, rss in self.rss_samples if start_seconds <= t <= end_seconds), default=0)
+
+
+def run_streaming(
+    command: list[str],
+    cwd: Path | None = None,
+    environment: dict[str, str] | None = None,
+    timeout_seconds: float | None = None,
+    sample_seconds: float = 0.1,
+    check: bool = True,
+) -> StreamedRun:
+    """Run ``command`` in a fresh process; stamp each stderr line on arrival; sample its RSS.
+
+    Python's stderr is line-buffered even off a terminal (3.9+), so a progress line is read
+    here within milliseconds of being printed: the gaps between lines are the steps' times.
+    ``check`` raises :class:`TaskFailed` on a non-zero exit, with the end of stderr.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as stdout:
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=subprocess.PIPE, cwd=cwd or _REPOSITORY,
+            env=environment or child_environment(),
+        )
+        lines: list[Line] = []
+
+        def read_stderr() -> None:
+            for raw in iter(process.stderr.readline, b""):
+                now = time.perf_counter() - started
+                cpu, high_water = _proc_cpu_and_high_water(process.pid)
+                lines.append(Line(now, raw.decode(errors="replace").rstrip("\n"), cpu, high_water))
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        samples: list[tuple[float, int]] = []
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        try:
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid == process.pid:
+                    break
+                rss = _proc_rss(process.pid)
+                if rss:
+                    samples.append((time.perf_counter() - started, rss))
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{' '.join(command)}: still running after {timeout_seconds:.0f} s")
+                time.sleep(sample_seconds)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        seconds = time.perf_counter() - started
+        reader.join()
+        process.stderr.close()
+        stdout.seek(0)
+        output = stdout.read().decode(errors="replace")
+    exit_code = os.waitstatus_to_exitcode(status)
+    # Popen must not try to reap the child again: wait4 already did.
+    process.returncode = exit_code
+    if check and exit_code != 0:
+        tail = "\n".join(line.text for line in lines[-15:])
+        raise TaskFailed(f"{' '.join(command)}: exit code {exit_code}\n{tail}")
+    return StreamedRun(
+        command=list(command),
+        exit_code=exit_code,
+        seconds=seconds,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_rss_bytes=usage.ru_maxrss * 1024,
+        lines=lines,
+        rss_samples=samples,
+        stdout=output,
+    )
+
+
+def task_command(*arguments: str) -> list[str]:
+    """The command line that runs ``python -m benchmarks._tasks *arguments``."""
+    return [sys.executable, "-m", "benchmarks._tasks", *arguments]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_and_high_water(pid: int) -> tuple[float, int]:
+    """User + system seconds and VmHWM of a live process (NaN / 0 once it has gone)."""
+    try:
+        # The command name may hold spaces or parentheses: the fields start after the last ')'.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        cpu = float("nan")
+    return cpu, _proc_status_kib(pid, "VmHWM:") * 1024
+
+
+def _proc_rss(pid: int) -> int:
+    return _proc_status_kib(pid, "VmRSS:") * 1024
+
+
+def _proc_status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def summarise_stack_samples(path: Path, top_inner: int = 3) -> list[dict]:
+    """Seconds by innermost project frame, from a ``StackSampler`` file (see ``_tasks``)."""
+    rows = json.loads(Path(path).read_text())
+    by_project: dict[str, float] = {}
+    for row in rows:
+        by_project[row["project_frame"]] = by_project.get(row["project_frame"], 0.0) + row["seconds"]
+    return [
+        {"project_frame": name, "seconds": round(seconds, 2),
+         "top_inner": [r for r in rows if r["project_frame"] == name][:top_inner]}
+        for name, seconds in sorted(by_project.items(), key=lambda item: -item[1])
+    ]
+
+
+def format_stack_summary(rows: list[dict], limit: int = 15) -> list[str]:
+    lines = []
+    for row in rows[:limit]:
+        inner = "; ".join(f"{r['innermost_frame']} {r['seconds']:.1f}" for r in row["top_inner"])
+        lines.append(f"  {row['seconds']:7.1f}  {row['project_frame']}   [{inner}]")
+    return lines
