@@ -214,7 +214,9 @@ def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None
     return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tier_table, summary=summary)
 
 
-def write_plots(run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features_result=None) -> dict[str, Path]:
+def write_plots(
+    run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features=None, calibration=None
+) -> dict[str, Path]:
     """The run's PNGs; the backtest plots only when there is a holdout."""
     import pandas as pd
 
@@ -228,8 +230,12 @@ def write_plots(run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutp
     title = PURCHASE_MODEL_TITLES[fit.selected]
     full = value.customers
     if fit.calibration_models is not None:
-        calibration = read_features(run_dir / CALIBRATION_FILE)
-        features = read_features(run_dir / FEATURES_FILE)
+        # Read back only when run alone: inside the pipeline the frames are already in memory
+        # (re-reading them at 18M customers doubled the run's peak memory).
+        if calibration is None:
+            calibration = read_features(run_dir / CALIBRATION_FILE)
+        if features is None:
+            features = read_features(run_dir / FEATURES_FILE)
         model = fit.calibration_models.purchase[fit.selected]
         horizon = float(calibration["duration_holdout"].iloc[0])
         data = plots.calibration_vs_holdout_data(calibration, model.expected_purchases(calibration, horizon))
@@ -260,7 +266,10 @@ def write_plots(run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutp
     return written
 
 
-def stage_report(config: Config, run_dir: Path, final_dir: Path | None = None, fit=None, value=None, progress=None) -> dict[str, Any]:
+def stage_report(
+    config: Config, run_dir: Path, final_dir: Path | None = None, fit=None, value=None, progress=None,
+    full=None, calibration=None,
+) -> dict[str, Any]:
     """Plots and ``summary.json``: predicted vs historical CLV side by side, tiers, backtest."""
     run_dir = Path(run_dir)
     final_dir = Path(final_dir or run_dir)
@@ -269,7 +278,7 @@ def stage_report(config: Config, run_dir: Path, final_dir: Path | None = None, f
     if value is None:
         value = stage_value(config, run_dir, fit=fit, progress=progress)
     _progress(progress, "drawing plots")
-    plots = write_plots(run_dir, config, fit, value)
+    plots = write_plots(run_dir, config, fit, value, features=full, calibration=calibration)
     summary = {
         "features": json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text()),
         "model": {
@@ -314,7 +323,9 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     del features_result
     fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
     value = stage_value(config, run_dir, full=full, fit=fit, progress=progress)
-    summary = stage_report(config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress)
+    summary = stage_report(
+        config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, full=full, calibration=calibration
+    )
     return PipelineResult(
         run_dir=Path(final_dir or run_dir), summary=summary, features=full, calibration=calibration, fit=fit,
         value=value

@@ -13,6 +13,20 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 TOP_SHARE = 0.10
+# Spearman's rho needs two full sorts; on tens of millions of customers a fixed, seeded
+# sample of this size estimates it to about ±0.001 in a fraction of the time.
+RANK_SAMPLE = 1_000_000
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray, seed: int = 0) -> float:
+    """Spearman's rho, on a seeded random sample of :data:`RANK_SAMPLE` rows when there are more."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if len(first) < 2:
+        return float("nan")
+    if len(first) > RANK_SAMPLE:
+        rows = np.random.default_rng(seed).choice(len(first), RANK_SAMPLE, replace=False)
+        first, second = first[rows], second[rows]
+    return float(spearmanr(first, second).statistic)
 
 # Lower is better for every selection metric; the total error is compared in absolute value.
 _SELECTION_KEYS = {
@@ -28,7 +42,7 @@ def _errors(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str,
     difference = predicted - actual
     total_actual = float(actual.sum())
     total_predicted = float(predicted.sum())
-    correlation = spearmanr(actual, predicted).statistic if len(actual) > 1 else float("nan")
+    correlation = rank_correlation(actual, predicted)
     return {
         f"{prefix}_mae": float(np.abs(difference).mean()),
         f"{prefix}_rmse": float(np.sqrt((difference**2).mean())),

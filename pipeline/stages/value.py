@@ -18,6 +18,7 @@ from models import value as value_math
 from models._validation import unique_rows
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
+from pipeline.stages.backtest import rank_correlation
 
 DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
 HISTORY_COLUMNS = ["frequency", "recency", "T"]
@@ -248,7 +249,7 @@ def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV,
         "historical_clv_customer_mean": float(per_customer_historical.mean()),
         "historical_clv_customer_median": float(per_customer_historical.median()),
         "predicted_minus_historical_mean": float(predicted.mean() - per_customer_historical.mean()),
-        "predicted_historical_spearman": float(predicted.rank().corr(per_customer_historical.rank())),
+        "predicted_historical_spearman": rank_correlation(predicted.to_numpy(), per_customer_historical.to_numpy()),
         "historical_method": historical.method,
         "historical_lifespan_years": float(historical.lifespan_years),
         "historical_churn_rate_annual": float(historical.churn_rate_annual),

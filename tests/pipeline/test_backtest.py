@@ -47,3 +47,23 @@ def test_select_model_picks_the_lowest_metric_and_says_why():
     name, reason = select_model(metrics, "total_purchases_error")
     assert name == "bgnbd"
     assert reason.startswith("lowest holdout total_purchases_error (bgnbd 3")
+
+
+def test_rank_correlation_samples_large_inputs_close_to_the_exact_value():
+    from scipy.stats import spearmanr
+
+    from pipeline.stages import backtest
+
+    rng = np.random.default_rng(3)
+    first = rng.normal(size=50_000)
+    second = first + rng.normal(size=50_000)
+    exact = spearmanr(first, second).statistic
+    assert backtest.rank_correlation(first, second) == pytest.approx(exact, abs=1e-12)
+    original = backtest.RANK_SAMPLE
+    backtest.RANK_SAMPLE = 5_000
+    try:
+        sampled = backtest.rank_correlation(first, second)
+        assert sampled != exact and sampled == pytest.approx(exact, abs=0.03)
+        assert backtest.rank_correlation(first, second) == sampled  # seeded: same sample every time
+    finally:
+        backtest.RANK_SAMPLE = original
