@@ -147,7 +147,7 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
     if model_name == "paretonbd":
         # Workaround 5: dividing by mean(weights) instead of 1 shrinks the data
         # term by that factor, so shrink the penalizer by the same factor.
-        fitter = ParetoNBDFitter(penalizer_coef=penalizer / np.mean(weights))
+        fitter = _ParetoNBDFitterExactAtRecencyT(penalizer_coef=penalizer / np.mean(weights))
         with _contained_lifetimes_call():
             fitter.fit(
                 frequency,
@@ -218,7 +218,9 @@ def total_log_likelihood(model_name, params, frequency, recency, age, weights):
         return -np.inf
     with _contained_lifetimes_call():
         if model_name == "paretonbd":
-            mean_scaled = ParetoNBDFitter._negative_log_likelihood(params, frequency, recency, age, weights, 0.0)
+            mean_scaled = _ParetoNBDFitterExactAtRecencyT._negative_log_likelihood(
+                params, frequency, recency, age, weights, 0.0
+            )
             return float(-mean_scaled * np.mean(weights))
         negative_mean = FITTERS[model_name]._negative_log_likelihood(
             np.log(params), frequency, recency, age, weights, 0.0
@@ -284,6 +286,17 @@ class _ParetoNBDFitterExactAtRecencyT(ParetoNBDFitter):
             result = result.copy()
             result[inside] = ParetoNBDFitter._conditional_log_likelihood(params, freq[inside], rec[inside], T[inside])
         return result
+
+    @staticmethod
+    def _negative_log_likelihood(params, freq, rec, T, weights, penalizer_coef):
+        # lifetimes' objective calls ParetoNBDFitter._conditional_log_likelihood by class
+        # name, so one NaN row (recency == T) made the whole objective NaN and Nelder-Mead
+        # wander (seen on CDNOW master). Same formula, exact at recency == T.
+        if np.any(np.asarray(params) <= 0.0):
+            return np.inf
+        conditional = _ParetoNBDFitterExactAtRecencyT._conditional_log_likelihood(params, freq, rec, T)
+        penalizer_term = penalizer_coef * sum(np.asarray(params) ** 2)
+        return -(weights * conditional).sum() / weights.mean() + penalizer_term
 
 
 def _fitter_with_params(model_name, params):

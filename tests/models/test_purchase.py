@@ -539,3 +539,18 @@ def test_expected_purchases_by_horizon_equals_one_horizon_at_a_time(cdnow_sample
         np.testing.assert_array_equal(
             together[:, position], model.expected_purchases(cdnow_sample_calibration_features, horizon).to_numpy()
         )
+
+
+def test_pareto_handles_a_last_purchase_at_T(cdnow_sample_calibration_features):
+    # lifetimes returns NaN for the likelihood and P(alive) of such a customer (CDNOW master
+    # has one: x = 170, t_x = T); the fit must still converge and P(alive) be exactly 1.
+    from models.purchase import ParetoNBDModel
+
+    heavy = pd.DataFrame({"frequency": [170], "recency": [38.857142857142854], "T": [38.857142857142854]},
+                         index=pd.Index(["heavy"], name="customer_id"))
+    features = pd.concat([cdnow_sample_calibration_features[["frequency", "recency", "T"]], heavy])
+    model = ParetoNBDModel().fit(features)
+    assert np.isfinite(model.log_likelihood_)
+    assert model.convergence_["converged"]
+    assert model.probability_alive(heavy).iloc[0] == 1.0
+    assert np.isfinite(model.expected_purchases(heavy, 39).iloc[0])
