@@ -152,3 +152,22 @@ def json_number(value):
     """A float for JSON summaries, with None for NaN and infinities (strict JSON has neither)."""
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+def fitted_summary(estimator, **extra):
+    """The JSON-serialisable description every fitted estimator gives of itself.
+
+    ``extra`` holds model-specific figures (numbers are made JSON-safe: non-finite → None).
+    """
+    return {
+        "model": estimator.model_name,
+        "estimator": type(estimator).__name__,
+        "settings": estimator.get_params(),
+        "params": {name: json_number(value) for name, value in estimator.params_.items()},
+        "standard_errors": {name: json_number(value) for name, value in estimator.standard_errors_.items()},
+        "log_likelihood": json_number(estimator.log_likelihood_),
+        "n_customers": estimator.n_customers_,
+        "n_unique_rows": estimator.n_unique_rows_,
+        **{name: json_number(value) for name, value in extra.items()},
+        "convergence": dict(estimator.convergence_),
+    }

@@ -31,7 +31,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import _lifetimes_compat
-from ._estimation import describe_optimum, json_number
+from ._estimation import describe_optimum, fitted_summary
 from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, check_settings, unique_rows
 
 
@@ -318,17 +318,7 @@ class _PurchaseModel(BaseEstimator):
             ``n_unique_rows`` and ``convergence``. Non-finite numbers are None.
         """
         check_is_fitted(self)
-        return {
-            "model": self.model_name,
-            "estimator": type(self).__name__,
-            "settings": self.get_params(),
-            "params": {name: json_number(value) for name, value in self.params_.items()},
-            "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
-            "log_likelihood": json_number(self.log_likelihood_),
-            "n_customers": self.n_customers_,
-            "n_unique_rows": self.n_unique_rows_,
-            "convergence": dict(self.convergence_),
-        }
+        return fitted_summary(self)
 
 
 def _probability_of_purchases_when_alive(n_purchases, horizon, r, alpha, a, b):

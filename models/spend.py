@@ -18,7 +18,7 @@ from scipy.special import digamma, gammaln
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, describe_optimum, json_number
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, describe_optimum, fitted_summary
 from ._validation import SPEND_COLUMNS, check_features, check_settings, unique_rows
 
 
@@ -281,16 +281,8 @@ class GammaGammaModel(BaseEstimator):
             Non-finite numbers are None.
         """
         check_is_fitted(self)
-        return {
-            "model": self.model_name,
-            "estimator": type(self).__name__,
-            "settings": self.get_params(),
-            "params": {name: json_number(value) for name, value in self.params_.items()},
-            "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
-            "log_likelihood": json_number(self.log_likelihood_),
-            "n_customers": self.n_customers_,
-            "n_unique_rows": self.n_unique_rows_,
-            "population_mean_spend": json_number(self.population_mean_spend_),
-            "frequency_monetary_correlation": json_number(self.frequency_monetary_correlation_),
-            "convergence": dict(self.convergence_),
-        }
+        return fitted_summary(
+            self,
+            population_mean_spend=self.population_mean_spend_,
+            frequency_monetary_correlation=self.frequency_monetary_correlation_,
+        )
