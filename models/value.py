@@ -79,9 +79,7 @@ def discount_rate_per_period(discount_rate_annual, days_per_period):
 def _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_periods):
     """Per-step expected purchases on the unique (frequency, recency, T) rows, and the map back."""
     n_steps = _positive_int(n_steps, "n_steps")
-    step_periods = _real(step_periods, "step_periods")
-    if step_periods <= 0:
-        raise ValueError(f"step_periods must be positive, got {step_periods}")
+    step_periods = _positive_real(step_periods, "step_periods")
     columns = check_features(features, PURCHASE_COLUMNS)
     if len(features) == 0:
         return np.zeros((0, n_steps)), np.zeros(0, dtype=np.intp)
@@ -371,12 +369,8 @@ class HistoricalCLV:
 
 def _activity(features, days_per_period, churn_inactivity_days):
     """Purchases, revenue, churn flag and active exposure (years) per customer."""
-    days_per_period = _real(days_per_period, "days_per_period")
-    if days_per_period <= 0:
-        raise ValueError(f"days_per_period must be positive, got {days_per_period}")
-    churn_inactivity_days = _real(churn_inactivity_days, "churn_inactivity_days")
-    if churn_inactivity_days <= 0:
-        raise ValueError(f"churn_inactivity_days must be positive, got {churn_inactivity_days}")
+    days_per_period = _positive_real(days_per_period, "days_per_period")
+    churn_inactivity_days = _positive_real(churn_inactivity_days, "churn_inactivity_days")
     columns = check_features(features, PURCHASE_COLUMNS)
     if len(features) == 0:
         raise ValueError("features: no customers")
@@ -518,13 +512,9 @@ def historical_clv(
     it the purchases so far are taken as the first year's (a floor of one
     week would turn a single purchase last week into 52 a year).
     """
-    min_exposure_years = _real(min_exposure_years, "min_exposure_years")
-    if min_exposure_years <= 0:
-        raise ValueError(f"min_exposure_years must be positive, got {min_exposure_years}")
+    min_exposure_years = _positive_real(min_exposure_years, "min_exposure_years")
     if lifespan_years is not None:
-        lifespan_years = _real(lifespan_years, "lifespan_years")
-        if lifespan_years <= 0:
-            raise ValueError(f"lifespan_years must be positive, got {lifespan_years}")
+        lifespan_years = _positive_real(lifespan_years, "lifespan_years")
     purchases, revenue, churned, exposure_years = _activity(features, days_per_period, churn_inactivity_days)
     index = features.index
     margin = _aligned(margin_rate, index, "margin_rate")
@@ -600,9 +590,7 @@ def historical_clv_by_group(
         churned has no lifespan estimate: NaN lifespan and CLV.
     """
     if lifespan_years is not None:
-        lifespan_years = _real(lifespan_years, "lifespan_years")
-        if lifespan_years <= 0:
-            raise ValueError(f"lifespan_years must be positive, got {lifespan_years}")
+        lifespan_years = _positive_real(lifespan_years, "lifespan_years")
     purchases, revenue, churned, exposure_years = _activity(features, days_per_period, churn_inactivity_days)
     index = features.index
     labels = _reindexed(groups, index, "groups")
@@ -688,9 +676,7 @@ def naive_holdout_forecast(features, holdout_periods, min_exposure_periods=1.0):
     repeat rate gives 2930). The value per purchase is the customer's
     revenue over their purchase periods, ``total_amount / (frequency + 1)``.
     """
-    min_exposure_periods = _real(min_exposure_periods, "min_exposure_periods")
-    if min_exposure_periods <= 0:
-        raise ValueError(f"min_exposure_periods must be positive, got {min_exposure_periods}")
+    min_exposure_periods = _positive_real(min_exposure_periods, "min_exposure_periods")
     columns = check_features(features, PURCHASE_COLUMNS)
     revenue = _feature_column(features, "total_amount")
     holdout = _aligned(holdout_periods, features.index, "holdout_periods")
@@ -919,6 +905,13 @@ def tier_summary(clv, tiers_frame, historical=None):
 
 def _rows(count):
     return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def _positive_real(value, name):
+    value = _real(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
 
 
 def _real(value, name, allow_infinite=False):
