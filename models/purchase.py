@@ -215,11 +215,9 @@ class _PurchaseModel(BaseEstimator):
         if len(features) == 0:
             return result
         unique, inverse, _ = unique_rows([columns[column] for column in PURCHASE_COLUMNS])
-        per_unique = np.empty((len(unique[0]), len(horizons)))
-        for position, horizon in enumerate(horizons):
-            per_unique[:, position] = _lifetimes_compat.conditional_expected_purchases(
-                self.model_name, self.params_, horizon, *unique
-            )
+        per_unique = _lifetimes_compat.conditional_expected_purchases_by_horizon(
+            self.model_name, self.params_, horizons, *unique
+        )
         return per_unique[inverse]
 
     def probability_alive(self, features):
