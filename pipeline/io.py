@@ -159,13 +159,17 @@ def write_json(payload: Any, target: Path) -> Path:
     return Path(target)
 
 
-def read_features(path: Path) -> pd.DataFrame:
-    """Read a features Parquet written by the features stage, indexed by customer id."""
+def read_features(path: Path, indexed: bool = True) -> pd.DataFrame:
+    """Read a features Parquet written by the features stage, indexed by customer id.
+
+    ``indexed=False`` keeps ``customer_id`` as a column with rows aligned by position (what
+    the stages use, see ``pipeline.stages.features._frame``).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path}: features file not found (run `clv features` first)")
-    frame = pq.read_table(path).to_pandas()
-    if "customer_id" in frame.columns:
+    frame = pq.read_table(path).to_pandas(split_blocks=True)
+    if indexed and "customer_id" in frame.columns:
         frame = frame.set_index("customer_id")
     return frame
 

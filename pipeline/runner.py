@@ -151,9 +151,9 @@ def stage_fit(config: Config, run_dir: Path, full=None, calibration=None, progre
 
     run_dir = Path(run_dir)
     if full is None:
-        full = read_features(run_dir / FEATURES_FILE)
+        full = read_features(run_dir / FEATURES_FILE, indexed=False)
         if (run_dir / CALIBRATION_FILE).is_file():
-            calibration = read_features(run_dir / CALIBRATION_FILE)
+            calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False)
     calibration_models, backtest = None, {}
     selected = config.models.purchase.candidates[0]
     reason = "no holdout (no calibration_end): the first candidate is used"
@@ -193,14 +193,15 @@ def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None
 
     run_dir = Path(run_dir)
     if full is None:
-        full = read_features(run_dir / FEATURES_FILE)
+        full = read_features(run_dir / FEATURES_FILE, indexed=False)
     if fit is None:
         fit = _load(run_dir / FITTED_FILE, "fit")
     _progress(progress, "valuing customers")
     scorer, historical, scores = build_scorer(
         full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
     )
-    customers = full[["frequency", "recency", "T", "monetary_value"]].join(scores)
+    # Rows of ``scores`` are those of ``full`` in order (positional frames, customer_id a column).
+    customers = pd.concat([full[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers_frame = pd.DataFrame(
         {"tier": pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True),
          "action": customers["action"]},
@@ -208,7 +209,7 @@ def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None
     )
     tier_table = tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
     summary = value_summary(customers, historical, scorer)
-    write_parquet(customers.reset_index(), run_dir / CUSTOMERS_FILE)
+    write_parquet(customers, run_dir / CUSTOMERS_FILE)
     _dump(scorer, run_dir / SCORER_FILE)
     write_json({"settings": scorer.settings_summary(), **summary}, run_dir / VALUE_FILE)
     return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tier_table, summary=summary)
@@ -233,9 +234,9 @@ def write_plots(
         # Read back only when run alone: inside the pipeline the frames are already in memory
         # (re-reading them at 18M customers doubled the run's peak memory).
         if calibration is None:
-            calibration = read_features(run_dir / CALIBRATION_FILE)
+            calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False)
         if features is None:
-            features = read_features(run_dir / FEATURES_FILE)
+            features = read_features(run_dir / FEATURES_FILE, indexed=False)
         model = fit.calibration_models.purchase[fit.selected]
         horizon = float(calibration["duration_holdout"].iloc[0])
         data = plots.calibration_vs_holdout_data(calibration, model.expected_purchases(calibration, horizon))
@@ -317,8 +318,8 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     run_dir = Path(run_dir)
     _progress(progress, "computing features")
     features_result, _ = run_features(config, run_dir, source, final_dir=final_dir)
-    full = features_result.features_frame()
-    calibration = features_result.calibration_frame() if features_result.calibration is not None else None
+    full = features_result.features_frame(indexed=False)
+    calibration = features_result.calibration_frame(indexed=False) if features_result.calibration is not None else None
     # The Arrow copies are on disk now; at 18M customers each holds a gigabyte or so.
     del features_result
     fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)

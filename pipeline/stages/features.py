@@ -74,18 +74,24 @@ class FeaturesResult:
     observation_end: dt.date
     calibration_end: dt.date | None
 
-    def features_frame(self) -> pd.DataFrame:
-        return _frame(self.features)
+    def features_frame(self, indexed: bool = True) -> pd.DataFrame:
+        """The features as pandas, indexed by customer id (``indexed=False``: a column, see ``_frame``)."""
+        return _frame(self.features, indexed)
 
-    def calibration_frame(self) -> pd.DataFrame:
+    def calibration_frame(self, indexed: bool = True) -> pd.DataFrame:
         if self.calibration is None:
             raise ValueError("no calibration_end was set, so there are no calibration features")
-        return _frame(self.calibration)
+        return _frame(self.calibration, indexed)
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
+def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
     # split_blocks avoids consolidating columns into one 2-D block (a second full copy).
-    return table.to_pandas(split_blocks=True).set_index("customer_id")
+    frame = table.to_pandas(split_blocks=True)
+    # Unindexed, customer_id stays an Arrow-backed column and rows are aligned by position:
+    # at 18M customers every join, reindex or difference on a string index converted it to
+    # Python objects (gigabytes, seconds each). The pipeline works this way; people and tests
+    # get the customer index.
+    return frame.set_index("customer_id") if indexed else frame
 
 
 def resolve_calibration_end(
