@@ -65,8 +65,12 @@ def top_share_capture(actual_revenue: np.ndarray, predicted_value: np.ndarray, s
     if total == 0 or len(actual_revenue) == 0:
         return float("nan")
     count = max(1, int(round(share * len(actual_revenue))))
-    order = np.argsort(-predicted_value, kind="stable")[:count]
-    return float(actual_revenue[order].sum() / total)
+    # The top ``count`` without sorting everyone (a stable argsort of 12M took 2.5 s): all above
+    # the count-th largest value, then the first of the rows tied with it, by position.
+    threshold = np.partition(predicted_value, len(predicted_value) - count)[len(predicted_value) - count]
+    above = predicted_value > threshold
+    tied = np.flatnonzero(predicted_value == threshold)[: count - int(above.sum())]
+    return float((actual_revenue[above].sum() + actual_revenue[tied].sum()) / total)
 
 
 def holdout_metrics(

@@ -67,3 +67,14 @@ def test_rank_correlation_samples_large_inputs_close_to_the_exact_value():
         assert backtest.rank_correlation(first, second) == sampled  # seeded: same sample every time
     finally:
         backtest.RANK_SAMPLE = original
+
+
+@pytest.mark.parametrize("share", [0.01, 0.1, 0.37, 1.0])
+def test_top_share_capture_equals_a_stable_sort_with_ties_broken_by_position(share):
+    rng = np.random.default_rng(11)
+    # Few distinct predictions, so the cut falls inside a run of ties.
+    predicted = rng.integers(0, 7, size=5_000).astype(float)
+    actual = rng.gamma(2.0, 10.0, size=5_000)
+    count = max(1, int(round(share * len(actual))))
+    reference = actual[np.argsort(-predicted, kind="stable")[:count]].sum() / actual.sum()
+    assert top_share_capture(actual, predicted, share) == pytest.approx(reference, rel=1e-12)
