@@ -5,6 +5,7 @@ prediction, so that a bad features table fails with one message naming the
 column and the number of bad rows instead of a NaN deep inside an optimiser.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -154,10 +155,24 @@ def unique_rows(columns):
     counts : numpy.ndarray
         Number of input rows per unique row.
     """
-    frame = pd.DataFrame({position: values for position, values in enumerate(columns)})
-    # A hash-based groupby scales linearly; np.unique(axis=0) would sort
-    # structured rows, which is several times slower at tens of millions.
-    inverse = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+    # Each column is factorized on its own (a few hundred distinct ages: a small,
+    # cache-friendly hash table), the codes are combined into one integer key and
+    # that key factorized: at 18M customers 1.9 s against 4.4 s for a pandas
+    # groupby on the three columns, with the same groups in the same (first
+    # appearance) order. np.unique(axis=0) would sort structured rows, slower still.
+    codes, sizes = [], []
+    for values in columns:
+        code, distinct = pd.factorize(np.asarray(values), sort=False, use_na_sentinel=False)
+        codes.append(code.astype(np.int64, copy=False))
+        sizes.append(max(len(distinct), 1))
+    if math.prod(sizes) < 2**63:
+        key = codes[0]
+        for code, size in zip(codes[1:], sizes[1:]):
+            key = key * size + code
+        inverse = pd.factorize(key, sort=False)[0]
+    else:  # too many combinations for one int64 key
+        frame = pd.DataFrame({position: values for position, values in enumerate(codes)})
+        inverse = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
     counts = np.bincount(inverse, minlength=inverse.max() + 1 if len(inverse) else 0)
     first_row = np.empty(len(counts), dtype=np.intp)
     # Writing positions in reverse leaves each group's first position last.
