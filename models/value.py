@@ -813,7 +813,7 @@ def assign_tiers(clv, tiers=DEFAULT_TIERS, method="quantile"):
     -------
     pandas.DataFrame
         ``tier`` (ordered categorical, lowest tier first so that comparisons
-        follow value) and ``action``, indexed like ``clv``. A customer exactly
+        follow value) and ``action`` (categorical), indexed like ``clv``. A customer exactly
         at a bound belongs to the tier above it.
 
     Raises
@@ -829,7 +829,10 @@ def assign_tiers(clv, tiers=DEFAULT_TIERS, method="quantile"):
     position = np.searchsorted(-bounds, -values, side="left")
     names = [tier.name for tier in checked]
     tier = pd.Categorical.from_codes(len(names) - 1 - position, categories=names[::-1], ordered=True)
-    actions = np.array([tier_.action for tier_ in checked], dtype=object)[position]
+    # Categorical too: a handful of texts repeated on millions of rows.
+    distinct_actions = list(dict.fromkeys(tier_.action for tier_ in checked))
+    action_codes = np.array([distinct_actions.index(tier_.action) for tier_ in checked])[position]
+    actions = pd.Categorical.from_codes(action_codes, categories=distinct_actions)
     frame = pd.DataFrame({"tier": tier, "action": actions}, index=clv.index)
     frame.attrs["tiers"] = checked
     return frame

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import InputDataError
-from pipeline.io import atomic_path, read_features, write_json, write_parquet
+from pipeline.io import BackgroundWrites, atomic_path, read_features, write_json, write_parquet
 from pipeline.stages.features import FeaturesResult, features_from_config
 
 FEATURES_FILE = "features.parquet"
@@ -51,12 +51,13 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
 
 
 def run_features(
-    config: Config, run_dir: Path, source=None, final_dir: Path | None = None
+    config: Config, run_dir: Path, source=None, final_dir: Path | None = None, writes: BackgroundWrites | None = None
 ) -> tuple[FeaturesResult, dict[str, Any]]:
     """Compute features for ``config`` and write them (atomically) into ``run_dir``.
 
     ``final_dir`` is where ``run_dir`` will be moved once the whole run succeeds; the summary
-    names the file there.
+    names the file there. With ``writes`` the tables are written in the background (the caller
+    waits for them before committing the run).
     """
     if config.engine == "spark":
         # Optional extra: imported only when asked for. The features come back to the driver
@@ -67,10 +68,14 @@ def run_features(
         result = spark_engine.features_from_config(session, config, source).collect()
     else:
         result = features_from_config(config, source)
-    write_parquet(result.features, Path(run_dir) / FEATURES_FILE)
+    tables = [(result.features, FEATURES_FILE), (result.repeat_purchases, REPEAT_PURCHASES_FILE)]
     if result.calibration is not None:
-        write_parquet(result.calibration, Path(run_dir) / CALIBRATION_FILE)
-    write_parquet(result.repeat_purchases, Path(run_dir) / REPEAT_PURCHASES_FILE)
+        tables.append((result.calibration, CALIBRATION_FILE))
+    for table, name in tables:
+        if writes is None:
+            write_parquet(table, Path(run_dir) / name)
+        else:
+            writes.submit(write_parquet, table, Path(run_dir) / name)
     summary = features_summary(result, config, Path(final_dir or run_dir) / FEATURES_FILE)
     write_json(summary, Path(run_dir) / FEATURES_SUMMARY_FILE)
     return result, summary
@@ -184,9 +189,16 @@ class ValueOutputs:
     summary: dict[str, Any]
 
 
-def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None = None, progress=None) -> ValueOutputs:
-    """Value every customer with the fitted models; freeze the scorer used for later scoring."""
+def stage_value(
+    config: Config, run_dir: Path, full=None, fit: FitOutputs | None = None, progress=None,
+    writes: BackgroundWrites | None = None,
+) -> ValueOutputs:
+    """Value every customer with the fitted models; freeze the scorer used for later scoring.
+
+    With ``writes`` the customers table is written in the background.
+    """
     import pandas as pd
+    import pyarrow as pa
 
     from models.value import tier_summary
     from pipeline.stages.value import build_scorer, value_summary
@@ -209,14 +221,22 @@ def stage_value(config: Config, run_dir: Path, full=None, fit: FitOutputs | None
     )
     tier_table = tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
     summary = value_summary(customers, historical, scorer)
-    write_parquet(customers, run_dir / CUSTOMERS_FILE)
+    table = pa.Table.from_pandas(customers, preserve_index=False)
+    for name in ("tier", "action"):
+        # Written as text, as every export is; the categorical codes make this a cheap decode.
+        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(pa.string()))
+    if writes is None:
+        write_parquet(table, run_dir / CUSTOMERS_FILE)
+    else:
+        writes.submit(write_parquet, table, run_dir / CUSTOMERS_FILE)
     _dump(scorer, run_dir / SCORER_FILE)
     write_json({"settings": scorer.settings_summary(), **summary}, run_dir / VALUE_FILE)
     return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tier_table, summary=summary)
 
 
 def write_plots(
-    run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features=None, calibration=None
+    run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features=None, calibration=None,
+    repeat_purchases=None,
 ) -> dict[str, Path]:
     """The run's PNGs; the backtest plots only when there is a holdout."""
     import pandas as pd
@@ -244,8 +264,10 @@ def write_plots(
             data, out / "calibration_vs_holdout.png", f"{title} (calibration fit)"
         )
         info = json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text())
+        if repeat_purchases is None:
+            repeat_purchases = pd.read_parquet(run_dir / REPEAT_PURCHASES_FILE)
         tracking = plots.cumulative_tracking_data(
-            pd.read_parquet(run_dir / REPEAT_PURCHASES_FILE),
+            repeat_purchases,
             features["first_purchase_date"],
             model,
             period.days_per_unit,
@@ -269,7 +291,7 @@ def write_plots(
 
 def stage_report(
     config: Config, run_dir: Path, final_dir: Path | None = None, fit=None, value=None, progress=None,
-    full=None, calibration=None,
+    full=None, calibration=None, repeat_purchases=None,
 ) -> dict[str, Any]:
     """Plots and ``summary.json``: predicted vs historical CLV side by side, tiers, backtest."""
     run_dir = Path(run_dir)
@@ -279,7 +301,9 @@ def stage_report(
     if value is None:
         value = stage_value(config, run_dir, fit=fit, progress=progress)
     _progress(progress, "drawing plots")
-    plots = write_plots(run_dir, config, fit, value, features=full, calibration=calibration)
+    plots = write_plots(
+        run_dir, config, fit, value, features=full, calibration=calibration, repeat_purchases=repeat_purchases
+    )
     summary = {
         "features": json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text()),
         "model": {
@@ -317,16 +341,23 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     """features → fit (backtest, selection, refit) → value → report, all written into ``run_dir``."""
     run_dir = Path(run_dir)
     _progress(progress, "computing features")
-    features_result, _ = run_features(config, run_dir, source, final_dir=final_dir)
-    full = features_result.features_frame(indexed=False)
-    calibration = features_result.calibration_frame(indexed=False) if features_result.calibration is not None else None
-    # The Arrow copies are on disk now; at 18M customers each holds a gigabyte or so.
-    del features_result
-    fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
-    value = stage_value(config, run_dir, full=full, fit=fit, progress=progress)
-    summary = stage_report(
-        config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, full=full, calibration=calibration
-    )
+    with BackgroundWrites() as writes:
+        features_result, _ = run_features(config, run_dir, source, final_dir=final_dir, writes=writes)
+        full = features_result.features_frame(indexed=False)
+        calibration = (
+            features_result.calibration_frame(indexed=False) if features_result.calibration is not None else None
+        )
+        # In memory, as the files may still be being written.
+        repeat_purchases = features_result.repeat_purchases.to_pandas()
+        # The writer thread holds the Arrow tables until they are on disk; at 18M customers
+        # each is a gigabyte or so.
+        del features_result
+        fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
+        value = stage_value(config, run_dir, full=full, fit=fit, progress=progress, writes=writes)
+        summary = stage_report(
+            config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, full=full,
+            calibration=calibration, repeat_purchases=repeat_purchases,
+        )
     return PipelineResult(
         run_dir=Path(final_dir or run_dir), summary=summary, features=full, calibration=calibration, fit=fit,
         value=value

@@ -154,8 +154,11 @@ class CustomerValueScorer:
             index=features.index,
         )
 
-    def with_tiers(self, figures: pd.DataFrame) -> pd.DataFrame:
+    def with_tiers(self, figures: pd.DataFrame, as_text: bool = True) -> pd.DataFrame:
+        """``figures`` plus ``tier`` and ``action``: text, or (``as_text=False``) categoricals."""
         tiers_frame = value_math.assign_tiers(figures["predicted_clv"], self.tiers, method="absolute")
+        if not as_text:
+            return figures.assign(tier=tiers_frame["tier"], action=tiers_frame["action"])
         return figures.assign(tier=tiers_frame["tier"].astype(str), action=tiers_frame["action"].astype(str))
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +194,8 @@ def build_scorer(
 ) -> tuple[CustomerValueScorer, value_math.HistoricalCLV, pd.DataFrame]:
     """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
 
-    Returns the scorer, the historical CLV and the scores of ``features`` (computed once).
+    Returns the scorer, the historical CLV and the scores of ``features`` (computed once; tier
+    and action as categoricals, which at 18M customers are far cheaper than text).
     """
     scorer = CustomerValueScorer(
         purchase_model=purchase_model,
@@ -229,7 +233,7 @@ def build_scorer(
     scorer.tier_names = [t.name for t in configured]
     scorer.tier_cuts = cuts
     scorer.tier_actions = [t.action for t in configured]
-    return scorer, historical, scorer.with_tiers(figures)
+    return scorer, historical, scorer.with_tiers(figures, as_text=False)
 
 
 def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, scorer: CustomerValueScorer) -> dict[str, Any]:
