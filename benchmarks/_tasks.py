@@ -1,7 +1,6 @@
 """The work that one benchmark child process does, timed from inside.
 
-Run by :mod:`benchmarks._measure` as ``python -m benchmarks._tasks TASK LOG [--save PATH]``
-(TASK ``profile`` is :mod:`benchmarks.profile_features`'s).
+Run by :mod:`benchmarks._measure` as ``python -m benchmarks._tasks TASK LOG [--save PATH]``.
 The clock covers reading the log and computing the summary, not interpreter start-up or
 imports: both tools pay those once per process, not per log. ``--save`` writes the
 per-customer summary after the clock stops, for the equality check.
@@ -243,11 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv[1:])
         report = run_lifetimes_pipeline(args.log, args.observation_end, args.horizon_months)
         print(json.dumps({"task": "lifetimes-pipeline", **report}))
-        return 0
-    if argv[:1] == ["profile"]:
-        from benchmarks.profile_features import main_child
-
-        print(json.dumps({"task": "profile", **main_child(argv[1:])}))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks._tasks")
     parser.add_argument("task", choices=["ours", "lifetimes"])
