@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from models import value as value_math
-from models._validation import unique_rows
+from models._validation import check_features, unique_rows
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.backtest import rank_correlation
@@ -121,8 +121,9 @@ class CustomerValueScorer:
         batch scoring does in SQL); otherwise they are computed once per unique history.
         """
         if purchase is None:
-            columns = [features[name].to_numpy() for name in HISTORY_COLUMNS]
-            unique, inverse, _ = unique_rows(columns)
+            # check_features gives the float columns the fit grouped, so that grouping is reused.
+            columns = check_features(features, HISTORY_COLUMNS)
+            unique, inverse, _ = unique_rows([columns[name] for name in HISTORY_COLUMNS])
             per_history = self.purchase_figures(pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique))))
             purchase = pd.DataFrame(per_history.to_numpy()[inverse], index=features.index, columns=per_history.columns)
         probability_alive = purchase["probability_alive"]
