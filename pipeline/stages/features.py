@@ -88,11 +88,15 @@ class FeaturesResult:
 
 def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
     if not indexed:
-        # One contiguous chunk per column, then pandas wraps the Arrow memory without copying
-        # (the copy happens here instead of in to_pandas): the columns are read-only, so the
-        # models can reuse their grouping of customers into histories across a run's calls
-        # (models._validation.unique_rows).
-        table = table.combine_chunks()
+        # The history columns as one contiguous chunk each, which pandas wraps without copying
+        # (the copy happens here instead of in to_pandas): read-only, so the models can reuse
+        # their grouping of customers into histories across a run's calls
+        # (models._validation.unique_rows). Only these three: combining every column cost 6 s
+        # at 18M customers.
+        for name in ("frequency", "recency", "T"):
+            if name in table.column_names:
+                position = table.schema.get_field_index(name)
+                table = table.set_column(position, name, pa.chunked_array([table[name].combine_chunks()]))
     # split_blocks avoids consolidating columns into one 2-D block (a second full copy).
     frame = table.to_pandas(split_blocks=True)
     # Unindexed, customer_id stays an Arrow-backed column and rows are aligned by position:
