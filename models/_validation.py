@@ -139,8 +139,7 @@ def check_count(count, name="n_purchases"):
 # from being reused for other data. Writable arrays are always regrouped.
 _GROUPINGS_KEPT = 2
 _groupings = collections.OrderedDict()
-
-
+# Integer columns converted to float once, by the same rule (see _as_float).
 _conversions = collections.OrderedDict()
 
 

@@ -200,8 +200,7 @@ def stage_value(
     import pandas as pd
     import pyarrow as pa
 
-    from models.value import tier_summary
-    from pipeline.stages.value import build_scorer, value_summary
+    from pipeline.stages.value import build_scorer, tier_table, value_summary
 
     run_dir = Path(run_dir)
     if full is None:
@@ -214,13 +213,8 @@ def stage_value(
     )
     # Rows of ``scores`` are those of ``full`` in order (positional frames, customer_id a column).
     customers = pd.concat([full[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
-    tiers_frame = pd.DataFrame(
-        {"tier": pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True),
-         "action": customers["action"]},
-        index=customers.index,
-    )
-    tier_table = tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
-    summary = value_summary(customers, historical, scorer)
+    tiers = tier_table(customers, scorer)
+    summary = value_summary(customers, historical, tiers)
     table = pa.Table.from_pandas(customers, preserve_index=False)
     for name in ("tier", "action"):
         # Written as text, as every export is; the categorical codes make this a cheap decode.
@@ -231,7 +225,7 @@ def stage_value(
         writes.submit(write_parquet, table, run_dir / CUSTOMERS_FILE)
     _dump(scorer, run_dir / SCORER_FILE)
     write_json({"settings": scorer.settings_summary(), **summary}, run_dir / VALUE_FILE)
-    return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tier_table, summary=summary)
+    return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tiers, summary=summary)
 
 
 def write_plots(

@@ -32,7 +32,10 @@ from pipeline.errors import InputDataError
 from pipeline.io import connect, fetch_arrow
 from pipeline.transactions import TRANSACTIONS_VIEW, LogSummary, load_transactions
 
-FEATURE_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
+# The purchase models' inputs (models' PURCHASE_COLUMNS, not imported: that would load scikit-learn
+# and lifetimes into every features run).
+HISTORY_COLUMNS = ["frequency", "recency", "T"]
+FEATURE_COLUMNS = [*HISTORY_COLUMNS, "monetary_value"]
 HOLDOUT_COLUMNS = ["frequency_holdout", "monetary_value_holdout", "revenue_holdout", "duration_holdout"]
 
 _EPOCH_MONDAY = "DATE '1970-01-05'"
@@ -93,7 +96,7 @@ def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
         # their grouping of customers into histories across a run's calls
         # (models._validation.unique_rows). Only these three: combining every column cost 6 s
         # at 18M customers.
-        for name in ("frequency", "recency", "T"):
+        for name in HISTORY_COLUMNS:
             if name in table.column_names:
                 position = table.schema.get_field_index(name)
                 table = table.set_column(position, name, pa.chunked_array([table[name].combine_chunks()]))
@@ -265,11 +268,10 @@ def split_calibration(combined: pa.Table) -> tuple[pa.Table, pa.Table]:
     """
     names = combined.column_names
     calibration_names = [n for n in names if n.startswith(CALIBRATION_PREFIX)]
-    holdout = HOLDOUT_COLUMNS
-    features = combined.select([n for n in names if n not in calibration_names + holdout + ["in_calibration"]])
-    calibration = combined.select(["customer_id", *calibration_names, *holdout]).filter(combined["in_calibration"])
+    features = combined.select([n for n in names if n not in [*calibration_names, *HOLDOUT_COLUMNS, "in_calibration"]])
+    calibration = combined.select(["customer_id", *calibration_names, *HOLDOUT_COLUMNS]).filter(combined["in_calibration"])
     calibration = calibration.rename_columns(
-        ["customer_id", *(n.removeprefix(CALIBRATION_PREFIX) for n in calibration_names), *holdout]
+        ["customer_id", *(n.removeprefix(CALIBRATION_PREFIX) for n in calibration_names), *HOLDOUT_COLUMNS]
     )
     return features, calibration
 

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 
 from models import value as value_math
-from models._validation import check_features, unique_rows
+from models._validation import PURCHASE_COLUMNS, check_features, unique_rows
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.backtest import rank_correlation
 
 DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
-HISTORY_COLUMNS = ["frequency", "recency", "T"]
+HISTORY_COLUMNS = list(PURCHASE_COLUMNS)
 
 SCORE_COLUMNS = [
     "probability_alive",
@@ -237,12 +237,16 @@ def build_scorer(
     return scorer, historical, scorer.with_tiers(figures, as_text=False)
 
 
-def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, scorer: CustomerValueScorer) -> dict[str, Any]:
-    """Predicted vs historical CLV, side by side, and the tiers."""
+def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataFrame:
+    """Customers, predicted and historical CLV per tier, in the scorer's tier order."""
     tiers_frame = customers[["tier", "action"]].assign(
         tier=pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True)
     )
-    summary = value_math.tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+    return value_math.tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+
+
+def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, tiers: pd.DataFrame) -> dict[str, Any]:
+    """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`)."""
     predicted = customers["predicted_clv"]
     per_customer_historical = customers["historical_clv"]
     return {
@@ -264,6 +268,6 @@ def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV,
         "expected_purchases_total": float(customers["expected_purchases"].sum()),
         "tiers": {
             str(name): {key: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v)) for key, v in row.items()}
-            for name, row in summary.iterrows()
+            for name, row in tiers.iterrows()
         },
     }
