@@ -10,7 +10,8 @@ from typing import Any
 from pipeline.config import Config, PeriodSettings
 from pipeline.errors import InputDataError
 from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
-from pipeline.stages.features import features_sql
+from pipeline.stages.features import fetch_sorted_log
+from pipeline.stages.sorted_log import summarize_sorted_log
 from pipeline.stages.score import (
     BATCH_ROWS,
     OPTIONAL_FEATURES,
@@ -38,7 +39,8 @@ def _features_file_query(con, path: Path) -> str:
 
 
 def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None):
-    """Features with the purchase model's figures joined from one evaluation per unique history.
+    """Features (the result of ``features_query``) with the purchase model's figures joined from
+    one evaluation per unique history.
 
     The purchase figures (P(alive), expected purchases, discounted purchases) depend only on
     (frequency, recency, T); evaluated per batch they would be recomputed for the same
@@ -138,11 +140,9 @@ def score_log(
             as_of = log.observation_end
             # The model's own period settings, so features mean what they meant in training.
             period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
-            sql = features_sql(
-                period, as_of, None, with_margin=log.has_margin, with_channel=log.has_channel,
-                with_acquisition_cost=log.has_acquisition_cost,
-            )
-            batches = _joined_batches(con, sql, scorer, batch_rows, on_total)
+            features = summarize_sorted_log(fetch_sorted_log(con, log).combine_chunks(), period, as_of)[0]
+            con.register("computed_features", features)
+            batches = _joined_batches(con, "SELECT * FROM computed_features", scorer, batch_rows, on_total)
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))
         if resolved.is_file():

@@ -1,7 +1,8 @@
 """The Spark engine (``engine: spark``): the transaction log, features and batch scoring on PySpark.
 
 The definitions are the DuckDB engine's, column for column: the boundary checks of
-``pipeline/transactions.py`` and the SQL of ``pipeline/stages/features.py::features_sql``.
+``pipeline/transactions.py`` and the features of ``pipeline/stages/sorted_log.py`` (there
+numpy reductions over a log DuckDB sorted; here Spark aggregates over a window per customer).
 Amounts are summed as exact DECIMAL(18, 6) values there, and so they are here, so both engines
 give bit-identical features (tests/pipeline/test_spark.py compares them value by value).
 
@@ -582,7 +583,7 @@ def _calibration_table(
     with_channel: bool,
     with_acquisition_cost: bool,
 ) -> DataFrame:
-    """Per-customer summary up to ``split_end``: the ``calibration`` CTE of ``features_sql``."""
+    """Per-customer summary up to ``split_end``: the calibration features of ``pipeline/stages/sorted_log.py``."""
     col = F.col
     divisor = F.lit(float(period.index_divisor))
     period_aggregates = [
@@ -634,8 +635,9 @@ def features(
 ) -> tuple[DataFrame, DataFrame | None]:
     """Per-customer features at ``observation_end`` and, with a calibration end, at that date.
 
-    Column for column what ``features_sql`` returns (names, order, types, values), sorted by
-    customer id.
+    Column for column the DuckDB engine's features and calibration tables
+    (``pipeline.stages.sorted_log.summarize_sorted_log``: names, order, types, values), sorted
+    by customer id.
 
     Parameters
     ----------
