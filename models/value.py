@@ -833,7 +833,7 @@ def assign_tiers(clv, tiers=DEFAULT_TIERS, method="quantile"):
     distinct_actions = list(dict.fromkeys(tier_.action for tier_ in checked))
     action_codes = np.array([distinct_actions.index(tier_.action) for tier_ in checked])[position]
     actions = pd.Categorical.from_codes(action_codes, categories=distinct_actions)
-    frame = pd.DataFrame({"tier": tier, "action": actions}, index=clv.index)
+    frame = pd.DataFrame({"tier": tier, "action": actions}, index=clv.index, copy=False)
     frame.attrs["tiers"] = checked
     return frame
 
@@ -866,7 +866,7 @@ def tier_summary(clv, tiers_frame, historical=None):
     tier = _reindexed(tiers_frame["tier"], clv.index, "tiers_frame")
     if not isinstance(tier.dtype, pd.CategoricalDtype):
         raise ValueError("tiers_frame['tier'] must be the ordered categorical from assign_tiers")
-    frame = pd.DataFrame({"tier": tier.array, "clv": values}, index=clv.index)
+    frame = pd.DataFrame({"tier": tier.array, "clv": values}, index=clv.index, copy=False)
     if historical is not None:
         frame["historical"] = _aligned(historical, clv.index, "historical")
     grouped = frame.groupby("tier", observed=False, sort=True)

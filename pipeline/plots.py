@@ -98,7 +98,8 @@ def calibration_vs_holdout_data(
             "bin": bins,
             "actual": calibration["frequency_holdout"].to_numpy(dtype=np.float64),
             "predicted": predicted_holdout.reindex(calibration.index).to_numpy(dtype=np.float64),
-        }
+        },
+        copy=False,
     )
     grouped = frame.groupby("bin").agg(
         customers=("actual", "size"),
