@@ -84,7 +84,7 @@ def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
         # (models._validation.unique_rows). Only these three: combining every column cost 6 s
         # at 18M customers.
         for name in HISTORY_COLUMNS:
-            if name in table.column_names:
+            if name in table.column_names and table[name].num_chunks != 1:
                 position = table.schema.get_field_index(name)
                 table = table.set_column(position, name, pa.chunked_array([table[name].combine_chunks()]))
     # split_blocks avoids consolidating columns into one 2-D block (a second full copy).
