@@ -218,7 +218,7 @@ def read_features(path: Path, indexed: bool = True) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path}: features file not found (run `clv features` first)")
-    frame = pq.read_table(path).to_pandas(split_blocks=True)
+    frame = pq.read_table(path).to_pandas(split_blocks=True, date_as_object=False)
     if indexed and "customer_id" in frame.columns:
         frame = frame.set_index("customer_id")
     return frame
