@@ -94,6 +94,17 @@ class CustomerValueScorer:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
         return value_math.acquisition_cost_per_customer(features.index, constant=self.acquisition_cost_constant)
 
+    def _historical(self, features: pd.DataFrame, margin, cost, lifespan_years: float | None = None):
+        """Historical CLV of ``features``; the lifespan is estimated from them unless given."""
+        return value_math.historical_clv(
+            features,
+            self.days_per_unit,
+            churn_inactivity_days=self.churn_inactivity_days,
+            margin_rate=margin,
+            acquisition_cost=cost,
+            lifespan_years=lifespan_years,
+        )
+
     def purchase_figures(self, histories: pd.DataFrame) -> pd.DataFrame:
         """The purchase model's figures for each row of ``histories`` (frequency, recency, T).
 
@@ -139,14 +150,7 @@ class CustomerValueScorer:
         spend = self.spend_model.expected_spend(features)
         if customer_terms is None:
             margin, cost = self._margin_rate(features), self._acquisition_cost(features)
-            historical = value_math.historical_clv(
-                features,
-                self.days_per_unit,
-                churn_inactivity_days=self.churn_inactivity_days,
-                margin_rate=margin,
-                acquisition_cost=cost,
-                lifespan_years=self.lifespan_years,
-            ).per_customer
+            historical = self._historical(features, margin, cost, self.lifespan_years).per_customer
         else:
             margin, cost, historical = customer_terms
         return pd.DataFrame(
@@ -227,13 +231,7 @@ def build_scorer(
     )
     try:
         margin, cost = scorer._margin_rate(features), scorer._acquisition_cost(features)
-        historical = value_math.historical_clv(
-            features,
-            period.days_per_unit,
-            churn_inactivity_days=value.churn_inactivity_days,
-            margin_rate=margin,
-            acquisition_cost=cost,
-        )
+        historical = scorer._historical(features, margin, cost)
         scorer.lifespan_years = historical.lifespan_years
         configured = [value_math.Tier(t.name, t.cut, t.action) for t in segments.tiers]
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
