@@ -38,7 +38,6 @@ from pipeline.transactions import TRANSACTIONS_VIEW, LogSummary, load_transactio
 # and lifetimes into every features run).
 HISTORY_COLUMNS = ["frequency", "recency", "T"]
 FEATURE_COLUMNS = [*HISTORY_COLUMNS, "monetary_value"]
-HOLDOUT_COLUMNS = ["frequency_holdout", "monetary_value_holdout", "revenue_holdout", "duration_holdout"]
 
 # Amounts are summed as fixed-point decimals of this type (1e-6 resolution), as integer
 # micro-units: exact, so a rerun or another engine cannot differ in the last bits.

@@ -111,10 +111,6 @@ def _mean_over(total_micro_units: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.divide(_as_money(total_micro_units), count, out=np.zeros(len(count)), where=count > 0)
 
 
-def _take_or_null(column: pa.Array, rows: np.ndarray) -> pa.Array:
-    return column.take(pa.array(rows, mask=rows < 0))
-
-
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
     # combine_chunks copies even a single chunk: a gigabyte at 50M rows.
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
