@@ -6,6 +6,7 @@ pipeline does that around these estimators.
 
 from ._estimation import ConvergenceError
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
+from ._validation import forget_groupings
 from .spend import GammaGammaModel
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "GammaGammaModel",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
+    "forget_groupings",
 ]

@@ -87,7 +87,7 @@ def decide(
         return decision | {"promoted": False, "reason": "no holdout to compare on (set features.calibration_end "
                                                          "or holdout_periods): the champion is kept"}
     champion_scorer, _ = tracking.load_scorer(config, f"models:/{name}@{tracking.CHAMPION}")
-    calibration = result.calibration
+    calibration = result.calibration_frame()
     champion_metric = _champion_metric_on_window(champion_scorer, calibration, config)
     decision["champion_metric"] = champion_metric
     described = (f"holdout {metric}: challenger {challenger_metric:.6g} vs champion {champion_metric:.6g} "

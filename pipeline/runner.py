@@ -14,22 +14,28 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import InputDataError
-from pipeline.io import BackgroundWrites, atomic_path, read_features, write_json, write_parquet
+from pipeline.io import (
+    BackgroundWrites, atomic_path, read_features, release_freed_memory, write_json, write_parquet,
+)
 from pipeline.stages.features import FeaturesResult, features_from_config
 
 FEATURES_FILE = "features.parquet"
 CALIBRATION_FILE = "calibration.parquet"
 REPEAT_PURCHASES_FILE = "repeat_purchases.parquet"
 FEATURES_SUMMARY_FILE = "features_summary.json"
+# The calibration features the backtest and its plots read (not first purchase dates, counts
+# of transactions or the holdout's mean transaction value): at 18M customers each column is 144 MB.
+BACKTEST_COLUMNS = [
+    "frequency", "recency", "T", "monetary_value", "total_amount",
+    "frequency_holdout", "revenue_holdout", "duration_holdout",
+]
 
 
 def features_summary(result: FeaturesResult, config: Config, output: Path) -> dict[str, Any]:
     """What a person wants to see about a features run (also logged as run metadata)."""
     table = result.features
     frequency = table.column("frequency").to_numpy()
-    calibration_repeaters = None
-    if result.calibration is not None:
-        calibration_repeaters = int((result.calibration.column("frequency").to_numpy() > 0).sum())
+    calibration_customers, calibration_repeaters = result.calibration_counts() or (None, None)
     return {
         "source": result.log.source,
         "rows_read": result.log.rows_read,
@@ -44,7 +50,7 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
         "period_resolution": config.features.period.resolution,
         "observation_end": result.observation_end.isoformat(),
         "calibration_end": result.calibration_end.isoformat() if result.calibration_end else None,
-        "calibration_customers": None if result.calibration is None else result.calibration.num_rows,
+        "calibration_customers": calibration_customers,
         "calibration_repeat_customers": calibration_repeaters,
         "output": str(output),
     }
@@ -67,7 +73,11 @@ def run_features(
         session = spark_engine.spark_session(config.spark)
         result = spark_engine.features_from_config(session, config, source).collect()
     else:
-        result = features_from_config(config, source)
+        # The calibration features go to their file as they are computed: whole, beside the
+        # features at the observation end, they were the run's memory peak (1.7 GB at 18M customers).
+        result = features_from_config(
+            config, source, calibration_path=Path(run_dir) / CALIBRATION_FILE, keep_calibration_columns=BACKTEST_COLUMNS
+        )
     tables = [(result.features, FEATURES_FILE), (result.repeat_purchases, REPEAT_PURCHASES_FILE)]
     if result.calibration is not None:
         tables.append((result.calibration, CALIBRATION_FILE))
@@ -150,19 +160,26 @@ def run_backtest(calibration, config: Config, progress=None):
     return fitted, metrics, selected, reason
 
 
-def stage_fit(config: Config, run_dir: Path, full=None, calibration=None, progress=None) -> FitOutputs:
-    """Backtest the candidates (with a holdout), pick one, refit it and Gamma-Gamma on all data."""
+def stage_fit(
+    config: Config, run_dir: Path, full=None, calibration=None, progress=None, backtest_result: tuple | None = None
+) -> FitOutputs:
+    """Backtest the candidates (with a holdout), pick one, refit it and Gamma-Gamma on all data.
+
+    ``backtest_result``: what :func:`run_backtest` returned, when the caller ran it already.
+    """
     from pipeline.stages.fit import PURCHASE_MODEL_TITLES, fit_purchase_model, fit_spend_model
 
     run_dir = Path(run_dir)
     if full is None:
         full = read_features(run_dir / FEATURES_FILE, indexed=False)
         if (run_dir / CALIBRATION_FILE).is_file():
-            calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False)
+            calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False, columns=BACKTEST_COLUMNS)
     calibration_models, backtest = None, {}
     selected = config.models.purchase.candidates[0]
     reason = "no holdout (no calibration_end): the first candidate is used"
-    if calibration is not None:
+    if backtest_result is not None:
+        calibration_models, backtest, selected, reason = backtest_result
+    elif calibration is not None:
         calibration_models, backtest, selected, reason = run_backtest(calibration, config, progress)
     # The production models are refitted on everything up to the observation end.
     _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[selected]} and Gamma-Gamma on all data")
@@ -225,23 +242,65 @@ def stage_value(
     return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tiers, summary=summary)
 
 
+CUSTOMER_ROWS_PER_WRITE = 1 << 20
+
+
 def _write_customers(table, target: Path) -> Path:
     import pyarrow as pa
 
-    for name in ("tier", "action"):
-        # Written as text, as every export is. Decoding the categoricals takes 2 s at 18M
-        # customers, so it is done here, on the writer thread when there is one.
-        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(pa.string()))
-    return write_parquet(table, target)
+    from pipeline.io import ParquetChunks
+
+    # Tier and action are written as text, as every export is. Decoded a slice at a time
+    # (on the writer thread when there is one): the whole table's text was 1.7 GB at 18M customers.
+    with ParquetChunks(target) as file:
+        for start in range(0, max(table.num_rows, 1), CUSTOMER_ROWS_PER_WRITE):
+            part = table.slice(start, CUSTOMER_ROWS_PER_WRITE)
+            for name in ("tier", "action"):
+                part = part.set_column(part.schema.get_field_index(name), name, part[name].cast(pa.string()))
+            file.write(part)
+    return Path(target)
+
+
+def backtest_plot_data(
+    run_dir: Path, config: Config, model: Any, calibration=None, first_purchase_date=None, repeat_purchases=None,
+) -> dict[str, Any]:
+    """The small tables the two backtest plots draw for the purchase ``model`` fitted on the calibration period.
+
+    The pipeline computes them right after the backtest so that the calibration features
+    can go; run alone they are read back from ``run_dir``.
+    """
+    import pandas as pd
+
+    from pipeline import plots
+
+    run_dir = Path(run_dir)
+    if calibration is None:
+        calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False, columns=BACKTEST_COLUMNS)
+    if first_purchase_date is None:
+        first_purchase_date = read_features(
+            run_dir / FEATURES_FILE, indexed=False, columns=["first_purchase_date"]
+        )["first_purchase_date"]
+    if repeat_purchases is None:
+        repeat_purchases = pd.read_parquet(run_dir / REPEAT_PURCHASES_FILE)
+    horizon = float(calibration["duration_holdout"].iloc[0])
+    info = json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text())
+    return {
+        "calibration_vs_holdout": plots.calibration_vs_holdout_data(
+            calibration, model.expected_purchases(calibration, horizon)
+        ),
+        "cumulative_tracking": plots.cumulative_tracking_data(
+            repeat_purchases, first_purchase_date, model, config.features.period.days_per_unit,
+            dt.date.fromisoformat(info["observation_end"]),
+        ),
+        "calibration_end": dt.date.fromisoformat(info["calibration_end"]),
+    }
 
 
 def write_plots(
-    run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, features=None, calibration=None,
-    repeat_purchases=None,
+    run_dir: Path, config: Config, fit: FitOutputs, value: ValueOutputs, backtest_data: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """The run's PNGs; the backtest plots only when there is a holdout."""
-    import pandas as pd
-
+    """The run's PNGs; the backtest plots only when there is a holdout (``backtest_data``:
+    :func:`backtest_plot_data`'s tables when the caller has them)."""
     from pipeline import plots
     from pipeline.stages.fit import PURCHASE_MODEL_TITLES
 
@@ -251,31 +310,14 @@ def write_plots(
     period = config.features.period
     title = PURCHASE_MODEL_TITLES[fit.selected]
     full = value.customers
-    if fit.calibration_models is not None:
-        # Read back only when run alone: inside the pipeline the frames are already in memory
-        # (re-reading them at 18M customers doubled the run's peak memory).
-        if calibration is None:
-            calibration = read_features(run_dir / CALIBRATION_FILE, indexed=False)
-        if features is None:
-            features = read_features(run_dir / FEATURES_FILE, indexed=False)
-        model = fit.calibration_models.purchase[fit.selected]
-        horizon = float(calibration["duration_holdout"].iloc[0])
-        data = plots.calibration_vs_holdout_data(calibration, model.expected_purchases(calibration, horizon))
+    if backtest_data is None and fit.calibration_models is not None:
+        backtest_data = backtest_plot_data(run_dir, config, fit.calibration_models.purchase[fit.selected])
+    if backtest_data is not None:
         written["calibration_vs_holdout"] = plots.plot_calibration_vs_holdout(
-            data, out / "calibration_vs_holdout.png", f"{title} (calibration fit)"
-        )
-        info = json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text())
-        if repeat_purchases is None:
-            repeat_purchases = pd.read_parquet(run_dir / REPEAT_PURCHASES_FILE)
-        tracking = plots.cumulative_tracking_data(
-            repeat_purchases,
-            features["first_purchase_date"],
-            model,
-            period.days_per_unit,
-            dt.date.fromisoformat(info["observation_end"]),
+            backtest_data["calibration_vs_holdout"], out / "calibration_vs_holdout.png", f"{title} (calibration fit)"
         )
         written["cumulative_tracking"] = plots.plot_cumulative_tracking(
-            tracking, out / "cumulative_tracking.png", dt.date.fromisoformat(info["calibration_end"]),
+            backtest_data["cumulative_tracking"], out / "cumulative_tracking.png", backtest_data["calibration_end"],
             f"{title} (calibration fit)",
         )
     matrix = plots.probability_alive_matrix_data(
@@ -292,7 +334,7 @@ def write_plots(
 
 def stage_report(
     config: Config, run_dir: Path, final_dir: Path | None = None, fit=None, value=None, progress=None,
-    full=None, calibration=None, repeat_purchases=None,
+    backtest_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plots and ``summary.json``: predicted vs historical CLV side by side, tiers, backtest."""
     run_dir = Path(run_dir)
@@ -302,9 +344,7 @@ def stage_report(
     if value is None:
         value = stage_value(config, run_dir, fit=fit, progress=progress)
     _progress(progress, "drawing plots")
-    plots = write_plots(
-        run_dir, config, fit, value, features=full, calibration=calibration, repeat_purchases=repeat_purchases
-    )
+    plots = write_plots(run_dir, config, fit, value, backtest_data)
     summary = {
         "features": json.loads((run_dir / FEATURES_SUMMARY_FILE).read_text()),
         "model": {
@@ -333,9 +373,13 @@ class PipelineResult:
     run_dir: Path
     summary: dict[str, Any]
     features: Any  # pandas: features at the observation end
-    calibration: Any  # pandas: calibration features with holdout columns, or None
     fit: FitOutputs
     value: ValueOutputs
+
+    def calibration_frame(self):
+        """The calibration features with the holdout columns (read back: the run does not keep them), or None."""
+        path = Path(self.run_dir) / CALIBRATION_FILE
+        return read_features(path, indexed=False) if path.is_file() else None
 
 
 def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None) -> PipelineResult:
@@ -345,21 +389,33 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     with BackgroundWrites() as writes:
         features_result, _ = run_features(config, run_dir, source, final_dir=final_dir, writes=writes)
         full = features_result.features_frame(indexed=False)
-        calibration = (
-            features_result.calibration_frame(indexed=False) if features_result.calibration is not None else None
-        )
+        calibration = None
+        if features_result.has_calibration:
+            calibration = features_result.calibration_frame(indexed=False, columns=BACKTEST_COLUMNS)
         # In memory, as the files may still be being written.
         repeat_purchases = features_result.repeat_purchases.to_pandas()
         # The writer thread holds the Arrow tables until they are on disk; at 18M customers
         # each is a gigabyte or so.
         del features_result
-        fit = stage_fit(config, run_dir, full=full, calibration=calibration, progress=progress)
+        release_freed_memory()
+        backtest_result, backtest_data = None, None
+        if calibration is not None:
+            backtest_result = run_backtest(calibration, config, progress)
+            # The backtest plots' tables now, while the models still hold the calibration
+            # customers' grouping; then the calibration period is done with, so the refit and
+            # the value stage run without it in memory (1.2 GB at 18M customers).
+            fitted, _, selected, _ = backtest_result
+            backtest_data = backtest_plot_data(
+                run_dir, config, fitted.purchase[selected], calibration, full["first_purchase_date"], repeat_purchases
+            )
+            del calibration, fitted
+            from models import forget_groupings
+
+            forget_groupings()  # the models' cache would keep the calibration columns alive
+            release_freed_memory()
+        fit = stage_fit(config, run_dir, full=full, progress=progress, backtest_result=backtest_result)
         value = stage_value(config, run_dir, full=full, fit=fit, progress=progress, writes=writes)
         summary = stage_report(
-            config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, full=full,
-            calibration=calibration, repeat_purchases=repeat_purchases,
+            config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, backtest_data=backtest_data
         )
-    return PipelineResult(
-        run_dir=Path(final_dir or run_dir), summary=summary, features=full, calibration=calibration, fit=fit,
-        value=value
-    )
+    return PipelineResult(run_dir=Path(final_dir or run_dir), summary=summary, features=full, fit=fit, value=value)

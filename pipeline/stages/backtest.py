@@ -43,9 +43,12 @@ def _errors(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str,
     total_actual = float(actual.sum())
     total_predicted = float(predicted.sum())
     correlation = rank_correlation(actual, predicted)
+    # In place: at 18M customers each temporary is 144 MB, at the run's memory peak.
+    mae = float(np.abs(difference, out=difference).mean())
+    rmse = float(np.sqrt(np.square(difference, out=difference).mean()))
     return {
-        f"{prefix}_mae": float(np.abs(difference).mean()),
-        f"{prefix}_rmse": float(np.sqrt((difference**2).mean())),
+        f"{prefix}_mae": mae,
+        f"{prefix}_rmse": rmse,
         f"{prefix}_total_actual": total_actual,
         f"{prefix}_total_predicted": total_predicted,
         f"{prefix}_total_error_pct": (

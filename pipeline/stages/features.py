@@ -25,12 +25,14 @@ import datetime as dt
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.config import Config, FeatureSettings, InputSettings, PeriodSettings, ValidationSettings
 from pipeline.errors import InputDataError
-from pipeline.io import connect, fetch_arrow
+from pipeline.io import ParquetChunks, connect, fetch_arrow, read_features, release_freed_memory
 from pipeline.stages.sorted_log import MICRO_UNITS, summarize_sorted_log
 from pipeline.transactions import TRANSACTIONS_VIEW, LogSummary, load_transactions
 
@@ -64,15 +66,66 @@ class FeaturesResult:
     log: LogSummary
     observation_end: dt.date
     calibration_end: dt.date | None
+    # Set instead of ``calibration`` when the calibration table went straight to a file.
+    calibration_file: WrittenTable | None = None
+
+    @property
+    def has_calibration(self) -> bool:
+        return self.calibration is not None or self.calibration_file is not None
+
+    def calibration_counts(self) -> tuple[int, int] | None:
+        """(customers, repeat customers) of the calibration features, or None without them."""
+        if self.calibration_file is not None:
+            return self.calibration_file.rows, self.calibration_file.repeat_customers
+        if self.calibration is None:
+            return None
+        return self.calibration.num_rows, int((self.calibration.column("frequency").to_numpy() > 0).sum())
 
     def features_frame(self, indexed: bool = True) -> pd.DataFrame:
         """The features as pandas, indexed by customer id (``indexed=False``: a column, see ``_frame``)."""
         return _frame(self.features, indexed)
 
-    def calibration_frame(self, indexed: bool = True) -> pd.DataFrame:
+    def calibration_frame(self, indexed: bool = True, columns: list[str] | None = None) -> pd.DataFrame:
+        """The calibration features (only ``columns`` when given, plus the id when indexed)."""
+        if self.calibration_file is not None:
+            kept = self.calibration_file.kept
+            if not indexed and columns is not None and set(columns) <= set(kept):
+                return pd.DataFrame({name: kept[name] for name in columns}, copy=False)
+            return read_features(self.calibration_file.path, indexed=indexed, columns=columns)
         if self.calibration is None:
             raise ValueError("no calibration_end was set, so there are no calibration features")
-        return _frame(self.calibration, indexed)
+        table = self.calibration
+        if columns is not None:
+            table = table.select([*(["customer_id"] if indexed and "customer_id" not in columns else []), *columns])
+        return _frame(table, indexed)
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenTable:
+    """A table the stage wrote to a file rather than kept whole (see :class:`pipeline.io.ParquetChunks`),
+    with the few columns asked to be kept in memory."""
+
+    path: Path
+    rows: int
+    repeat_customers: int
+    kept: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _read_columns(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Columns of a Parquet file as numpy arrays, read one at a time (so the file's Arrow
+    buffers are never there beside more than one copied column)."""
+    file = pq.ParquetFile(path)
+    arrays = {}
+    for name in names:
+        values = file.read(columns=[name]).column(0).to_numpy()
+        if name == "duration_holdout" and len(values):
+            # The holdout's length, the same for every customer: a read-only view of one
+            # number rather than 144 MB at 18M customers.
+            values = np.broadcast_to(values[0], len(values))
+        # Read-only like the Arrow-backed columns, so the models may cache their grouping.
+        values.flags.writeable = False
+        arrays[name] = values
+    return arrays
 
 
 def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
@@ -152,12 +205,26 @@ def fetch_sorted_log(con: duckdb.DuckDBPyConnection, log: LogSummary) -> pa.Tabl
 
 
 def features_of_sorted_log(
-    sorted_log: pa.Table, log: LogSummary, period: PeriodSettings, calibration_end: dt.date | None
+    sorted_log: pa.Table, log: LogSummary, period: PeriodSettings, calibration_end: dt.date | None,
+    calibration_path: Path | None = None,
 ) -> FeaturesResult:
-    """The stage's tables from the sorted log (see :func:`fetch_sorted_log`)."""
-    features, calibration, repeat_purchases = summarize_sorted_log(
-        sorted_log, period, log.observation_end, calibration_end
-    )
+    """The stage's tables from the sorted log (see :func:`fetch_sorted_log`).
+
+    With ``calibration_path`` the calibration table is written there as it is computed
+    (atomically) and the result holds its :class:`WrittenTable` instead of the table.
+    """
+    written = None
+    if calibration_path is not None and calibration_end is not None:
+        with ParquetChunks(calibration_path) as file:
+            features, _, repeat_purchases = summarize_sorted_log(
+                sorted_log, period, log.observation_end, calibration_end, calibration_sink=file.write
+            )
+        calibration = None
+        written = WrittenTable(Path(calibration_path), file.rows, file.repeat_customers)
+    else:
+        features, calibration, repeat_purchases = summarize_sorted_log(
+            sorted_log, period, log.observation_end, calibration_end
+        )
     return FeaturesResult(
         features=features,
         calibration=calibration,
@@ -165,6 +232,7 @@ def features_of_sorted_log(
         log=dataclasses.replace(log, customers=features.num_rows),
         observation_end=log.observation_end,
         calibration_end=calibration_end,
+        calibration_file=written,
     )
 
 
@@ -174,8 +242,14 @@ def compute_features(
     settings: FeatureSettings,
     validation: ValidationSettings | None = None,
     threads: int | None = None,
+    calibration_path: Path | None = None,
+    keep_calibration_columns: list[str] = (),
 ) -> FeaturesResult:
-    """Features of a log given as a path (CSV/Parquet/text) or a DataFrame: the Python API."""
+    """Features of a log given as a path (CSV/Parquet/text) or a DataFrame: the Python API.
+
+    ``calibration_path``: write the calibration features there instead of returning them,
+    keeping ``keep_calibration_columns`` (see :func:`features_of_sorted_log`).
+    """
     con = connect(threads=threads)
     try:
         log = load_transactions(
@@ -188,14 +262,27 @@ def compute_features(
         con.close()
     # One chunk per column, so the numpy views need no copy; the chunked result is freed here.
     sorted_log = sorted_log.combine_chunks()
-    return features_of_sorted_log(sorted_log, log, settings.period, calibration_end)
+    result = features_of_sorted_log(sorted_log, log, settings.period, calibration_end, calibration_path)
+    if result.calibration_file is not None and keep_calibration_columns:
+        # Read back only now that the sorted log is gone: kept while it was there they made
+        # the stage's peak (4.4 GB at 50M rows).
+        del sorted_log
+        release_freed_memory()
+        kept = _read_columns(result.calibration_file.path, list(keep_calibration_columns))
+        result = dataclasses.replace(result, calibration_file=dataclasses.replace(result.calibration_file, kept=kept))
+    return result
 
 
-def features_from_config(config: Config, source: str | Path | pd.DataFrame | None = None) -> FeaturesResult:
+def features_from_config(
+    config: Config, source: str | Path | pd.DataFrame | None = None, calibration_path: Path | None = None,
+    keep_calibration_columns: list[str] = (),
+) -> FeaturesResult:
     """Features for a whole config (its input unless ``source`` is given)."""
     return compute_features(
         source if source is not None else config.input.path,
         config.input,
         config.features,
         config.validation,
+        calibration_path=calibration_path,
+        keep_calibration_columns=keep_calibration_columns,
     )

@@ -17,6 +17,7 @@ are in ``pipeline/stages/features.py``'s docstring.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -310,12 +311,29 @@ def _chunk_bounds(first_rows: np.ndarray, rows: int, chunk_rows: int) -> list[tu
 CHUNK_ROWS = 1 << 20
 
 
+def _calibration_table(
+    customer_id: pa.Array, arrays: dict[str, np.ndarray], first_purchase_date: np.ndarray, log: _Log
+) -> pa.Table:
+    """The calibration table of some customers: their first purchase after the first four
+    columns, and only those who bought by the calibration end (as lifetimes'
+    ``calibration_and_holdout_data`` keeps them)."""
+    names = list(arrays)
+    arrays = {**arrays, "first_purchase_date": first_purchase_date}
+    arrays = {name: arrays[name] for name in [*names[:4], "first_purchase_date", *names[4:]]}
+    bought = arrays["n_transactions"] > 0
+    if not bought.all():
+        arrays = {name: values[bought] for name, values in arrays.items()}
+        customer_id = customer_id.filter(pa.array(bought))
+    return _table(customer_id, arrays, log)
+
+
 def summarize_sorted_log(
     table: pa.Table,
     period: PeriodSettings,
     observation_end: dt.date,
     calibration_end: dt.date | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    calibration_sink: Callable[[pa.Table], None] | None = None,
 ) -> tuple[pa.Table, pa.Table | None, pa.Table]:
     """Features at the observation end, calibration features with the holdout columns (or None),
     and repeat purchases per day, from a log sorted by customer, date (and channel, missing last).
@@ -323,6 +341,9 @@ def summarize_sorted_log(
     ``table`` has ``customer_id``, ``order_date`` (date32), ``amount_micro`` (int64 micro-units)
     and optionally ``margin_micro``, ``channel``, ``acquisition_cost``; rows after
     ``observation_end`` must already be gone. Customers come out in the log's order.
+
+    With ``calibration_sink`` the calibration table is handed to it a chunk of customers at a
+    time (in order) instead of being returned, so it is never whole in memory.
     """
     log = _Log(table)
     new_customer = _changes(log.customer_id)
@@ -334,28 +355,27 @@ def summarize_sorted_log(
     calibration_day = None if calibration_end is None else day_number(calibration_end)
     for start, stop, first_customer, stop_customer in _chunk_bounds(first_rows, log.rows, chunk_rows):
         chunk = _Chunk(log, start, stop, new_customer[start:stop], period, observation_end)
-        full.store(chunk.features(), first_customer, stop_customer)
+        columns = chunk.features()
+        full.store(columns, first_customer, stop_customer)
         if calibration_day is not None:
             in_calibration = chunk.days <= calibration_day
-            columns = chunk.features(calibration_end, in_calibration)
-            columns.update(chunk.holdout(calibration_end, in_calibration, columns))
-            # A calibration customer's first purchase is the one in the full features.
-            calibration.store(columns, first_customer, stop_customer, skip=("first_purchase_date",))
+            calibration_columns = chunk.features(calibration_end, in_calibration)
+            calibration_columns.update(chunk.holdout(calibration_end, in_calibration, calibration_columns))
+            if calibration_sink is None:
+                # A calibration customer's first purchase is the one in the full features.
+                calibration.store(calibration_columns, first_customer, stop_customer, skip=("first_purchase_date",))
+            else:
+                kept = {k: v for k, v in calibration_columns.items() if not k.startswith("_") and k != "first_purchase_date"}
+                chunk_ids = log.customer_id.take(pa.array(first_rows[first_customer:stop_customer]))
+                calibration_sink(_calibration_table(chunk_ids, kept, columns["first_purchase_date"], log))
         chunk.add_repeat_purchases(per_day, first_day)
     customer_id = log.customer_id.take(pa.array(first_rows))
     features = _table(customer_id, full.arrays, log)
     calibration_table = None
-    if calibration_day is not None:
-        arrays = calibration.arrays
-        names = list(arrays)
-        arrays = {**arrays, "first_purchase_date": full.arrays["first_purchase_date"]}
-        arrays = {name: arrays[name] for name in [*names[:4], "first_purchase_date", *names[4:]]}
-        # lifetimes' calibration_and_holdout_data keeps the customers who bought by the calibration end.
-        bought = arrays["n_transactions"] > 0
-        if not bought.all():
-            arrays = {name: values[bought] for name, values in arrays.items()}
-            customer_id = customer_id.filter(pa.array(bought))
-        calibration_table = _table(customer_id, arrays, log)
+    if calibration_day is not None and calibration_sink is None:
+        calibration_table = _calibration_table(
+            customer_id, calibration.arrays, full.arrays["first_purchase_date"], log
+        )
     on = np.flatnonzero(per_day)
     repeat_purchases = pa.table({
         "date": pa.array((on + first_day).astype(np.int32), type=pa.int32()).view(pa.date32()),

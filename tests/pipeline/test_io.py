@@ -6,7 +6,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.io import BackgroundWrites, write_parquet
+import pyarrow.parquet as pq
+
+from pipeline.io import BackgroundWrites, ParquetChunks, read_features, write_parquet
 
 
 def test_background_writes_land_before_the_block_ends(tmp_path):
@@ -41,3 +43,32 @@ def test_an_error_in_the_block_wins_and_pending_writes_finish_first(tmp_path):
             raise KeyError("stage failed")
     # The block's error is the one raised, after the write thread was done with the files.
     assert finished == [True]
+
+
+def test_a_table_written_in_chunks_is_one_file_with_a_row_group_per_chunk(tmp_path):
+    target = tmp_path / "calibration.parquet"
+    parts = [
+        pa.table({"customer_id": [1, 2], "frequency": [0, 3], "channel": ["web", None]}),
+        pa.table({"customer_id": [3], "frequency": [2], "channel": ["shop"]}),
+    ]
+    with ParquetChunks(target) as file:
+        for part in parts:
+            file.write(part)
+        assert not target.exists()  # not under its name until complete
+    assert (file.rows, file.repeat_customers) == (3, 2)
+    assert pq.ParquetFile(target).num_row_groups == 2
+    assert pq.read_table(target).equals(pa.concat_tables(parts))
+    # Read back with only some columns, indexed by customer id.
+    assert read_features(target, columns=["frequency"]).to_dict() == {"frequency": {1: 0, 2: 3, 3: 2}}
+
+
+def test_a_chunked_write_that_fails_or_gets_nothing_leaves_no_file(tmp_path):
+    target = tmp_path / "calibration.parquet"
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with ParquetChunks(target) as file:
+            file.write(pa.table({"frequency": [1]}))
+            raise RuntimeError("stage failed")
+    with pytest.raises(ValueError, match="no table was written"):
+        with ParquetChunks(target):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import json
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -91,6 +92,17 @@ def test_stages_alone_equal_the_whole_run(sample_run, tmp_path):
         pd.read_parquet(stage_dir / "customers.parquet"), pd.read_parquet(run_dir / "customers.parquet")
     )
     assert "Backtest on the holdout" in result.output
+
+
+def test_calibration_file_is_the_calibration_features(sample_run):
+    # The run writes the calibration split as it computes it; the file must be exactly the
+    # table the features stage returns in memory.
+    from pipeline.stages.features import features_from_config
+
+    result, run_dir = sample_run
+    expected = features_from_config(sample_config()).calibration
+    assert pq.read_table(run_dir / "calibration.parquet").equals(expected)
+    pd.testing.assert_frame_equal(result.calibration_frame(), expected.to_pandas(date_as_object=False))
 
 
 def test_too_few_repeat_customers_is_a_clear_error(tmp_path):

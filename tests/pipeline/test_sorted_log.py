@@ -108,3 +108,10 @@ def test_chunks_of_a_few_rows_give_the_same_tables_as_one_chunk(cdnow_sample_tra
     assert whole[0]["first_channel"].null_count and whole[0]["acquisition_cost"].null_count
     for one, many in zip(whole, chunked):
         assert one.equals(many)
+
+    # Streamed a chunk at a time to a sink, the calibration table is the same rows in the same order.
+    parts: list = []
+    streamed = summarize_sorted_log(sorted_log, *args, chunk_rows=7, calibration_sink=parts.append)
+    assert streamed[1] is None and len(parts) > 1
+    assert pa.concat_tables(parts).equals(whole[1])
+    assert streamed[0].equals(whole[0]) and streamed[2].equals(whole[2])
