@@ -150,6 +150,7 @@ def run_backtest(calibration, config: Config, progress=None):
     from pipeline.stages.fit import fit_models
 
     fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"))
+    release_freed_memory()  # the fits' work arrays, before the backtest's per-customer ones
     metrics = {name: backtest_model(calibration, model, fitted.spend) for name, model in fitted.purchase.items()}
     selected, reason = select_model(metrics, config.models.selection_metric)
     fitted.selected = selected
@@ -225,6 +226,7 @@ def stage_value(
     if fit is None:
         fit = _load(run_dir / FITTED_FILE, "fit")
     _progress(progress, "valuing customers")
+    release_freed_memory()  # the refit's work arrays, before the value stage's per-customer ones
     scorer, historical, scores = build_scorer(
         full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
     )
