@@ -164,7 +164,10 @@ def run_clv(arguments: list[str]) -> int:
         sampler.stop(Path(samples_path))
     print(RETURNED_MARKER, file=sys.stderr, flush=True)
     print(json.dumps({"task": "clv", "seconds": seconds, "cpu_seconds": cpu_seconds, "exit_code": exit_code}))
-    return exit_code
+    # Leave as the console script does (pipeline.cli.main): no interpreter teardown.
+    from pipeline.cli import exit_now
+
+    exit_now(exit_code)
 
 
 def init_store(uri: str) -> None:

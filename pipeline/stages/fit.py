@@ -35,8 +35,13 @@ class FittedModels:
         }
 
 
-def fit_purchase_model(name: str, features: pd.DataFrame, settings: ModelSettings) -> Any:
-    model = PURCHASE_MODELS[name](penalizer=settings.purchase.penalizer, tol=settings.purchase.tol)
+def fit_purchase_model(
+    name: str, features: pd.DataFrame, settings: ModelSettings, initial_params: dict[str, float] | None = None
+) -> Any:
+    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: lifetimes' start)."""
+    model = PURCHASE_MODELS[name](
+        penalizer=settings.purchase.penalizer, tol=settings.purchase.tol, initial_params=initial_params
+    )
     try:
         return model.fit(features)
     except ValueError as exc:
