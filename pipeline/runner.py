@@ -17,7 +17,7 @@ from pipeline.errors import InputDataError
 from pipeline.io import (
     BackgroundWrites, atomic_path, read_features, release_freed_memory, write_json, write_parquet,
 )
-from pipeline.stages.features import FeaturesResult, features_from_config
+from pipeline.stages.features import FeaturesResult, features_from_config, read_features_frame
 
 FEATURES_FILE = "features.parquet"
 CALIBRATION_FILE = "calibration.parquet"
@@ -235,15 +235,20 @@ def stage_value(
     scorer, historical, scores = build_scorer(
         full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
     )
+    from models import forget_groupings
+
+    # Every per-customer model figure is computed: the models' grouping of these customers
+    # (300 MB at 18M) would otherwise sit under the summaries, the export and the plots.
+    forget_groupings()
+    release_freed_memory()
     # Rows of ``scores`` are those of ``full`` in order (positional frames, customer_id a column).
     customers = pd.concat([full[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
     summary = value_summary(customers, historical, tiers)
-    table = pa.Table.from_pandas(customers, preserve_index=False)
     if writes is None:
-        _write_customers(table, run_dir / CUSTOMERS_FILE)
+        _write_customers(customers, run_dir / CUSTOMERS_FILE)
     else:
-        writes.submit(_write_customers, table, run_dir / CUSTOMERS_FILE)
+        writes.submit(_write_customers, customers, run_dir / CUSTOMERS_FILE)
     _dump(scorer, run_dir / SCORER_FILE)
     write_json({"settings": scorer.settings_summary(), **summary}, run_dir / VALUE_FILE)
     return ValueOutputs(scorer=scorer, historical=historical, customers=customers, tier_table=tiers, summary=summary)
@@ -252,16 +257,18 @@ def stage_value(
 CUSTOMER_ROWS_PER_WRITE = 1 << 20
 
 
-def _write_customers(table, target: Path) -> Path:
+def _write_customers(customers, target: Path) -> Path:
     import pyarrow as pa
 
     from pipeline.io import ParquetChunks
 
-    # Tier and action are written as text, as every export is. Decoded a slice at a time
-    # (on the writer thread when there is one): the whole table's text was 1.7 GB at 18M customers.
+    # Converted to Arrow and tier and action decoded to text (as every export has them) a
+    # slice at a time, on the writer thread when there is one: the whole table's text was
+    # 1.7 GB at 18M customers, and constant columns (one margin rate, one CAC) are views of
+    # one number that Arrow would copy whole.
     with ParquetChunks(target) as file:
-        for start in range(0, max(table.num_rows, 1), CUSTOMER_ROWS_PER_WRITE):
-            part = table.slice(start, CUSTOMER_ROWS_PER_WRITE)
+        for start in range(0, max(len(customers), 1), CUSTOMER_ROWS_PER_WRITE):
+            part = pa.Table.from_pandas(customers.iloc[start:start + CUSTOMER_ROWS_PER_WRITE], preserve_index=False)
             for name in ("tier", "action"):
                 part = part.set_column(part.schema.get_field_index(name), name, part[name].cast(pa.string()))
             file.write(part)
@@ -395,10 +402,14 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     _progress(progress, "computing features")
     with BackgroundWrites() as writes:
         features_result, _ = run_features(config, run_dir, source, final_dir=final_dir, writes=writes)
-        full = features_result.features_frame(indexed=False)
-        calibration = None
+        full = calibration = None
         if features_result.has_calibration:
             calibration = features_result.calibration_frame(indexed=False, columns=BACKTEST_COLUMNS)
+            first_purchase_date = features_result.features.column("first_purchase_date").to_pandas(
+                date_as_object=False
+            )
+        else:
+            full = features_result.features_frame(indexed=False)
         # In memory, as the files may still be being written.
         repeat_purchases = features_result.repeat_purchases.to_pandas()
         # The writer thread holds the Arrow tables until they are on disk; at 18M customers
@@ -407,19 +418,25 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
         release_freed_memory()
         backtest_result, backtest_data = None, None
         if calibration is not None:
+            # The features at the observation end are not held meanwhile (read back below):
+            # beside the calibration features and the backtest's per-customer figures they
+            # made the run's memory peak (4.0 GB at 18M customers).
             backtest_result = run_backtest(calibration, config, progress)
             # The backtest plots' tables now, while the models still hold the calibration
             # customers' grouping; then the calibration period is done with, so the refit and
             # the value stage run without it in memory (1.2 GB at 18M customers).
             fitted, _, selected, _ = backtest_result
             backtest_data = backtest_plot_data(
-                run_dir, config, fitted.purchase[selected], calibration, full["first_purchase_date"], repeat_purchases
+                run_dir, config, fitted.purchase[selected], calibration, first_purchase_date, repeat_purchases
             )
-            del calibration, fitted
+            del calibration, fitted, first_purchase_date
             from models import forget_groupings
 
             forget_groupings()  # the models' cache would keep the calibration columns alive
             release_freed_memory()
+            writes.wait()  # the features file is complete
+            # First purchase dates were for the backtest plots only.
+            full = read_features_frame(run_dir / FEATURES_FILE, without=("first_purchase_date",))
         fit = stage_fit(config, run_dir, full=full, progress=progress, backtest_result=backtest_result)
         value = stage_value(config, run_dir, full=full, fit=fit, progress=progress, writes=writes)
         summary = stage_report(

@@ -149,6 +149,15 @@ def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
     return frame.set_index("customer_id") if indexed else frame
 
 
+def read_features_frame(path: Path, without: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A features file as the pipeline's frame (unindexed, the history columns read-only: see
+    :func:`_frame`), without the columns named in ``without``."""
+    if not Path(path).is_file():
+        raise InputDataError(f"{path}: features file not found (run `clv features` first)")
+    names = [name for name in pq.read_schema(path).names if name not in without]
+    return _frame(pq.read_table(path, columns=names), indexed=False)
+
+
 def resolve_calibration_end(
     settings: FeatureSettings, first_date: dt.date, observation_end: dt.date
 ) -> dt.date | None:

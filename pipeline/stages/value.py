@@ -39,6 +39,12 @@ SCORE_COLUMNS = [
 ]
 
 
+def _one_for_everyone(value: float, index: pd.Index) -> pd.Series:
+    # A read-only view of one number rather than 144 MB at 18M customers. Only ever placed
+    # in the scorer's frames, which copy a column before anyone writes to it.
+    return pd.Series(np.broadcast_to(np.float64(value), (len(index),)), index=index, copy=False)
+
+
 def horizon_periods(settings: ValueSettings, period: PeriodSettings) -> int:
     """The CLV horizon in whole model periods (12 months = 52 weeks)."""
     return max(1, round(settings.horizon_months * DAYS_PER_MONTH / period.days_per_unit))
@@ -74,7 +80,7 @@ class CustomerValueScorer:
             return value_math.customer_margin_rate(
                 features["total_margin"], features["total_amount"], self.default_margin_rate
             )
-        return pd.Series(self.default_margin_rate, index=features.index, dtype=float)
+        return _one_for_everyone(self.default_margin_rate, features.index)
 
     def _acquisition_cost(self, features: pd.DataFrame) -> pd.Series:
         if "acquisition_cost" in features.columns:
@@ -92,7 +98,8 @@ class CustomerValueScorer:
                 )
             except ValueError as exc:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
-        return value_math.acquisition_cost_per_customer(features.index, constant=self.acquisition_cost_constant)
+        value_math.acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)  # checks it
+        return _one_for_everyone(self.acquisition_cost_constant, features.index)
 
     def _historical(self, features: pd.DataFrame, margin, cost, lifespan_years: float | None = None):
         """Historical CLV of ``features``; the lifespan is estimated from them unless given."""

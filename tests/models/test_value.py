@@ -174,6 +174,20 @@ def test_predicted_clv_with_the_projects_own_fitted_models(cdnow_sample_calibrat
     np.testing.assert_allclose(clv.to_numpy(), expected.reindex(features.index).to_numpy(), rtol=1e-6)
 
 
+def test_discounting_in_blocks_of_histories_changes_no_bit(cdnow_sample_calibration_features, monkeypatch):
+    # The unique histories are valued a block at a time to bound memory; every customer
+    # must get the same bits whatever the block size.
+    import models.value
+
+    features = cdnow_sample_calibration_features
+    purchase = BetaGeoModel().fit(features)
+    whole = discounted_expected_purchases(purchase, features, 52, 1.0, 0.002)
+    monkeypatch.setattr(models.value, "UNIQUE_ROWS_PER_BLOCK", 7)
+    in_blocks = discounted_expected_purchases(purchase, features, 52, 1.0, 0.002)
+    assert len(features) > 7 * 10 and np.array_equal(whole.to_numpy(), in_blocks.to_numpy())
+    assert whole.index.equals(features.index)
+
+
 def test_purchases_by_step_add_up_to_the_cumulative_expectation(
     cdnow_sample_calibration_features, lifetimes_reference
 ):
