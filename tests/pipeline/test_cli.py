@@ -47,3 +47,22 @@ def test_set_overrides_the_period(tmp_path):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(next(tmp_path.glob("*/features_summary.json")).read_text())
     assert (summary["period_unit"], summary["period_resolution"]) == ("week", "calendar")
+
+
+def test_the_console_script_flushes_its_output_and_keeps_exit_codes(tmp_path):
+    # `clv` leaves through pipeline.cli.exit_now (no interpreter teardown): piped output
+    # must still arrive whole, and a user error must still exit 2 with its one line.
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+    config = ["-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"output_dir={tmp_path}"]
+    done = subprocess.run([*command, "features", *config], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "customers" in done.stdout and done.stdout.rstrip().endswith("┘")  # the table, to its last line
+    failed = subprocess.run(
+        [*command, "features", *config, "--set", "input.path=does/not/exist.csv"], capture_output=True, text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error:") and "does/not/exist.csv" in failed.stderr
