@@ -38,7 +38,7 @@ def _features_file_query(con, path: Path) -> str:
     return f"SELECT {select} FROM {reader}({quoted})"
 
 
-def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None):
+def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None, materialize: bool = True):
     """Features (the result of ``features_query``) with the purchase model's figures joined from
     one evaluation per unique history.
 
@@ -48,7 +48,11 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
     """
     import pandas as pd
 
-    con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_query}")
+    # Read twice (histories, then the join): a file is loaded once into a table; an Arrow table
+    # already in memory (``materialize=False``) is scanned where it is, not copied into
+    # DuckDB (1.2 GB at 18M customers).
+    kind = "TABLE" if materialize else "VIEW"
+    con.execute(f"CREATE OR REPLACE TEMP {kind} score_features AS {features_query}")
     if on_total:
         on_total(con.execute("SELECT count(*) FROM score_features").fetchall()[0][0])
     histories = con.sql("SELECT DISTINCT frequency, recency, T FROM score_features").df()
@@ -149,7 +153,12 @@ def score_log(
             features = summarize_sorted_log(sorted_log, period, as_of)[0]
             del sorted_log
             con.register("computed_features", features)
-            batches = _joined_batches(con, "SELECT * FROM computed_features", scorer, batch_rows, on_total)
+            # Only what scoring reads: every column carried through the join is sorted with it.
+            wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in features.column_names]
+            select = ", ".join(duckdb_identifier(c) for c in wanted)
+            batches = _joined_batches(
+                con, f"SELECT {select} FROM computed_features", scorer, batch_rows, on_total, materialize=False
+            )
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))
         if resolved.is_file():
