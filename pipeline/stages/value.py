@@ -98,7 +98,8 @@ class CustomerValueScorer:
                 )
             except ValueError as exc:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
-        value_math.acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)  # checks it
+        # The checks any CAC gets (finite, not negative), made on one row.
+        value_math.acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)
         return _one_for_everyone(self.acquisition_cost_constant, features.index)
 
     def _historical(self, features: pd.DataFrame, margin, cost, lifespan_years: float | None = None):
