@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,14 +161,12 @@ class ParquetChunks:
 
     For tables too large to hold whole beside everything else: at 18M customers the
     calibration features are 1.7 GB. Use as a context manager; the file appears under its
-    name only when the block succeeds. ``rows`` and ``repeat_customers`` (rows with
-    ``frequency > 0``) are counted on the way, so nobody has to read the file back for them.
+    name only when the block succeeds. ``rows`` counts the rows written.
     """
 
     def __init__(self, target: Path) -> None:
         self.target = Path(target)
         self.rows = 0
-        self.repeat_customers = 0
         self._atomic = atomic_path(self.target)
         self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -185,8 +182,6 @@ class ParquetChunks:
             )
         self._writer.write_table(table)
         self.rows += table.num_rows
-        if "frequency" in table.column_names:
-            self.repeat_customers += int(np.count_nonzero(table["frequency"].to_numpy() > 0))
 
     def __exit__(self, kind, error, traceback) -> bool | None:
         if self._writer is not None:

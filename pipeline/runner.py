@@ -57,13 +57,15 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
 
 
 def run_features(
-    config: Config, run_dir: Path, source=None, final_dir: Path | None = None, writes: BackgroundWrites | None = None
+    config: Config, run_dir: Path, source=None, final_dir: Path | None = None, writes: BackgroundWrites | None = None,
+    keep_calibration_columns: list[str] = (),
 ) -> tuple[FeaturesResult, dict[str, Any]]:
     """Compute features for ``config`` and write them (atomically) into ``run_dir``.
 
     ``final_dir`` is where ``run_dir`` will be moved once the whole run succeeds; the summary
     names the file there. With ``writes`` the tables are written in the background (the caller
-    waits for them before committing the run).
+    waits for them before committing the run). ``keep_calibration_columns`` are held in memory
+    besides the calibration file (what a whole run's backtest reads); the stage alone keeps none.
     """
     if config.engine == "spark":
         # Optional extra: imported only when asked for. The features come back to the driver
@@ -76,7 +78,8 @@ def run_features(
         # The calibration features go to their file as they are computed: whole, beside the
         # features at the observation end, they were the run's memory peak (1.7 GB at 18M customers).
         result = features_from_config(
-            config, source, calibration_path=Path(run_dir) / CALIBRATION_FILE, keep_calibration_columns=BACKTEST_COLUMNS
+            config, source, calibration_path=Path(run_dir) / CALIBRATION_FILE,
+            keep_calibration_columns=keep_calibration_columns,
         )
     tables = [(result.features, FEATURES_FILE), (result.repeat_purchases, REPEAT_PURCHASES_FILE)]
     if result.calibration is not None:
@@ -401,7 +404,9 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
     run_dir = Path(run_dir)
     _progress(progress, "computing features")
     with BackgroundWrites() as writes:
-        features_result, _ = run_features(config, run_dir, source, final_dir=final_dir, writes=writes)
+        features_result, _ = run_features(
+            config, run_dir, source, final_dir=final_dir, writes=writes, keep_calibration_columns=BACKTEST_COLUMNS
+        )
         full = calibration = None
         if features_result.has_calibration:
             calibration = features_result.calibration_frame(indexed=False, columns=BACKTEST_COLUMNS)

@@ -224,12 +224,19 @@ def features_of_sorted_log(
     """
     written = None
     if calibration_path is not None and calibration_end is not None:
+        repeat_customers = 0
+
+        def sink(table: pa.Table) -> None:
+            nonlocal repeat_customers
+            file.write(table)
+            repeat_customers += int(np.count_nonzero(table["frequency"].to_numpy() > 0))
+
         with ParquetChunks(calibration_path) as file:
             features, _, repeat_purchases = summarize_sorted_log(
-                sorted_log, period, log.observation_end, calibration_end, calibration_sink=file.write
+                sorted_log, period, log.observation_end, calibration_end, calibration_sink=sink
             )
         calibration = None
-        written = WrittenTable(Path(calibration_path), file.rows, file.repeat_customers)
+        written = WrittenTable(Path(calibration_path), file.rows, repeat_customers)
     else:
         features, calibration, repeat_purchases = summarize_sorted_log(
             sorted_log, period, log.observation_end, calibration_end

@@ -266,6 +266,11 @@ class _Chunk:
         per_day += np.bincount(days - first_day, minlength=len(per_day))
 
 
+def _output_columns(columns: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """A chunk's output columns: not its working sums (names starting with ``_``), not ``skip``."""
+    return {name: values for name, values in columns.items() if not name.startswith("_") and name not in skip}
+
+
 class _Columns:
     """Per-customer output columns, filled a chunk of customers at a time."""
 
@@ -274,9 +279,7 @@ class _Columns:
         self.arrays: dict[str, np.ndarray] = {}
 
     def store(self, columns: dict[str, np.ndarray], first: int, stop: int, skip: tuple[str, ...] = ()) -> None:
-        for name, values in columns.items():
-            if name.startswith("_") or name in skip:
-                continue
+        for name, values in _output_columns(columns, skip).items():
             if name not in self.arrays:
                 self.arrays[name] = np.empty(self.customers, dtype=values.dtype)
             self.arrays[name][first:stop] = values
@@ -365,8 +368,8 @@ def summarize_sorted_log(
                 # A calibration customer's first purchase is the one in the full features.
                 calibration.store(calibration_columns, first_customer, stop_customer, skip=("first_purchase_date",))
             else:
-                kept = {k: v for k, v in calibration_columns.items() if not k.startswith("_") and k != "first_purchase_date"}
                 chunk_ids = log.customer_id.take(pa.array(first_rows[first_customer:stop_customer]))
+                kept = _output_columns(calibration_columns, skip=("first_purchase_date",))
                 calibration_sink(_calibration_table(chunk_ids, kept, columns["first_purchase_date"], log))
         chunk.add_repeat_purchases(per_day, first_day)
     customer_id = log.customer_id.take(pa.array(first_rows))

@@ -102,6 +102,11 @@ def test_calibration_file_is_the_calibration_features(sample_run):
     result, run_dir = sample_run
     expected = features_from_config(sample_config()).calibration
     assert pq.read_table(run_dir / "calibration.parquet").equals(expected)
+    # Counted as the chunks were written, they are the in-memory table's counts.
+    summary = json.loads((run_dir / "features_summary.json").read_text())
+    repeaters = int((expected["frequency"].to_numpy() > 0).sum())
+    assert (summary["calibration_customers"], summary["calibration_repeat_customers"]) == (expected.num_rows, repeaters)
+    assert 0 < repeaters < expected.num_rows
     pd.testing.assert_frame_equal(result.calibration_frame(), expected.to_pandas(date_as_object=False))
 
 
