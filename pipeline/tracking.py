@@ -333,7 +333,9 @@ def _pyfunc_class():
 
             self.scorer = joblib.load(context.artifacts["scorer"])
 
-        def predict(self, context, model_input, params=None):
+        # A DataFrame hint: MLflow infers no schema from it (the logged signature stays the
+        # contract) and, without any hint, warns on every log past all warnings filters.
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             frame = pd.DataFrame(model_input)
             if "customer_id" in frame.columns:
                 frame = frame.set_index("customer_id")

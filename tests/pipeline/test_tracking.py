@@ -87,6 +87,20 @@ def test_run_logs_config_data_models_metrics_and_artifacts(sqlite_store):
     assert metrics["clv.predicted_clv_total"] == pytest.approx(summary["value"]["predicted_clv_total"])
 
 
+def test_a_quiet_tracked_run_prints_nothing_on_stderr(tmp_path):
+    # In a fresh process, as a scheduler runs it: MLflow warns past any warnings filter when a
+    # logged model's predict has no type hints, and "once" per process, so only a new process shows it.
+    command = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+    done = subprocess.run(
+        [*command, *run_args(tmp_path / "outputs", f"sqlite:///{tmp_path}/mlflow.db",
+                             "--set", "models.purchase.candidates=[bgnbd]")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "registered clv version 1" in done.stdout
+
+
 def test_each_run_registers_a_challenger_version(sqlite_store):
     _, uri = sqlite_store
     client = MlflowClient(uri)
