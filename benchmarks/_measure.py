@@ -126,10 +126,14 @@ class Line:
 class StreamedRun:
     """A child process measured whole, with its stderr lines stamped as they arrived.
 
-    ``seconds``, ``cpu_seconds`` and ``peak_rss_bytes`` are the whole process: interpreter
-    start-up, imports and exit included (``wait4``'s rusage, which also covers any
-    grandchildren it waited for). ``rss_samples`` are ``(seconds, VmRSS bytes)`` every
-    ``sample_seconds``, to tell which step the peak belongs to.
+    ``seconds`` and ``cpu_seconds`` are the whole process: interpreter start-up, imports and
+    exit included (``wait4``'s rusage, whose CPU also covers the grandchildren it waited for,
+    such as ``clv run``'s tracking process). ``peak_rss_bytes`` is the whole process tree's:
+    the child's own peak (``ru_maxrss``) plus the peak (``VmHWM``, last read before it exited)
+    of every descendant seen while sampling, as if all peaks fell at the same moment, so it
+    never understates; ``main_peak_rss_bytes`` is the child's alone. ``rss_samples`` are
+    ``(seconds, VmRSS bytes of the tree)`` every ``sample_seconds``, to tell which step a peak
+    belongs to.
     """
 
     command: list[str]
@@ -137,6 +141,7 @@ class StreamedRun:
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
+    main_peak_rss_bytes: int
     lines: list[Line]
     rss_samples: list[tuple[float, int]]
     stdout: str
@@ -177,6 +182,7 @@ def run_streaming(
         reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
         samples: list[tuple[float, int]] = []
+        descendant_peaks: dict[int, int] = {}
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         try:
             while True:
@@ -184,6 +190,11 @@ def run_streaming(
                 if pid == process.pid:
                     break
                 rss = _proc_rss(process.pid)
+                for descendant in _descendants(process.pid):
+                    rss += _proc_rss(descendant)
+                    descendant_peaks[descendant] = max(
+                        descendant_peaks.get(descendant, 0), _proc_status_kib(descendant, "VmHWM:") * 1024
+                    )
                 if rss:
                     samples.append((time.perf_counter() - started, rss))
                 if deadline is not None and time.monotonic() > deadline:
@@ -209,7 +220,8 @@ def run_streaming(
         exit_code=exit_code,
         seconds=seconds,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
-        peak_rss_bytes=usage.ru_maxrss * 1024,
+        peak_rss_bytes=usage.ru_maxrss * 1024 + sum(descendant_peaks.values()),
+        main_peak_rss_bytes=usage.ru_maxrss * 1024,
         lines=lines,
         rss_samples=samples,
         stdout=output,
@@ -233,6 +245,24 @@ def _proc_cpu_and_high_water(pid: int) -> tuple[float, int]:
     except (OSError, IndexError, ValueError):
         cpu = float("nan")
     return cpu, _proc_status_kib(pid, "VmHWM:") * 1024
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (its children's children too), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                parent = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        found_now = [child for parent in frontier for child in children.get(parent, [])]
+        found += found_now
+        frontier = found_now
+    return found
 
 
 def _proc_rss(pid: int) -> int:

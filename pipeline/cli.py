@@ -43,6 +43,7 @@ from rich.table import Table
 
 from pipeline.config import Config, load_config
 from pipeline.errors import ClvError
+from pipeline.process import exit_now
 
 app = typer.Typer(
     help="Predictive customer lifetime value: features, models, value, tracking, scoring.",
@@ -273,21 +274,35 @@ def run(
     """Run the whole pipeline (features → fit → value → report) on the configured log."""
     from pipeline.runner import run_pipeline
     from pipeline.runs import staged_run_dir
-
-    from pipeline import tracking
+    from pipeline.tracking_worker import background_run
 
     settings = _load(config, set_)
     progress = _progress_printer(quiet)
-    # The tracking store is checked before any work, so an unreachable server costs nothing.
-    with tracking.tracked_run(settings, "pipeline") as tracker:
+    # MLflow works in a process of its own beside the run (see pipeline.tracking_worker); an
+    # unreachable server is found before any work, a store it cannot use at the next step.
+    with background_run(settings, "pipeline", config_path=config) as tracker:
+
+        def progress_and_tracking(message: str) -> None:
+            if tracker:
+                tracker.check()
+            _progress(progress, message)
+
         with staged_run_dir(settings.output_dir) as run_paths:
-            result = run_pipeline(settings, run_paths.staging, final_dir=run_paths.final, progress=progress)
+            result = run_pipeline(
+                settings, run_paths.staging, final_dir=run_paths.final, progress=progress_and_tracking,
+                on_scorer=tracker.log_model if tracker else None,
+            )
+            if tracker:
+                tracker.wait_until_started()  # a store found unusable only now still leaves nothing behind
         result.run_dir = run_paths.final
         registered = None
         if tracker:
             _progress(progress, "logging to MLflow")
-            registered = tracking.log_pipeline_run(tracker, settings, config, result)
-    print_run_summary(result.summary, run_paths.final)
+            tracker.send_finish(run_paths.final, result.summary, result.fit)
+        # Printed while the tracking process finishes the MLflow run.
+        print_run_summary(result.summary, run_paths.final)
+        if tracker:
+            registered = tracker.finish()
     if registered:
         failed = [k for k, ok in registered["checks"].items() if not ok]
         status = "alias challenger" if not failed else "no alias: failed " + ", ".join(failed)
@@ -443,34 +458,6 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code
     exit_now(code)
-
-
-def exit_now(code: Any = 0) -> None:
-    """End the process once a command has finished, skipping the interpreter's teardown.
-
-    A run imports about 2,800 modules (MLflow, SQLAlchemy, SciPy, matplotlib); freeing them
-    one by one at exit took 1.2 s, a sixth of a whole run on 1M rows. By now every output is
-    committed and the MLflow run ended; what an exit must still do is done here: other
-    threads are waited for, exit handlers run and the streams are flushed.
-    """
-    import atexit
-    import threading
-
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):  # SystemExit("message"), as the interpreter would print it
-        print(code, file=sys.stderr)
-        code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing left to save
-            pass
-    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -399,8 +399,15 @@ class PipelineResult:
         return read_features(path, indexed=False) if path.is_file() else None
 
 
-def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None) -> PipelineResult:
-    """features → fit (backtest, selection, refit) → value → report, all written into ``run_dir``."""
+def run_pipeline(
+    config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None, on_scorer=None,
+) -> PipelineResult:
+    """features → fit (backtest, selection, refit) → value → report, all written into ``run_dir``.
+
+    ``on_scorer(scorer, features)``, when given, is called with the frozen scorer and the
+    customers' features as soon as the value stage has them, before the plots are drawn (the
+    CLI's tracking process logs the model meanwhile).
+    """
     run_dir = Path(run_dir)
     _progress(progress, "computing features")
     with BackgroundWrites() as writes:
@@ -444,6 +451,8 @@ def run_pipeline(config: Config, run_dir: Path, final_dir: Path | None = None, s
             full = read_features_frame(run_dir / FEATURES_FILE, without=("first_purchase_date",))
         fit = stage_fit(config, run_dir, full=full, progress=progress, backtest_result=backtest_result)
         value = stage_value(config, run_dir, full=full, fit=fit, progress=progress, writes=writes)
+        if on_scorer is not None:
+            on_scorer(value.scorer, full)
         summary = stage_report(
             config, run_dir, final_dir=final_dir, fit=fit, value=value, progress=progress, backtest_data=backtest_data
         )

@@ -7,6 +7,7 @@ called by the CLI around the stages; the stages themselves know nothing of track
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -62,6 +63,32 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def check_store(uri: str) -> None:
+    """Check, without importing MLflow, that a tracking server answers or a SQLite store opens.
+
+    MLflow itself retries a SQLite file it cannot open for about 100 s before failing. Raises
+    :class:`TrackingError` (one line: URI and what failed).
+    """
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:200]
+            raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        import sqlite3
+
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(database)) as connection:
+                connection.execute("PRAGMA schema_version").fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            raise TrackingError(f"tracking store {uri}: cannot open {database} as SQLite ({exc})") from None
+
+
 def connect(settings: TrackingSettings):
     """Point MLflow at the configured store and check it answers; return an ``MlflowClient``.
 
@@ -72,19 +99,17 @@ def connect(settings: TrackingSettings):
     from mlflow import MlflowClient
 
     uri = tracking_uri(settings)
+    check_store(uri)
+    # MLflow also exports the URI as $MLFLOW_TRACKING_URI for subprocesses; a command leaves
+    # the environment as it found it (an embedding process's next command reads it).
+    environment_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).resolve().parent.mkdir(parents=True, exist_ok=True)
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as exc:
-            reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:200]
-            raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
-    client = MlflowClient(tracking_uri=uri)
+    if environment_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = environment_uri
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri))
@@ -139,6 +164,18 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
 
 
+def input_file_sha256(path: Path) -> str:
+    """SHA-256 of an input file, computed once per process for the same size and modification time
+    (the background tracker hashes the log while the run works, and finds it done at the end)."""
+    stat = Path(path).stat()
+    return _file_sha256_of_version(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_sha256_of_version(path: str, size: int, modified_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
 def data_fingerprint(config: Config, log_info: dict[str, Any], source: Any = None) -> dict[str, Any]:
     """What identifies the input: path, size, dates and a SHA-256 of the file's bytes."""
     fingerprint = {
@@ -156,7 +193,7 @@ def data_fingerprint(config: Config, log_info: dict[str, Any], source: Any = Non
     else:
         path = resolve_input_path(str(source if source is not None else config.input.path))
         if path.is_file():
-            fingerprint["sha256"] = file_sha256(path)
+            fingerprint["sha256"] = input_file_sha256(path)
             fingerprint["hash_of"] = "file bytes"
         else:  # a directory of Parquet parts: hash the sorted list of names and sizes
             parts = sorted(p for p in path.rglob("*") if p.is_file())
@@ -185,18 +222,37 @@ def tracked_run(config: Config, kind: str, run_name: str | None = None) -> Itera
         warnings.warn(f"{exc}; tracking.required is false, so outputs are written locally only", stacklevel=2)
         yield None
         return
+    with open_run(client, config, kind, run_name) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def open_run(client: Any, config: Config, kind: str, run_name: str | None = None) -> Iterator[_Run]:
+    """Start an MLflow run (kind and code version as tags); FAILED with the error if the body raises."""
     import mlflow
 
     tags = {RUN_KIND_TAG: kind, **code_version()}
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        opened = _Run(client=client, run_id=run.info.run_id, config=config)
         try:
-            yield _Run(client=client, run_id=run.info.run_id, config=config)
+            yield opened
         except BaseException as exc:
-            message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-            client.set_tag(run.info.run_id, "clv.error", message)
-            client.set_tag(run.info.run_id, "clv.error_type", type(exc).__name__)
-            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            end_failed(opened, error_line(exc), type(exc).__name__, killed=isinstance(exc, KeyboardInterrupt))
             raise
+
+
+def error_line(exc: BaseException) -> str:
+    """An error's first line, as runs record it."""
+    return str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+
+
+def end_failed(run: _Run, message: str, error_type: str, killed: bool = False) -> None:
+    """End the active run as FAILED (KILLED when interrupted) with the error as tags."""
+    import mlflow
+
+    run.client.set_tag(run.run_id, "clv.error", message[:500])
+    run.client.set_tag(run.run_id, "clv.error_type", error_type)
+    mlflow.end_run(status="KILLED" if killed else "FAILED")
 
 
 class _Run:
@@ -382,21 +438,33 @@ def release_checks(fit: Any, selection_metric: str) -> dict[str, bool]:
     return checks
 
 
+def model_example(features: pd.DataFrame) -> pd.DataFrame:
+    """The logged model's input example: the first five customers, with the columns it reads."""
+    optional = [c for c in ("total_margin", "acquisition_cost", "first_channel") if c in features.columns]
+    return features.head(5).reset_index()[PYFUNC_INPUT_COLUMNS + optional]
+
+
+def log_model(run: _Run, scorer_path: Path, example: pd.DataFrame, scorer: Any) -> Any:
+    """Log the pyfunc model (signature and input ``example``, see :func:`model_example`) in the run."""
+    from mlflow.models import infer_signature
+
+    output = scorer.score(example.set_index("customer_id")).reset_index()
+    return _log_pyfunc(example, infer_signature(example, output), scorer_path, scorer)
+
+
 def log_and_register_model(
     run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any, checks: dict[str, bool] | None = None
 ) -> dict[str, Any]:
-    """Log the pyfunc model (signature, input example) and register a new version; it becomes
-    ``challenger`` only if it passes ``checks``."""
-    import mlflow
-    from mlflow.models import infer_signature
+    """Log the pyfunc model and register a new version; it becomes ``challenger`` only if it passes ``checks``."""
+    return register_model(run, log_model(run, scorer_path, model_example(features), scorer), scorer, checks)
 
-    optional = [c for c in ("total_margin", "acquisition_cost", "first_channel") if c in features.columns]
-    example = features.reset_index()[PYFUNC_INPUT_COLUMNS + optional].head(5)
-    output = scorer.score(example.set_index("customer_id")).reset_index()
-    signature = infer_signature(example, output)
-    settings = run.config.tracking
-    info = _log_pyfunc(example, signature, scorer_path, scorer)
+
+def register_model(run: _Run, info: Any, scorer: Any, checks: dict[str, bool] | None = None) -> dict[str, Any]:
+    """A new registered version of the model logged as ``info``; ``challenger`` if it passes ``checks``."""
+    import mlflow
     from mlflow.exceptions import MlflowException
+
+    settings = run.config.tracking
 
     # Registering through the client (not log_model's registered_model_name) returns the new
     # version directly and keeps MLflow's console chatter out of the run report.
@@ -495,13 +563,22 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
     return pd.DataFrame(rows)
 
 
-def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None) -> dict[str, Any]:
-    """Everything a whole-pipeline run logs, ending with the registered model version."""
+def log_pipeline_run(
+    run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None, logged_model: Any = None,
+    config_logged: bool = False,
+) -> dict[str, Any]:
+    """Everything a whole-pipeline run logs, ending with the registered model version.
+
+    ``result`` needs ``summary``, ``fit``, ``value`` (``summary``, ``scorer``), ``run_dir`` and,
+    unless the model was logged already (``logged_model``: :func:`log_model`'s result),
+    ``features``.
+    """
     import mlflow
 
     from pipeline.config import config_digest
 
-    log_config(run, config, config_path)
+    if not config_logged:
+        log_config(run, config, config_path)
     features_info = result.summary["features"]
     mlflow.set_tags({"clv.as_of": features_info["observation_end"], "clv.config_sha256": config_digest(config)})
     log_data(run, data_fingerprint(config, features_info, source), features_info)
@@ -510,12 +587,13 @@ def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result
     log_backtest(run, result.fit)
     log_value(run, result.value.summary)
     log_outputs(run, result.run_dir)
-    features = result.features
     mlflow.set_tag("mlflow.runName", f"{result.fit.selected} as of {features_info['observation_end']}")
     checks = release_checks(result.fit, config.models.selection_metric)
-    return log_and_register_model(
-        run, Path(result.run_dir) / "model" / "scorer.joblib", features, result.value.scorer, checks
-    )
+    if logged_model is None:
+        logged_model = log_model(
+            run, Path(result.run_dir) / "model" / "scorer.joblib", model_example(result.features), result.value.scorer
+        )
+    return register_model(run, logged_model, result.value.scorer, checks)
 
 
 def load_scorer(config: Config, model_uri: str) -> tuple[Any, Any]:
