@@ -132,8 +132,8 @@ class StreamedRun:
     the child's own peak (``ru_maxrss``) plus the peak (``VmHWM``, last read before it exited)
     of every descendant seen while sampling, as if all peaks fell at the same moment, so it
     never understates; ``main_peak_rss_bytes`` is the child's alone. ``rss_samples`` are
-    ``(seconds, VmRSS bytes of the tree)`` every ``sample_seconds``, to tell which step a peak
-    belongs to.
+    ``(seconds, the child's VmRSS bytes)`` every ``sample_seconds``, to tell which step a peak
+    belongs to; ``tree_rss_samples`` the same for the whole tree.
     """
 
     command: list[str]
@@ -144,6 +144,7 @@ class StreamedRun:
     main_peak_rss_bytes: int
     lines: list[Line]
     rss_samples: list[tuple[float, int]]
+    tree_rss_samples: list[tuple[float, int]]
     stdout: str
 
     def peak_rss_between(self, start_seconds: float, end_seconds: float) -> int:
@@ -182,6 +183,7 @@ def run_streaming(
         reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
         samples: list[tuple[float, int]] = []
+        tree_samples: list[tuple[float, int]] = []
         descendant_peaks: dict[int, int] = {}
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         try:
@@ -189,14 +191,16 @@ def run_streaming(
                 pid, status, usage = os.wait4(process.pid, os.WNOHANG)
                 if pid == process.pid:
                     break
-                rss = _proc_rss(process.pid)
+                now, rss = time.perf_counter() - started, _proc_rss(process.pid)
+                tree_rss = rss
                 for descendant in _descendants(process.pid):
-                    rss += _proc_rss(descendant)
+                    tree_rss += _proc_rss(descendant)
                     descendant_peaks[descendant] = max(
                         descendant_peaks.get(descendant, 0), _proc_status_kib(descendant, "VmHWM:") * 1024
                     )
                 if rss:
-                    samples.append((time.perf_counter() - started, rss))
+                    samples.append((now, rss))
+                    tree_samples.append((now, tree_rss))
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"{' '.join(command)}: still running after {timeout_seconds:.0f} s")
                 time.sleep(sample_seconds)
@@ -224,6 +228,7 @@ def run_streaming(
         main_peak_rss_bytes=usage.ru_maxrss * 1024,
         lines=lines,
         rss_samples=samples,
+        tree_rss_samples=tree_samples,
         stdout=output,
     )
 

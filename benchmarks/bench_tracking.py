@@ -53,7 +53,7 @@ def run_clv(scratch: Path, tracking: bool) -> OurRun:
     )
     run = run_streaming(command)
     steps, progress = steps_from_progress(run)
-    return OurRun(run.seconds, run.cpu_seconds, run.peak_rss_bytes, steps, progress, None, None)
+    return OurRun(run.seconds, run.cpu_seconds, run.peak_rss_bytes, run.main_peak_rss_bytes, steps, progress, None, None)
 
 
 def bench(repeats: int, scratch: Path) -> TrackingResult:
