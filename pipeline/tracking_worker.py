@@ -224,6 +224,9 @@ def _serve(requests, reply) -> None:
 
     # Ctrl-C reaches the whole process group; the parent reports it, and the run ends KILLED.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):
+        # Background work: when the run wants both cores (DuckDB's threads), it gets them.
+        os.nice(10)
     _, config, kind, run_name, config_path = pickle.load(requests)
     try:
         client = tracking.connect(config.tracking)
