@@ -56,17 +56,21 @@ def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
 
     gradient = np.empty(dimension)
     hessian = np.empty((dimension, dimension))
+    forward, backward = np.empty(dimension), np.empty(dimension)
     for i in range(dimension):
-        forward, backward = shifted((i, 1)), shifted((i, -1))
-        gradient[i] = (forward - backward) / (2 * steps[i])
-        hessian[i, i] = (forward - 2 * centre + backward) / steps[i] ** 2
+        forward[i], backward[i] = shifted((i, 1)), shifted((i, -1))
+        gradient[i] = (forward[i] - backward[i]) / (2 * steps[i])
+        hessian[i, i] = (forward[i] - 2 * centre + backward[i]) / steps[i] ** 2
         for j in range(i):
+            # Second order like the four-point rule, but reusing the single-parameter moves:
+            # two new evaluations per pair instead of four (a likelihood over millions of
+            # customers is evaluated 1 + 2d + d(d-1) times, 21 rather than 33 for d = 4).
             hessian[i, j] = hessian[j, i] = (
                 shifted((i, 1), (j, 1))
-                - shifted((i, 1), (j, -1))
-                - shifted((i, -1), (j, 1))
                 + shifted((i, -1), (j, -1))
-            ) / (4 * steps[i] * steps[j])
+                - forward[i] - backward[i] - forward[j] - backward[j]
+                + 2 * centre
+            ) / (2 * steps[i] * steps[j])
     return gradient, hessian
 
 
