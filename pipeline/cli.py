@@ -292,7 +292,7 @@ def run(
         with staged_run_dir(settings.output_dir) as run_paths:
             result = run_pipeline(
                 settings, run_paths.staging, final_dir=run_paths.final, progress=progress_and_tracking,
-                on_scorer=tracker.log_model if tracker else None,
+                on_fit=tracker.log_fit if tracker else None, on_scorer=tracker.log_model if tracker else None,
             )
             if tracker:
                 tracker.wait_until_started()  # a store found unusable only now still leaves nothing behind

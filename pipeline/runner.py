@@ -400,13 +400,14 @@ class PipelineResult:
 
 
 def run_pipeline(
-    config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None, on_scorer=None,
+    config: Config, run_dir: Path, final_dir: Path | None = None, source=None, progress=None, on_fit=None,
+    on_scorer=None,
 ) -> PipelineResult:
     """features → fit (backtest, selection, refit) → value → report, all written into ``run_dir``.
 
-    ``on_scorer(scorer, features)``, when given, is called with the frozen scorer and the
-    customers' features as soon as the value stage has them, before the plots are drawn (the
-    CLI's tracking process logs the model meanwhile).
+    ``on_fit(fit)`` and ``on_scorer(scorer, features)``, when given, are called as soon as the
+    fit stage's outputs, then the frozen scorer and the customers' features, exist (the CLI's
+    tracking process logs them while the run goes on).
     """
     run_dir = Path(run_dir)
     _progress(progress, "computing features")
@@ -450,6 +451,8 @@ def run_pipeline(
             # First purchase dates were for the backtest plots only.
             full = read_features_frame(run_dir / FEATURES_FILE, without=("first_purchase_date",))
         fit = stage_fit(config, run_dir, full=full, progress=progress, backtest_result=backtest_result)
+        if on_fit is not None:
+            on_fit(fit)
         value = stage_value(config, run_dir, full=full, fit=fit, progress=progress, writes=writes)
         if on_scorer is not None:
             on_scorer(value.scorer, full)

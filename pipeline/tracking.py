@@ -563,36 +563,42 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
     return pd.DataFrame(rows)
 
 
-def log_pipeline_run(
-    run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None, logged_model: Any = None,
-    config_logged: bool = False,
-) -> dict[str, Any]:
-    """Everything a whole-pipeline run logs, ending with the registered model version.
+def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None) -> dict[str, Any]:
+    """Everything a whole-pipeline run logs, in this process, ending with the registered model
+    version. (``clv run`` logs the same from its tracking process, each part when it is ready.)
 
-    ``result`` needs ``summary``, ``fit``, ``value`` (``summary``, ``scorer``), ``run_dir`` and,
-    unless the model was logged already (``logged_model``: :func:`log_model`'s result),
+    ``result`` needs ``summary``, ``fit``, ``value`` (``summary``, ``scorer``), ``run_dir`` and
     ``features``.
     """
+    log_config(run, config, config_path)
+    log_fit(run, result.fit)
+    logged_model = log_model(
+        run, Path(result.run_dir) / "model" / "scorer.joblib", model_example(result.features), result.value.scorer
+    )
+    return log_pipeline_end(run, config, result, logged_model, source)
+
+
+def log_fit(run: _Run, fit: Any) -> None:
+    """The production models, the candidates (nested runs) and the backtest."""
+    log_model_summaries(run, fit)
+    log_candidates(run, fit)
+    log_backtest(run, fit)
+
+
+def log_pipeline_end(run: _Run, config: Config, result: Any, logged_model: Any, source: Any = None) -> dict[str, Any]:
+    """What a pipeline run logs once its outputs are in place (data fingerprint, value, outputs),
+    then the registration of ``logged_model`` (:func:`log_model`'s result)."""
     import mlflow
 
     from pipeline.config import config_digest
 
-    if not config_logged:
-        log_config(run, config, config_path)
     features_info = result.summary["features"]
     mlflow.set_tags({"clv.as_of": features_info["observation_end"], "clv.config_sha256": config_digest(config)})
     log_data(run, data_fingerprint(config, features_info, source), features_info)
-    log_model_summaries(run, result.fit)
-    log_candidates(run, result.fit)
-    log_backtest(run, result.fit)
     log_value(run, result.value.summary)
     log_outputs(run, result.run_dir)
     mlflow.set_tag("mlflow.runName", f"{result.fit.selected} as of {features_info['observation_end']}")
     checks = release_checks(result.fit, config.models.selection_metric)
-    if logged_model is None:
-        logged_model = log_model(
-            run, Path(result.run_dir) / "model" / "scorer.joblib", model_example(result.features), result.value.scorer
-        )
     return register_model(run, logged_model, result.value.scorer, checks)
 
 

@@ -14,7 +14,7 @@ error, and registers nothing. The same :mod:`pipeline.tracking` functions log ev
 
 Messages are pickled tuples: requests on the child's stdin, replies on a copy of its stdout
 (the child's own output goes to stderr). Requests: ``("start", config, kind, run_name,
-config_path)``, ``("log_model", scorer, example)``, ``("finish", run_dir, summary, fit)``,
+config_path)``, ``("log_fit", fit)``, ``("log_model", scorer, example)``, ``("finish", run_dir, summary, fit)``,
 ``("fail", error_type, message, killed)``. Replies: ``("started", run_id)``,
 ``("unusable", message)``, ``("finished", registered)``, ``("ended",)``, ``("error", message)``.
 """
@@ -123,6 +123,12 @@ class BackgroundRun:
         while self.active and (reply := self._next_reply(wait=False)) is not None:
             self._handle(reply)
 
+    def log_fit(self, fit: Any) -> None:
+        """Have the fitted models, the candidates and the backtest logged (the fit stage's outputs)."""
+        self.check()
+        if self.active:
+            self._send("log_fit", fit)
+
     def log_model(self, scorer: Any, features: Any) -> None:
         """Have the model logged (not yet registered) from the fitted ``scorer`` and the customers ``features``."""
         from pipeline.tracking import model_example
@@ -218,15 +224,8 @@ class _RunFailed(Exception):
 
 
 def _serve(requests, reply) -> None:
-    import signal
-
     from pipeline import tracking
 
-    # Ctrl-C reaches the whole process group; the parent reports it, and the run ends KILLED.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(os, "nice"):
-        # Background work: when the run wants both cores (DuckDB's threads), it gets them.
-        os.nice(10)
     _, config, kind, run_name, config_path = pickle.load(requests)
     try:
         client = tracking.connect(config.tracking)
@@ -270,12 +269,16 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
     import pipeline.stages.value  # noqa: F401
 
     logged_model = scorer = None
+    fit_logged = False
     while True:
         try:
             request = pickle.load(requests)
         except EOFError:
             raise _RunFailed("ProcessEnded", "the pipeline process ended before the run finished", False) from None
-        if request[0] == "log_model":
+        if request[0] == "log_fit":
+            tracking.log_fit(run, request[1])
+            fit_logged = True
+        elif request[0] == "log_model":
             _, scorer, example = request
             with tempfile.TemporaryDirectory() as scratch:
                 scorer_path = Path(scratch) / "scorer.joblib"
@@ -283,17 +286,18 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
                 logged_model = tracking.log_model(run, scorer_path, example, scorer)
         elif request[0] == "finish":
             _, run_dir, summary, fit = request
+            if not fit_logged:
+                tracking.log_fit(run, fit)
             if scorer is None:
                 scorer = joblib.load(Path(run_dir) / "model" / "scorer.joblib")
-            result = SimpleNamespace(
-                run_dir=run_dir, summary=summary, fit=fit, features=None,
-                value=SimpleNamespace(summary=summary["value"], scorer=scorer),
-            )
             if logged_model is None:
-                result.features = _read_model_example(Path(run_dir))
-            return tracking.log_pipeline_run(
-                run, config, config_path, result, logged_model=logged_model, config_logged=True
+                logged_model = tracking.log_model(
+                    run, Path(run_dir) / "model" / "scorer.joblib", _read_model_example(Path(run_dir)), scorer
+                )
+            result = SimpleNamespace(
+                run_dir=run_dir, summary=summary, fit=fit, value=SimpleNamespace(summary=summary["value"], scorer=scorer)
             )
+            return tracking.log_pipeline_end(run, config, result, logged_model)
         elif request[0] == "fail":
             raise _RunFailed(*request[1:])
 
@@ -306,6 +310,13 @@ def _read_model_example(run_dir: Path):
 
 
 def main() -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent reports it, and the run ends KILLED.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):
+        # Background work: when the run wants both cores (DuckDB's threads), it gets them.
+        os.nice(10)
     # Replies go to a copy of stdout; anything printed (by MLflow or a warning) goes to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
