@@ -75,23 +75,18 @@ def started(tmp_path) -> tuple[BackgroundRun, MlflowClient]:
     return tracker, MlflowClient(uri)
 
 
-def test_an_interrupted_run_ends_killed_with_its_error(tmp_path):
+@pytest.mark.parametrize("error, status", [
+    (KeyboardInterrupt(), "KILLED"),
+    (ValueError("features: column 'amount' is not a number"), "FAILED"),
+])
+def test_a_run_that_fails_or_is_interrupted_ends_with_its_error(tmp_path, error, status):
     tracker, client = started(tmp_path)
-    tracker.fail(KeyboardInterrupt())
+    tracker.fail(error)
     tracker.close()
     run = client.get_run(tracker.run_id)
-    assert run.info.status == "KILLED"
-    assert run.data.tags["clv.error_type"] == "KeyboardInterrupt"
-
-
-def test_a_failed_run_ends_failed_with_the_pipelines_error(tmp_path):
-    tracker, client = started(tmp_path)
-    tracker.fail(ValueError("features: column 'amount' is not a number"))
-    tracker.close()
-    run = client.get_run(tracker.run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["clv.error"] == "features: column 'amount' is not a number"
-    assert run.data.tags["clv.error_type"] == "ValueError"
+    assert run.info.status == status
+    assert run.data.tags["clv.error_type"] == type(error).__name__
+    assert run.data.tags["clv.error"] == (str(error) or type(error).__name__)
 
 
 def test_a_run_the_pipeline_left_unfinished_ends_failed(tmp_path):
