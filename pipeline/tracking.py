@@ -452,13 +452,6 @@ def log_model(run: _Run, scorer_path: Path, example: pd.DataFrame, scorer: Any) 
     return _log_pyfunc(example, infer_signature(example, output), scorer_path, scorer)
 
 
-def log_and_register_model(
-    run: _Run, scorer_path: Path, features: pd.DataFrame, scorer: Any, checks: dict[str, bool] | None = None
-) -> dict[str, Any]:
-    """Log the pyfunc model and register a new version; it becomes ``challenger`` only if it passes ``checks``."""
-    return register_model(run, log_model(run, scorer_path, model_example(features), scorer), scorer, checks)
-
-
 def register_model(run: _Run, info: Any, scorer: Any, checks: dict[str, bool] | None = None) -> dict[str, Any]:
     """A new registered version of the model logged as ``info``; ``challenger`` if it passes ``checks``."""
     import mlflow

@@ -4,8 +4,9 @@ Importing MLflow and opening its store take about 1.3 s, and logging a run and i
 another 0.5 s: a third of ``clv run`` on a million rows. It is all Python holding the GIL,
 so a thread would only interleave it with the work; a child process does it on another core
 instead. The child opens the store and starts the MLflow run while the features are
-computed, hashes the input log, logs the model while the plots are drawn, and finishes the
-run when the outputs are in place; the parent never imports MLflow.
+computed, hashes the input log, logs the fit during the value stage and the model while the
+plots are drawn, and finishes the run when the outputs are in place; the parent never
+imports MLflow.
 
 What the user sees is unchanged: an unreachable tracking server stops the run before any
 work (checked here, without MLflow); a store the child cannot use stops it at the next step
@@ -13,9 +14,10 @@ work (checked here, without MLflow); a store the child cannot use stops it at th
 error, and registers nothing. The same :mod:`pipeline.tracking` functions log everything.
 
 Messages are pickled tuples: requests on the child's stdin, replies on a copy of its stdout
-(the child's own output goes to stderr). Requests: ``("start", config, kind, run_name,
-config_path)``, ``("log_fit", fit)``, ``("log_model", scorer, example)``, ``("finish", run_dir, summary, fit)``,
-``("fail", error_type, message, killed)``. Replies: ``("started", run_id)``,
+(the child's own output goes to stderr). Requests, in this order: ``("start", config, kind,
+run_name, config_path)``, ``("log_fit", fit)``, ``("log_model", scorer, example)``,
+``("finish", run_dir, summary, fit)``; or, at any point, ``("fail", error_type, message,
+killed)``. Replies: ``("started", run_id)``,
 ``("unusable", message)``, ``("finished", registered)``, ``("ended",)``, ``("error", message)``.
 """
 
@@ -269,7 +271,6 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
     import pipeline.stages.value  # noqa: F401
 
     logged_model = scorer = None
-    fit_logged = False
     while True:
         try:
             request = pickle.load(requests)
@@ -277,36 +278,24 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
             raise _RunFailed("ProcessEnded", "the pipeline process ended before the run finished", False) from None
         if request[0] == "log_fit":
             tracking.log_fit(run, request[1])
-            fit_logged = True
         elif request[0] == "log_model":
             _, scorer, example = request
+            # A copy of its own: the run's scorer file is in the staging directory, which is
+            # renamed when the run commits, perhaps while this logs.
             with tempfile.TemporaryDirectory() as scratch:
                 scorer_path = Path(scratch) / "scorer.joblib"
                 joblib.dump(scorer, scorer_path)
                 logged_model = tracking.log_model(run, scorer_path, example, scorer)
         elif request[0] == "finish":
-            _, run_dir, summary, fit = request
-            if not fit_logged:
-                tracking.log_fit(run, fit)
-            if scorer is None:
-                scorer = joblib.load(Path(run_dir) / "model" / "scorer.joblib")
             if logged_model is None:
-                logged_model = tracking.log_model(
-                    run, Path(run_dir) / "model" / "scorer.joblib", _read_model_example(Path(run_dir)), scorer
-                )
+                raise RuntimeError("the run finished before its model was logged")
+            _, run_dir, summary, fit = request
             result = SimpleNamespace(
                 run_dir=run_dir, summary=summary, fit=fit, value=SimpleNamespace(summary=summary["value"], scorer=scorer)
             )
             return tracking.log_pipeline_end(run, config, result, logged_model)
         elif request[0] == "fail":
             raise _RunFailed(*request[1:])
-
-
-def _read_model_example(run_dir: Path):
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(run_dir / "features.parquet") as features:
-        return next(features.iter_batches(batch_size=5)).to_pandas()
 
 
 def main() -> None:
