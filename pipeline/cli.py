@@ -59,6 +59,28 @@ error_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
+
+def _warnings_as_lines() -> None:
+    """Our own warnings (data quality, local-only tracking) as one ``warning:`` line each, not
+    Python's two-line file-and-source format; every other warning as Python prints it."""
+    import warnings
+
+    from pipeline.errors import DataQualityWarning
+
+    python_format = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataQualityWarning) or filename.startswith(str(Path(__file__).parent)):
+            error_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            python_format(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", DataQualityWarning)
+
+
+_warnings_as_lines()
+
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOption = Annotated[
     list[str] | None,

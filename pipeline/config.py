@@ -63,10 +63,23 @@ class InputSettings(_Settings):
 
 
 class ValidationSettings(_Settings):
-    """What to do with rows that are usable but questionable."""
+    """What to do with rows that are usable but questionable, and with data too old to trust."""
 
     negative_amounts: Literal["fail", "drop"] = "fail"
     rows_after_observation_end: Literal["ignore", "fail"] = "ignore"
+    future_dates: Literal["fail", "drop"] = Field(
+        "fail", description="Rows dated after today (UTC): a typo or a clock error, never a purchase."
+    )
+    margin_above_amount: Literal["warn", "fail"] = Field(
+        "warn", description="Rows whose margin exceeds their amount (or whose cost is negative)."
+    )
+    max_staleness_days: int | None = Field(
+        30, ge=0, description="Most days between the last transaction and the as-of date; null: no limit."
+    )
+    max_holdout_share: float | None = Field(
+        None, gt=0, lt=1,
+        description="Longest holdout as a share of the observed history; null: no limit (clv retrain: 0.5).",
+    )
 
 
 TimeUnit = Literal["day", "week", "month"]
@@ -157,6 +170,21 @@ class PurchaseModelSettings(_Settings):
     candidates: list[PurchaseModelName] = Field(["bgnbd", "mbgnbd", "paretonbd"], min_length=1)
     penalizer: float = Field(0.0, ge=0)
     tol: float = Field(1e-7, gt=0)
+    max_iter: int | dict[PurchaseModelName, int] | None = Field(
+        None, description="Optimiser iteration limit, for every candidate or per model; null: lifetimes' default."
+    )
+
+    @field_validator("max_iter")
+    @classmethod
+    def _positive(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        limits = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(limit < 1 for limit in limits):
+            raise ValueError("iteration limits must be at least 1")
+        return value
+
+    def max_iter_of(self, name: str) -> int | None:
+        """The iteration limit of candidate ``name``."""
+        return self.max_iter.get(name) if isinstance(self.max_iter, dict) else self.max_iter
 
     @field_validator("candidates")
     @classmethod
@@ -230,6 +258,44 @@ class SegmentSettings(_Settings):
     )
 
 
+class ReleaseSettings(_Settings):
+    """Absolute gates a registered version must pass to get the challenger alias (and, in
+    ``clv retrain``, to be promoted), whatever the champion does."""
+
+    require_converged: bool = Field(True, description="Fits converged, parameters inside parameter_bounds.")
+    parameter_bounds: tuple[float, float] = Field(
+        (1e-6, 1e6), description="Every fitted parameter strictly inside; outside means it ran away."
+    )
+    beat_baseline: bool = Field(True, description="Lower holdout error than the historical-CLV baseline.")
+    max_total_error_pct: float | None = Field(
+        30.0, gt=0, description="Holdout total purchases error within +-this percentage; null: no gate."
+    )
+    probability_alive_mean: tuple[float, float] | None = Field(
+        (0.01, 0.99), description="Open interval the mean P(alive) must lie in; null: no gate."
+    )
+    clv_ratio_to_champion: tuple[float, float] | None = Field(
+        (0.5, 2.0), description="clv retrain: challenger's CLV total / champion's on the same customers; "
+        "null: no gate (or --accept-shift)."
+    )
+
+    @field_validator("parameter_bounds", "probability_alive_mean", "clv_ratio_to_champion")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError("give [low, high] with 0 <= low < high")
+        return value
+
+
+class MonitorSettings(_Settings):
+    """How ``clv retrain`` judges the champion's forecast against what happened since its as-of."""
+
+    alert_error_pct: float | None = Field(
+        30.0, gt=0, description="Warn (line and tag) when the realised purchases or revenue miss the "
+        "champion's forecast by more than this percentage; null: never."
+    )
+    min_days: int = Field(7, ge=1, description="Skip the comparison when fewer days have passed.")
+
+
 class TrackingSettings(_Settings):
     """MLflow tracking and registry. Without a URI: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
 
@@ -262,6 +328,8 @@ class Config(_Settings):
     output_dir: Path = Path("outputs")
     seed: int = 42
     engine: Literal["duckdb", "spark"] = "duckdb"
+    release: ReleaseSettings = ReleaseSettings()
+    monitor: MonitorSettings = MonitorSettings()
     tracking: TrackingSettings = TrackingSettings()
     spark: SparkSettings = SparkSettings()
 
@@ -376,5 +444,5 @@ def config_digest(config: Config) -> str:
     """Hash of the settings that shape the model (not where outputs, runs or Spark go)."""
     import hashlib
 
-    data = config.model_dump(mode="json", exclude={"output_dir", "tracking", "spark", "engine"})
+    data = config.model_dump(mode="json", exclude={"output_dir", "tracking", "spark", "engine", "release", "monitor"})
     return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()

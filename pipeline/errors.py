@@ -27,3 +27,13 @@ class LockHeldError(ClvError):
     """Another retrain holds the lock."""
 
     exit_code = 75  # EX_TEMPFAIL: a scheduler may simply try again later
+
+
+class ReleaseRejectedError(ClvError):
+    """A retrain's challenger failed the release gates: registered, tagged, never promoted."""
+
+    exit_code = 4
+
+
+class DataQualityWarning(UserWarning):
+    """Usable input with something a person should look at (printed as one ``warning:`` line)."""

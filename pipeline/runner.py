@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.errors import InputDataError
 from pipeline.io import (
@@ -42,6 +44,8 @@ def features_summary(result: FeaturesResult, config: Config, output: Path) -> di
         "rows_used": result.log.rows_used,
         "rows_after_observation_end": result.log.rows_after_observation_end,
         "negative_amount_rows_dropped": result.log.negative_amount_rows_dropped,
+        "future_rows_dropped": result.log.future_rows_dropped,
+        "margin_above_amount_rows": result.log.margin_above_amount_rows,
         "first_date": result.log.first_date.isoformat(),
         "last_date": result.log.last_date.isoformat(),
         "customers": table.num_rows,
@@ -128,7 +132,11 @@ def _load(target: Path, stage: str) -> Any:
 
 @dataclasses.dataclass
 class FitOutputs:
-    """The fit stage's result: calibration fits with their backtest, and the production models."""
+    """The fit stage's result: calibration fits with their backtest, and the production models.
+
+    ``failed_candidates``: purchase models left out, name → one line saying where (calibration
+    or all data) and why.
+    """
 
     selected: str
     selection_reason: str
@@ -136,11 +144,13 @@ class FitOutputs:
     backtest: dict[str, dict[str, float]]
     purchase_model: Any
     spend_model: Any
+    failed_candidates: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "selected_purchase_model": self.selected,
             "selection_reason": self.selection_reason,
+            "failed_candidates": dict(self.failed_candidates),
             "final": {"purchase": self.purchase_model.summary(), "spend": self.spend_model.summary()},
             "calibration": None if self.calibration_models is None else self.calibration_models.summary(),
         }
@@ -152,9 +162,20 @@ def run_backtest(calibration, config: Config, progress=None):
     from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
     from pipeline.stages.fit import fit_models
 
+    from pipeline.stages.fit import all_candidates_failed, failure_reason
+
     fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"))
     release_freed_memory()  # the fits' work arrays, before the backtest's per-customer ones
-    metrics = {name: backtest_model(calibration, model, fitted.spend) for name, model in fitted.purchase.items()}
+    metrics = {}
+    for name, model in list(fitted.purchase.items()):
+        try:
+            with np.errstate(all="ignore"):
+                metrics[name] = backtest_model(calibration, model, fitted.spend)
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot predict is left out, as one that cannot fit
+            fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
+            del fitted.purchase[name]
+    if not metrics:
+        raise all_candidates_failed(fitted.failed)
     selected, reason = select_model(metrics, config.models.selection_metric)
     fitted.selected = selected
     naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
@@ -171,7 +192,10 @@ def stage_fit(
 
     ``backtest_result``: what :func:`run_backtest` returned, when the caller ran it already.
     """
-    from pipeline.stages.fit import PURCHASE_MODEL_TITLES, fit_purchase_model, fit_spend_model
+    from pipeline.stages.backtest import rank_models
+    from pipeline.stages.fit import (
+        PURCHASE_MODEL_TITLES, CandidateFailedError, all_candidates_failed, fit_purchase_model, fit_spend_model,
+    )
 
     run_dir = Path(run_dir)
     if full is None:
@@ -185,20 +209,46 @@ def stage_fit(
         calibration_models, backtest, selected, reason = backtest_result
     elif calibration is not None:
         calibration_models, backtest, selected, reason = run_backtest(calibration, config, progress)
-    # The production models are refitted on everything up to the observation end.
-    _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[selected]} and Gamma-Gamma on all data")
+    failed = {} if calibration_models is None else {
+        name: f"calibration fit: {why}" for name, why in calibration_models.failed.items()
+    }
+    # The production models are refitted on everything up to the observation end: the selected
+    # one, else the next best that fits (a model can fail on all data and not on calibration).
+    if calibration_models is None:
+        order = list(config.models.purchase.candidates)
+    else:
+        order = [selected] + [name for name in rank_models({k: v for k, v in backtest.items()
+                              if k in calibration_models.purchase}, config.models.selection_metric) if name != selected]
+    purchase_model = None
+    for name in order:
+        _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[name]} on all data")
+        try:
+            # Started from the calibration fit's maximum, which lies close to the all-data one:
+            # fewer optimiser steps (the refit took twice as long as the calibration fit).
+            purchase_model = fit_purchase_model(
+                name, full, config.models,
+                initial_params=None if calibration_models is None else dict(calibration_models.purchase[name].params_),
+            )
+        except CandidateFailedError as exc:
+            failed[name] = f"all-data fit: {exc}"
+            _progress(progress, f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+            continue
+        if name != selected:
+            next_one = "the next best" if calibration_models is not None else "the next candidate"
+            reason += f"; {selected} failed ({failed[selected]}), so {name}, {next_one}, is used"
+            selected = name
+        break
+    if purchase_model is None:
+        raise all_candidates_failed(failed)
+    _progress(progress, "fitting Gamma-Gamma on all data")
     outputs = FitOutputs(
         selected=selected,
         selection_reason=reason,
         calibration_models=calibration_models,
         backtest=backtest,
-        # Started from the calibration fit's maximum, which lies close to the all-data one:
-        # fewer optimiser steps (the refit took twice as long as the calibration fit).
-        purchase_model=fit_purchase_model(
-            selected, full, config.models,
-            initial_params=None if calibration_models is None else dict(calibration_models.purchase[selected].params_),
-        ),
+        purchase_model=purchase_model,
         spend_model=fit_spend_model(full, config.models),
+        failed_candidates=failed,
     )
     _dump(outputs, run_dir / FITTED_FILE)
     write_json(outputs.summary(), run_dir / MODELS_FILE)

@@ -51,7 +51,10 @@ from pipeline.io import detect_format
 from pipeline.stages.features import FEATURE_COLUMNS, FeaturesResult, resolve_calibration_end
 from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
-from pipeline.transactions import LogSummary
+from pipeline.transactions import (
+    LogSummary, check_freshness, future_rows_message, margin_above_amount_message, today_utc,
+    warn_margin_above_amount,
+)
 
 # The DuckDB engine sums CAST(x AS DECIMAL(18, 6)); DuckDB computes that cast as
 # round-half-away-from-zero of x * 1e6 in double arithmetic, which differs from Spark's own
@@ -346,7 +349,7 @@ def _typed(raw: DataFrame, settings: InputSettings, keep: tuple[str, ...] = ()) 
 
 
 def _checks(settings: InputSettings, validation: ValidationSettings, margin_source: str | None,
-            expected_fields: int | None) -> list[_Check]:
+            expected_fields: int | None, today: dt.date) -> list[_Check]:
     mapping = settings.columns
     col = F.col
     checks = [
@@ -399,6 +402,12 @@ def _checks(settings: InputSettings, validation: ValidationSettings, margin_sour
                 ),
             )
         )
+    if margin_source and validation.margin_above_amount == "fail":
+        checks.append(_Check(col("margin") > col("amount"), margin_source,
+                             lambda r: margin_above_amount_message(bool(mapping.cost))))
+    if validation.future_dates == "fail":
+        checks.append(_Check(col("order_date") > F.lit(today), mapping.date,
+                             lambda r: future_rows_message(r["raw_date"], today)))
     return checks
 
 
@@ -478,26 +487,35 @@ def read_transactions(
     expected_fields = len(settings.names) if settings.names else None
     if _FIELD_COUNT in columns and expected_fields is None:
         expected_fields = len([c for c in columns if c != _FIELD_COUNT])
-    checks = _checks(settings, validation, margin_source, expected_fields)
+    today = today_utc()
+    checks = _checks(settings, validation, margin_source, expected_fields, today)
     col = F.col
     drop_negative = validation.negative_amounts == "drop"
-    usable = F.lit(True)
-    if observation_end is not None:
-        usable = col("order_date") <= F.lit(observation_end)
-    if drop_negative:
-        usable = usable & (col("amount") >= 0)
+    # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
+    present = col("order_date") <= F.lit(today)
     aggregates = [
         F.count(F.lit(1)).alias("rows"),
         *[_count_where(check.condition).alias(f"check_{i}") for i, check in enumerate(checks)],
-        _count_where(col("amount") < 0).alias("negative"),
-        F.min("order_date").alias("first_date"),
-        F.max("order_date").alias("last_date"),
-        _count_where(col("order_date") > F.lit(observation_end or dt.date.max)).alias("after_end"),
+        _count_where(~present).alias("future"),
+        F.min(F.when(present, col("order_date"))).alias("first_date"),
+        F.max(F.when(present, col("order_date"))).alias("last_date"),
+    ]
+
+    # Without an as-of date the window ends at the last present date: every present row is in it.
+    in_window = present if observation_end is None else present & (col("order_date") <= F.lit(observation_end))
+    usable = in_window & (col("amount") >= 0) if drop_negative else in_window
+    window_aggregates = [
+        _count_where(present & ~in_window).alias("after_end"),
+        _count_where(in_window & (col("amount") < 0)).alias("negative"),
+        F.max(F.when(in_window, col("order_date"))).alias("window_last_date"),
         _count_where(usable).alias("used"),
         F.count_distinct(F.when(usable, col("customer_id"))).alias("customers"),
+        _count_where(present & (col("margin") > col("amount")) if margin_source else F.lit(False)).alias(
+            "margin_above"
+        ),
     ]
     try:
-        stats = typed.agg(*aggregates).head().asDict()
+        stats = typed.agg(*aggregates, *window_aggregates).head().asDict()
     except PySparkException as exc:
         raise InputDataError(f"{label}: cannot read: {_first_message_line(exc)}") from None
     if stats["rows"] == 0:
@@ -506,10 +524,15 @@ def read_transactions(
         if stats[f"check_{i}"]:
             raise InputDataError(_row_error(raw, settings, label, check, stats[f"check_{i}"]))
 
-    first_date, last_date = stats["first_date"], stats["last_date"]
-    used, customers, after_end = stats["used"], stats["customers"], stats["after_end"]
+    first_date = stats["first_date"]
+    if first_date is None:
+        raise InputDataError(f"{label}: every row is dated after today ({today}): no usable rows")
     if observation_end is None:
-        observation_end = last_date
+        observation_end = stats["last_date"]
+    stats["last_date"] = stats["window_last_date"]
+    last_date, used, customers, after_end = stats["last_date"], stats["used"], stats["customers"], stats["after_end"]
+    if stats["margin_above"]:
+        warn_margin_above_amount(label, stats["margin_above"], bool(mapping.cost))
     if observation_end < first_date:
         raise InputDataError(
             f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
@@ -521,12 +544,10 @@ def read_transactions(
             lambda r: f"'{r['raw_date']}' is after observation_end {observation_end}",
         )
         raise InputDataError(_row_error(raw, settings, label, check, after_end))
-    if used == 0:
+    if used == 0 or last_date is None:
         raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
-    keep = col("order_date") <= F.lit(observation_end)
-    if drop_negative:
-        keep = keep & (col("amount") >= 0)
-    transactions = typed.where(keep).select(
+    check_freshness(label, last_date, observation_end, validation)
+    transactions = typed.where(usable).select(
         "customer_id", "order_date", "amount", "margin", "channel", "acquisition_cost"
     )
     log = LogSummary(
@@ -535,13 +556,15 @@ def read_transactions(
         rows_used=used,
         customers=customers,
         first_date=first_date,
-        last_date=min(last_date, observation_end),
+        last_date=last_date,
         observation_end=observation_end,
         negative_amount_rows_dropped=stats["negative"] if drop_negative else 0,
         rows_after_observation_end=after_end,
         has_margin=margin_source is not None,
         has_channel=mapping.channel is not None,
         has_acquisition_cost=mapping.acquisition_cost is not None,
+        future_rows_dropped=stats["future"],
+        margin_above_amount_rows=stats["margin_above"],
     )
     return transactions, log
 
@@ -773,7 +796,9 @@ def compute_features(
     frame, log = read_transactions(
         spark, transactions, input_settings, validation or ValidationSettings(), settings.observation_end
     )
-    calibration_end = resolve_calibration_end(settings, log.first_date, log.observation_end)
+    calibration_end = resolve_calibration_end(
+        settings, log.first_date, log.observation_end, (validation or ValidationSettings()).max_holdout_share
+    )
     full, calibration = features(
         frame, settings, log.observation_end, calibration_end,
         with_margin=log.has_margin, with_channel=log.has_channel, with_acquisition_cost=log.has_acquisition_cost,

@@ -325,17 +325,30 @@ def log_candidates(run: _Run, fit: Any) -> None:
     """One nested run per candidate purchase model, with its calibration fit and holdout metrics."""
     import mlflow
 
+    failed = fit.failed_candidates
+    if failed:
+        mlflow.set_tag("clv.failed_candidates", "; ".join(f"{k}: {v}" for k, v in failed.items())[:5000])
+    fitted = {} if fit.calibration_models is None else fit.calibration_models.purchase
+    for name, reason in failed.items():
+        if name not in fitted:  # no calibration fit to show: a FAILED nested run saying why
+            with mlflow.start_run(run_name=name, nested=True, tags={RUN_KIND_TAG: "candidate"}) as nested:
+                mlflow.log_param("purchase.model", name)
+                run.client.set_tag(nested.info.run_id, "clv.error", reason[:500])
+                mlflow.end_run(status="FAILED")
     if fit.calibration_models is None:
         mlflow.set_tag("clv.selected_purchase_model", fit.selected)
         return
-    for name, model in fit.calibration_models.purchase.items():
+    for name, model in fitted.items():
         summary = model.summary()
-        with mlflow.start_run(run_name=name, nested=True, tags={RUN_KIND_TAG: "candidate"}):
+        with mlflow.start_run(run_name=name, nested=True, tags={RUN_KIND_TAG: "candidate"}) as nested:
             mlflow.log_params({"purchase.model": name, **{f"purchase.{k}": v for k, v in summary["params"].items()}})
             mlflow.log_metrics(_finite({f"purchase.se.{k}": v for k, v in summary["standard_errors"].items()}))
             mlflow.log_metric("purchase.log_likelihood", summary["log_likelihood"])
             mlflow.log_metrics(_finite({f"holdout.{k}": v for k, v in fit.backtest[name].items()}))
             mlflow.set_tag("clv.selected", str(name == fit.selected).lower())
+            if name in failed:  # fitted on the calibration period, then failed on all data
+                run.client.set_tag(nested.info.run_id, "clv.error", failed[name][:500])
+                mlflow.end_run(status="FAILED")
     mlflow.set_tags({"clv.selected_purchase_model": fit.selected, "clv.selection_reason": fit.selection_reason})
     mlflow.log_param("selected_purchase_model", fit.selected)
 
@@ -421,23 +434,6 @@ def _log_pyfunc(example: pd.DataFrame, signature: Any, scorer_path: Path, scorer
         )
 
 
-def release_checks(fit: Any, selection_metric: str) -> dict[str, bool]:
-    """What a new version must pass to become ``challenger``: converged fits, and (with a
-    holdout) a lower holdout error than the historical-CLV baseline."""
-    from pipeline.stages.backtest import _SELECTION_KEYS
-
-    checks = {
-        "purchase_model_converged": bool(fit.purchase_model.convergence_.get("converged", False)),
-        "spend_model_converged": bool(fit.spend_model.convergence_.get("converged", False)),
-    }
-    if fit.backtest:
-        key = _SELECTION_KEYS[selection_metric]
-        checks["beats_historical_baseline"] = bool(
-            abs(fit.backtest[fit.selected][key]) < abs(fit.backtest["historical_baseline"][key])
-        )
-    return checks
-
-
 def model_example(features: pd.DataFrame) -> pd.DataFrame:
     """The logged model's input example: the first five customers, with the columns it reads."""
     optional = [c for c in ("total_margin", "acquisition_cost", "first_channel") if c in features.columns]
@@ -452,8 +448,10 @@ def log_model(run: _Run, scorer_path: Path, example: pd.DataFrame, scorer: Any) 
     return _log_pyfunc(example, infer_signature(example, output), scorer_path, scorer)
 
 
-def register_model(run: _Run, info: Any, scorer: Any, checks: dict[str, bool] | None = None) -> dict[str, Any]:
-    """A new registered version of the model logged as ``info``; ``challenger`` if it passes ``checks``."""
+def register_model(run: _Run, info: Any, scorer: Any, checks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new registered version of the model logged as ``info``; ``challenger`` if it passes ``checks``
+    (:func:`pipeline.release.release_checks`), each recorded as a ``check.<name>`` tag and, when
+    it failed, ``check.<name>.why``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -470,16 +468,21 @@ def register_model(run: _Run, info: Any, scorer: Any, checks: dict[str, bool] | 
                                               model_id=getattr(info, "model_id", None))
     version = str(created.version)
     checks = checks or {}
-    passed = all(checks.values())
+    passed = all(check.passed for check in checks.values())
     name = settings.registered_model
-    for key, value in {"purchase_model": scorer.purchase_model_name, "checks_passed": str(passed).lower(),
-                       **{f"check.{k}": str(v).lower() for k, v in checks.items()}}.items():
+    tags = {"purchase_model": scorer.purchase_model_name, "checks_passed": str(passed).lower()}
+    for key, check in checks.items():
+        tags[f"check.{key}"] = str(check.passed).lower()
+        if not check.passed:
+            tags[f"check.{key}.why"] = check.detail[:_PARAM_LIMIT]
+    for key, value in tags.items():
         run.client.set_model_version_tag(name, version, key, value)
     if passed:
         run.client.set_registered_model_alias(name, CHALLENGER, version)
     mlflow.set_tags({"clv.registered_model": name, "clv.model_version": version, "clv.checks_passed": str(passed).lower()})
     return {"name": name, "version": version, "model_uri": info.model_uri, "checks_passed": passed,
-            "checks": checks}
+            "checks": {key: check.passed for key, check in checks.items()},
+            "failed_checks": {key: check.detail for key, check in checks.items() if not check.passed}}
 
 
 def champion_version(client: Any, name: str) -> Any:
@@ -551,12 +554,16 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
             "predicted_clv_mean": metrics.get("clv.predicted_clv_mean"),
             "historical_clv_mean": metrics.get("clv.historical_clv_customer_mean"),
             "version": tags.get("clv.model_version"),
+            "skipped": ", ".join(part.split(":", 1)[0] for part in tags.get("clv.failed_candidates", "").split("; ") if part),
             "champion": bool(champion is not None and champion.run_id == item.info.run_id),
         })
     return pd.DataFrame(rows)
 
 
-def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None) -> dict[str, Any]:
+def log_pipeline_run(
+    run: _Run, config: Config, config_path: Path | None, result: Any, source: Any = None,
+    champion_clv_total: float | None = None,
+) -> dict[str, Any]:
     """Everything a whole-pipeline run logs, in this process, ending with the registered model
     version. (``clv run`` logs the same from its tracking process, each part when it is ready.)
 
@@ -568,7 +575,7 @@ def log_pipeline_run(run: _Run, config: Config, config_path: Path | None, result
     logged_model = log_model(
         run, Path(result.run_dir) / "model" / "scorer.joblib", model_example(result.features), result.value.scorer
     )
-    return log_pipeline_end(run, config, result, logged_model, source)
+    return log_pipeline_end(run, config, result, logged_model, source, champion_clv_total)
 
 
 def log_fit(run: _Run, fit: Any) -> None:
@@ -578,12 +585,16 @@ def log_fit(run: _Run, fit: Any) -> None:
     log_backtest(run, fit)
 
 
-def log_pipeline_end(run: _Run, config: Config, result: Any, logged_model: Any, source: Any = None) -> dict[str, Any]:
+def log_pipeline_end(
+    run: _Run, config: Config, result: Any, logged_model: Any, source: Any = None, champion_clv_total: float | None = None,
+) -> dict[str, Any]:
     """What a pipeline run logs once its outputs are in place (data fingerprint, value, outputs),
-    then the registration of ``logged_model`` (:func:`log_model`'s result)."""
+    then the registration of ``logged_model`` (:func:`log_model`'s result) with the release gates'
+    verdict (``champion_clv_total``: the champion's on the same customers, for the ratio gate)."""
     import mlflow
 
     from pipeline.config import config_digest
+    from pipeline.release import release_checks
 
     features_info = result.summary["features"]
     mlflow.set_tags({"clv.as_of": features_info["observation_end"], "clv.config_sha256": config_digest(config)})
@@ -591,7 +602,11 @@ def log_pipeline_end(run: _Run, config: Config, result: Any, logged_model: Any, 
     log_value(run, result.value.summary)
     log_outputs(run, result.run_dir)
     mlflow.set_tag("mlflow.runName", f"{result.fit.selected} as of {features_info['observation_end']}")
-    checks = release_checks(result.fit, config.models.selection_metric)
+    value = result.value.summary
+    checks = release_checks(
+        result.fit, value, config.release, config.models.selection_metric,
+        clv_total=value["predicted_clv_total"], champion_clv_total=champion_clv_total,
+    )
     return register_model(run, logged_model, result.value.scorer, checks)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import warnings
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from pipeline.config import InputSettings, ValidationSettings
-from pipeline.errors import InputDataError
+from pipeline.errors import DataQualityWarning, InputDataError
 from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
 
 TYPED_VIEW = "typed_transactions"
@@ -45,6 +46,55 @@ class LogSummary:
     has_margin: bool
     has_channel: bool
     has_acquisition_cost: bool
+    future_rows_dropped: int = 0
+    margin_above_amount_rows: int = 0
+
+
+def today_utc() -> dt.date:
+    """Today's date in UTC: rows dated later are in the future wherever the job runs."""
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+# The date and margin rules of the input boundary, shared by the DuckDB and Spark engines so
+# both report the same first problem for the same file.
+
+def future_rows_message(raw_date: str, today: dt.date) -> str:
+    return (f"'{raw_date}' is in the future (after today, {today}); fix the row or set "
+            "validation.future_dates: drop to drop such rows")
+
+
+def margin_above_amount_message(margin_source_is_cost: bool) -> str:
+    problem = "cost is negative" if margin_source_is_cost else "margin is above the amount"
+    return f"{problem} (set validation.margin_above_amount: warn to keep such rows with a warning)"
+
+
+def warn_margin_above_amount(label: str, rows: int, margin_source_is_cost: bool) -> None:
+    what = "a negative cost" if margin_source_is_cost else "a margin above their amount"
+    warnings.warn(
+        f"{label}: {rows:,} rows have {what}; their margins are used as given "
+        "(validation.margin_above_amount: fail stops the run instead)",
+        DataQualityWarning, stacklevel=3,
+    )
+
+
+def check_freshness(label: str, last_date: dt.date, as_of: dt.date, validation: ValidationSettings) -> None:
+    """Refuse a log whose last transaction is too long before the as-of date.
+
+    Features computed far past the last purchase make every customer look dead (the
+    pipeline would predict a CLV of about 0 for everyone and a retrain would register that).
+    """
+    limit = validation.max_staleness_days
+    gap = (as_of - last_date).days
+    if limit is not None and gap > limit:
+        raise StaleDataError(
+            f"{label}: stale data: the last transaction is on {last_date}, {gap:,} days before the as-of date "
+            f"{as_of} (validation.max_staleness_days: {limit}); fix the export, pass --as-of {last_date} "
+            "(observation_end), or raise validation.max_staleness_days"
+        )
+
+
+class StaleDataError(InputDataError):
+    """The log ends too long before the as-of date."""
 
 
 def _is_text_source(con: duckdb.DuckDBPyConnection) -> bool:
@@ -200,6 +250,13 @@ def load_transactions(
                 lambda r: f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)",
             )
         )
+    margin_above = "margin > amount"
+    if margin_source and validation.margin_above_amount == "fail":
+        checks.append((margin_above, margin_source, lambda r: margin_above_amount_message(bool(mapping.cost))))
+    today = today_utc()
+    future = f"order_date > {_date_literal(today)}"
+    if validation.future_dates == "fail":
+        checks.append((future, date_col, lambda r: future_rows_message(r["raw_date"], today)))
 
     checked = TYPED_VIEW
     if "__field_count" in types or _is_text_source(con):
@@ -213,15 +270,20 @@ def load_transactions(
         )
         checked = TYPED_ROWS
     count_columns = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _, _ in checks)
-    end_columns = ""
-    if observation_end is not None:
-        end = f"DATE '{observation_end.isoformat()}'"
-        end_columns = f", count(*) FILTER (WHERE order_date > {end}), count(*) FILTER (WHERE amount < 0 AND order_date <= {end})"
+    # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
+    present = f"NOT ({future})"
+    # Without an as-of date the window ends at the last present date: every present row is in it.
+    in_window = present if observation_end is None else f"{present} AND order_date <= {_date_literal(observation_end)}"
     try:
         stats = con.execute(
             f"""SELECT count(*), {count_columns},
-                   count(*) FILTER (WHERE amount < 0),
-                   min(order_date), max(order_date){end_columns}
+                   count(*) FILTER (WHERE {future}),
+                   min(order_date) FILTER (WHERE {present}),
+                   max(order_date) FILTER (WHERE {present}),
+                   count(*) FILTER (WHERE {present} AND NOT ({in_window})),
+                   count(*) FILTER (WHERE {in_window} AND amount < 0),
+                   max(order_date) FILTER (WHERE {in_window}),
+                   {f"count(*) FILTER (WHERE {present} AND {margin_above})" if margin_source else "0"}
                FROM {checked}"""
         ).fetchall()[0]
     except duckdb.Error as exc:
@@ -232,14 +294,14 @@ def load_transactions(
     for (condition, column, describe), bad_count in zip(checks, stats[1 : 1 + len(checks)]):
         if bad_count:
             raise InputDataError(_row_error(con, label, settings, condition, column, describe, bad_count))
-    negative_rows = stats[1 + len(checks)]
-    first_date, last_date = stats[2 + len(checks)], stats[3 + len(checks)]
-    after_end, negative_kept_rows = 0, negative_rows
-    if observation_end is not None:
-        after_end, negative_kept_rows = stats[4 + len(checks)], stats[5 + len(checks)]
-
+    (future_rows, first_date, last_present_date, after_end, negative_kept_rows, last_date,
+     margin_above_rows) = stats[1 + len(checks):]
     if observation_end is None:
-        observation_end = last_date
+        observation_end = last_present_date
+    if first_date is None:
+        raise InputDataError(f"{label}: every row is dated after today ({today}): no usable rows")
+    if margin_above_rows:
+        warn_margin_above_amount(label, margin_above_rows, bool(mapping.cost))
     if observation_end < first_date:
         raise InputDataError(
             f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
@@ -253,14 +315,17 @@ def load_transactions(
                 after_end,
             )
         )
+    if last_date is None:
+        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
+    check_freshness(label, last_date, observation_end, validation)
     drop_negative = " AND amount >= 0" if validation.negative_amounts == "drop" else ""
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
             SELECT customer_id, order_date, amount, margin, channel, acquisition_cost
             FROM {checked}
-            WHERE order_date <= DATE '{observation_end.isoformat()}'{drop_negative}"""
+            WHERE order_date <= {_date_literal(observation_end)} AND {present}{drop_negative}"""
     )
-    used = rows_read - after_end - (negative_kept_rows if drop_negative else 0)
+    used = rows_read - future_rows - after_end - (negative_kept_rows if drop_negative else 0)
     if used == 0:
         raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
     return LogSummary(
@@ -269,14 +334,20 @@ def load_transactions(
         rows_used=used,
         customers=None,
         first_date=first_date,
-        last_date=min(last_date, observation_end),
+        last_date=last_date,
         observation_end=observation_end,
-        negative_amount_rows_dropped=negative_rows if drop_negative else 0,
+        negative_amount_rows_dropped=negative_kept_rows if drop_negative else 0,
         rows_after_observation_end=after_end,
         has_margin=margin_source is not None,
         has_channel=mapping.channel is not None,
         has_acquisition_cost=mapping.acquisition_cost is not None,
+        future_rows_dropped=future_rows,
+        margin_above_amount_rows=margin_above_rows,
     )
+
+
+def _date_literal(value: dt.date) -> str:
+    return f"DATE '{value.isoformat()}'"
 
 
 def _row_error(con, label, settings, condition, column, describe, bad_count) -> str:

@@ -121,14 +121,21 @@ def backtest_model(calibration: pd.DataFrame, purchase_model: Any, spend_model: 
     return holdout_metrics(calibration, purchases, purchases * spend, spend)
 
 
+def rank_models(metrics_by_model: dict[str, dict[str, float]], metric: str) -> list[str]:
+    """Candidates from best to worst on holdout ``metric`` (ties and non-finite scores keep the
+    candidates' order, non-finite ones last)."""
+    key = _SELECTION_KEYS[metric]
+    scores = {name: abs(values[key]) for name, values in metrics_by_model.items()}
+    return sorted(scores, key=lambda name: (not np.isfinite(scores[name]), scores[name] if np.isfinite(scores[name]) else 0.0))
+
+
 def select_model(metrics_by_model: dict[str, dict[str, float]], metric: str) -> tuple[str, str]:
     """The candidate with the lowest holdout ``metric``, and a sentence saying why."""
     key = _SELECTION_KEYS[metric]
-    scores = {name: abs(values[key]) for name, values in metrics_by_model.items()}
-    finite = {name: score for name, score in scores.items() if np.isfinite(score)}
+    ranked = rank_models(metrics_by_model, metric)
+    finite = [name for name in ranked if np.isfinite(abs(metrics_by_model[name][key]))]
     if not finite:
         name = next(iter(metrics_by_model))
         return name, f"no candidate has a finite {metric}; kept the first candidate, {name}"
-    winner = min(finite, key=finite.get)
-    ranking = ", ".join(f"{name} {score:.4g}" for name, score in sorted(finite.items(), key=lambda kv: kv[1]))
-    return winner, f"lowest holdout {metric} ({ranking})"
+    ranking = ", ".join(f"{name} {abs(metrics_by_model[name][key]):.4g}" for name in finite)
+    return finite[0], f"lowest holdout {metric} ({ranking})"

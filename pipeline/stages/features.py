@@ -159,9 +159,10 @@ def read_features_frame(path: Path, without: tuple[str, ...] = ()) -> pd.DataFra
 
 
 def resolve_calibration_end(
-    settings: FeatureSettings, first_date: dt.date, observation_end: dt.date
+    settings: FeatureSettings, first_date: dt.date, observation_end: dt.date, max_holdout_share: float | None = None,
 ) -> dt.date | None:
-    """The calibration end from the settings, checked to lie strictly inside the data."""
+    """The calibration end from the settings, checked to lie strictly inside the data and,
+    with ``max_holdout_share``, to leave the holdout at most that share of the history."""
     calibration_end = settings.calibration_end
     if settings.holdout_periods is not None:
         days = settings.holdout_periods * settings.period.days_per_unit
@@ -172,6 +173,16 @@ def resolve_calibration_end(
         raise InputDataError(
             f"features.calibration_end {calibration_end} is outside the data: it must be on or after "
             f"the first transaction ({first_date}) and before observation_end ({observation_end})"
+        )
+    history_days = (observation_end - first_date).days
+    holdout_days = (observation_end - calibration_end).days
+    if max_holdout_share is not None and holdout_days > max_holdout_share * history_days:
+        source = (f"features.holdout_periods {settings.holdout_periods:g}" if settings.holdout_periods is not None
+                  else f"features.calibration_end {calibration_end}")
+        raise InputDataError(
+            f"{source} makes a holdout of {holdout_days:,} days, {holdout_days / history_days:.0%} of the "
+            f"{history_days:,} days observed ({first_date} to {observation_end}); at most "
+            f"{max_holdout_share:.0%} is allowed (validation.max_holdout_share): shorten the holdout"
         )
     return calibration_end
 
@@ -215,7 +226,7 @@ def fetch_sorted_log(con: duckdb.DuckDBPyConnection, log: LogSummary) -> pa.Tabl
 
 def features_of_sorted_log(
     sorted_log: pa.Table, log: LogSummary, period: PeriodSettings, calibration_end: dt.date | None,
-    calibration_path: Path | None = None,
+    calibration_path: Path | None = None, holdout_purchases: bool = False,
 ) -> FeaturesResult:
     """The stage's tables from the sorted log (see :func:`fetch_sorted_log`).
 
@@ -239,7 +250,7 @@ def features_of_sorted_log(
         written = WrittenTable(Path(calibration_path), file.rows, repeat_customers)
     else:
         features, calibration, repeat_purchases = summarize_sorted_log(
-            sorted_log, period, log.observation_end, calibration_end
+            sorted_log, period, log.observation_end, calibration_end, holdout_purchases=holdout_purchases
         )
     return FeaturesResult(
         features=features,
@@ -260,25 +271,32 @@ def compute_features(
     threads: int | None = None,
     calibration_path: Path | None = None,
     keep_calibration_columns: list[str] = (),
+    holdout_purchases: bool = False,
 ) -> FeaturesResult:
     """Features of a log given as a path (CSV/Parquet/text) or a DataFrame: the Python API.
 
     ``calibration_path``: write the calibration features there instead of returning them,
     keeping ``keep_calibration_columns`` (see :func:`features_of_sorted_log`).
+    ``holdout_purchases``: count the holdout purchases per day too (see
+    :func:`pipeline.stages.sorted_log.summarize_sorted_log`).
     """
     con = connect(threads=threads)
     try:
         log = load_transactions(
             con, transactions, input_settings, validation or ValidationSettings(), settings.observation_end
         )
-        calibration_end = resolve_calibration_end(settings, log.first_date, log.observation_end)
+        calibration_end = resolve_calibration_end(
+            settings, log.first_date, log.observation_end, (validation or ValidationSettings()).max_holdout_share
+        )
         sorted_log = fetch_sorted_log(con, log)
     finally:
         # DuckDB keeps the sort's memory (1.7 GB at 50M rows) until its connection closes.
         con.close()
     # One chunk per column, so the numpy views need no copy; the chunked result is freed here.
     sorted_log = sorted_log.combine_chunks()
-    result = features_of_sorted_log(sorted_log, log, settings.period, calibration_end, calibration_path)
+    result = features_of_sorted_log(
+        sorted_log, log, settings.period, calibration_end, calibration_path, holdout_purchases=holdout_purchases
+    )
     if result.calibration_file is not None and keep_calibration_columns:
         # Read back only now that the sorted log is gone: kept while it was there they made
         # the stage's peak (4.4 GB at 50M rows).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from models import ConvergenceError
 from models.purchase import PURCHASE_MODELS
 from models.spend import GammaGammaModel
 from pipeline.config import ModelSettings
@@ -15,13 +17,19 @@ from pipeline.errors import InputDataError
 PURCHASE_MODEL_TITLES = {"bgnbd": "BG/NBD", "mbgnbd": "MBG/NBD", "paretonbd": "Pareto/NBD"}
 
 
+class CandidateFailedError(InputDataError):
+    """A purchase model could not be fitted on these features; the message is one line."""
+
+
 @dataclasses.dataclass
 class FittedModels:
-    """Fitted estimators of one run: every purchase candidate and the spend model."""
+    """Fitted estimators of one run: every purchase candidate that fitted, the spend model, and
+    why the others did not (``failed``: name → one-line reason)."""
 
     purchase: dict[str, Any]
     spend: GammaGammaModel
     selected: str
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def purchase_model(self) -> Any:
@@ -31,21 +39,43 @@ class FittedModels:
         return {
             "selected_purchase_model": self.selected,
             "purchase_models": {name: model.summary() for name, model in self.purchase.items()},
+            "failed_candidates": dict(self.failed),
             "spend_model": self.spend.summary(),
         }
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a fit that raised: the estimator's message, or the error's type when it has none."""
+    text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
+    if isinstance(exc, (ValueError, ConvergenceError, CandidateFailedError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def fit_purchase_model(
     name: str, features: pd.DataFrame, settings: ModelSettings, initial_params: dict[str, float] | None = None
 ) -> Any:
-    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: lifetimes' start)."""
+    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: lifetimes' start).
+
+    Raises :class:`CandidateFailedError` (one line, no traceback) when the model cannot be fitted:
+    bad features, an optimiser that does not converge, a likelihood that is not finite. A fit
+    that ends with a non-finite parameter or log-likelihood counts as failed too.
+    """
     model = PURCHASE_MODELS[name](
-        penalizer=settings.purchase.penalizer, tol=settings.purchase.tol, initial_params=initial_params
+        penalizer=settings.purchase.penalizer, tol=settings.purchase.tol, initial_params=initial_params,
+        max_iter=settings.purchase.max_iter_of(name),
     )
+    title = PURCHASE_MODEL_TITLES[name]
     try:
-        return model.fit(features)
-    except ValueError as exc:
-        raise InputDataError(f"features: cannot fit {PURCHASE_MODEL_TITLES[name]}: {exc}") from None
+        # Numerical trouble inside lifetimes (overflow, a singular matrix, a NaN objective) is a
+        # failed fit of this candidate, not a bug of the run: whatever it raises is one line.
+        with np.errstate(all="ignore"):
+            model.fit(features)
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise CandidateFailedError(f"cannot fit {title}: {failure_reason(exc)}") from None
+    if not all(np.isfinite(value) for value in model.params_.values()) or not np.isfinite(model.log_likelihood_):
+        raise CandidateFailedError(f"cannot fit {title}: the fit ended with a non-finite parameter or likelihood")
+    return model
 
 
 def fit_spend_model(features: pd.DataFrame, settings: ModelSettings) -> GammaGammaModel:
@@ -53,9 +83,10 @@ def fit_spend_model(features: pd.DataFrame, settings: ModelSettings) -> GammaGam
         penalizer=settings.spend.penalizer, min_repeat_customers=settings.spend.min_repeat_customers
     )
     try:
-        return model.fit(features)
-    except ValueError as exc:
-        raise InputDataError(f"features: cannot fit Gamma-Gamma: {exc}") from None
+        with np.errstate(all="ignore"):
+            return model.fit(features)
+    except Exception as exc:  # noqa: BLE001 - as for the purchase models: one line, never a traceback
+        raise InputDataError(f"features: cannot fit Gamma-Gamma: {failure_reason(exc)}") from None
 
 
 def fit_models(
@@ -63,15 +94,30 @@ def fit_models(
 ) -> FittedModels:
     """Fit every purchase candidate and the spend model on calibration features.
 
-    ``progress`` is an optional callable ``progress(message)`` for long fits.
-    The first candidate is the provisional selection; the backtest picks the winner.
+    ``progress`` is an optional callable ``progress(message)`` for long fits. A candidate that
+    cannot be fitted is left out with its reason (``FittedModels.failed``); only when every
+    candidate fails is that an error, one line listing each reason. The first candidate that
+    fitted is the provisional selection; the backtest picks the winner.
     """
-    purchase = {}
+    purchase, failed = {}, {}
     for name in settings.purchase.candidates:
         if progress:
             progress(f"fitting {PURCHASE_MODEL_TITLES[name]}")
-        purchase[name] = fit_purchase_model(name, features, settings)
+        try:
+            purchase[name] = fit_purchase_model(name, features, settings)
+        except CandidateFailedError as exc:
+            failed[name] = str(exc)
+            if progress:
+                progress(f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+    if not purchase:
+        raise all_candidates_failed(failed)
     if progress:
         progress("fitting Gamma-Gamma")
     spend = fit_spend_model(features, settings)
-    return FittedModels(purchase=purchase, spend=spend, selected=settings.purchase.candidates[0])
+    return FittedModels(purchase=purchase, spend=spend, selected=next(iter(purchase)), failed=failed)
+
+
+def all_candidates_failed(failed: dict[str, str]) -> InputDataError:
+    """The run-stopping error when no purchase model could be fitted: each one's reason, on one line."""
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+    return InputDataError(f"features: every purchase model failed to fit ({reasons})")

@@ -250,6 +250,7 @@ class _Chunk:
         previous_in_calibration = np.zeros(len(in_calibration), dtype=bool)
         previous_in_calibration[1:] = in_calibration[:-1] & ~self.new_customer[1:]
         starts_holdout_period = after_calibration & (self.starts_period | previous_in_calibration)
+        self.holdout_purchase_days = self.days[starts_holdout_period]
         holdout_amount = customers.total(self.amount) - calibration["_amount_micro_units"]
         holdout_rows = customers.row_count() - calibration["_rows"]
         end, start = self.end_index(self.observation_end), self.end_index(calibration_end)
@@ -337,9 +338,14 @@ def summarize_sorted_log(
     calibration_end: dt.date | None = None,
     chunk_rows: int = CHUNK_ROWS,
     calibration_sink: Callable[[pa.Table], None] | None = None,
+    holdout_purchases: bool = False,
 ) -> tuple[pa.Table, pa.Table | None, pa.Table]:
     """Features at the observation end, calibration features with the holdout columns (or None),
     and repeat purchases per day, from a log sorted by customer, date (and channel, missing last).
+
+    With ``holdout_purchases`` (and a calibration end) the per-day table also counts, in
+    ``holdout_purchases``, the holdout purchases of the calibration customers each day: the
+    purchases ``frequency_holdout`` counts, by the day they were made.
 
     ``table`` has ``customer_id``, ``order_date`` (date32), ``amount_micro`` (int64 micro-units)
     and optionally ``margin_micro``, ``channel``, ``acquisition_cost``; rows after
@@ -355,6 +361,7 @@ def summarize_sorted_log(
     full, calibration = _Columns(len(first_rows)), _Columns(len(first_rows))
     first_day = int(log.days.min()) if log.rows else 0
     per_day = np.zeros(int(log.days.max()) - first_day + 1 if log.rows else 0, dtype=np.int64)
+    holdout_per_day = np.zeros_like(per_day) if holdout_purchases and calibration_end is not None else None
     calibration_day = None if calibration_end is None else day_number(calibration_end)
     for start, stop, first_customer, stop_customer in _chunk_bounds(first_rows, log.rows, chunk_rows):
         chunk = _Chunk(log, start, stop, new_customer[start:stop], period, observation_end)
@@ -364,6 +371,8 @@ def summarize_sorted_log(
             in_calibration = chunk.days <= calibration_day
             calibration_columns = chunk.features(calibration_end, in_calibration)
             calibration_columns.update(chunk.holdout(calibration_end, in_calibration, calibration_columns))
+            if holdout_per_day is not None:
+                holdout_per_day += np.bincount(chunk.holdout_purchase_days - first_day, minlength=len(holdout_per_day))
             if calibration_sink is None:
                 # A calibration customer's first purchase is the one in the full features.
                 calibration.store(calibration_columns, first_customer, stop_customer, skip=("first_purchase_date",))
@@ -379,9 +388,10 @@ def summarize_sorted_log(
         calibration_table = _calibration_table(
             customer_id, calibration.arrays, full.arrays["first_purchase_date"], log
         )
-    on = np.flatnonzero(per_day)
+    on = np.flatnonzero(per_day if holdout_per_day is None else per_day | holdout_per_day)
     repeat_purchases = pa.table({
         "date": pa.array((on + first_day).astype(np.int32), type=pa.int32()).view(pa.date32()),
         "repeat_purchases": per_day[on],
+        **({} if holdout_per_day is None else {"holdout_purchases": holdout_per_day[on]}),
     })
     return features, calibration_table, repeat_purchases
