@@ -62,7 +62,8 @@ DEFAULT_CONFIG = Path("configs/default.yaml")
 
 def _warnings_as_lines() -> None:
     """Our own warnings (data quality, local-only tracking) as one ``warning:`` line each, not
-    Python's two-line file-and-source format; every other warning as Python prints it."""
+    Python's two-line file-and-source format; every other warning as Python prints it. Called
+    inside a command's ``catch_warnings``, which restores the caller's settings afterwards."""
     import warnings
 
     from pipeline.errors import DataQualityWarning
@@ -77,9 +78,6 @@ def _warnings_as_lines() -> None:
 
     warnings.showwarning = show
     warnings.simplefilter("always", DataQualityWarning)
-
-
-_warnings_as_lines()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOption = Annotated[
@@ -97,8 +95,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                _warnings_as_lines()
+                return command(*args, **kwargs)
         except ClvError as exc:
             if kwargs.get("debug"):
                 raise
@@ -448,16 +450,21 @@ def retrain(
     config: ConfigOption = DEFAULT_CONFIG,
     set_: SetOption = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Train on data up to this date (default: today, UTC).")] = None,
+    accept_shift: Annotated[bool, typer.Option(
+        "--accept-shift", help="Skip the gate on the challenger's CLV total against the champion's (a known shift).",
+    )] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Scheduled retraining: fit, backtest, register a challenger, promote it only if it does at least as well.
+    """Scheduled retraining: fit, backtest, register a challenger, promote it only if it passes the
+    release gates and does at least as well as the champion.
 
-    Exit codes: 0 promoted or kept, 2 bad input/config, 3 tracking unreachable, 75 another retrain holds the lock.
+    Exit codes: 0 promoted or kept, 2 bad input/config (stale log, fixed calibration end…), 3 tracking
+    unreachable, 4 challenger rejected by the release gates, 75 another retrain holds the lock.
     """
     import datetime as dt
 
-    from pipeline.errors import InputDataError
+    from pipeline.errors import InputDataError, ReleaseRejectedError
     from pipeline.retrain import retrain as run_retrain
 
     settings = _load(config, set_)
@@ -465,12 +472,43 @@ def retrain(
         as_of_date = dt.date.fromisoformat(as_of) if as_of else None
     except ValueError:
         raise InputDataError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
-    decision = run_retrain(settings, config, as_of_date, progress=_progress_printer(quiet))
+    try:
+        decision = run_retrain(settings, config, as_of_date, progress=_progress_printer(quiet), accept_shift=accept_shift)
+    except ReleaseRejectedError as rejected:
+        _print_monitor(rejected.decision)
+        raise
+    _print_monitor(decision)
     verdict = "PROMOTED" if decision.promoted else "KEPT champion"
     console.print(
         f"retrain as of {decision.as_of}: challenger version {decision.challenger_version} — {verdict}: "
         f"{decision.reason} (run {decision.run_id})",
         highlight=False,
+    )
+
+
+def _print_monitor(decision) -> None:
+    """The champion's forecast against what happened since its as-of date, when it was checked."""
+    report = decision.monitor if decision is not None else None
+    if not report:
+        return
+    table = Table(title=f"Champion version {report['champion_version']}: forecast made {report['champion_as_of']} "
+                        f"vs the log to {report['as_of']}", title_justify="left")
+    for column in ("", "customers", "purchases pred.", "purchases actual", "error", "revenue pred.", "revenue actual", "error"):
+        table.add_column(column, justify="right")
+
+    def row(label, values):
+        table.add_row(label, f"{values['customers']:,.0f}", f"{values['purchases_predicted']:,.1f}",
+                      f"{values['purchases_actual']:,.0f}", f"{values['purchases_error_pct']:+.1f}%",
+                      _money(values["revenue_predicted"]), _money(values["revenue_actual"]),
+                      f"{values['revenue_error_pct']:+.1f}%")
+
+    row("total", report["total"])
+    for tier, values in report["by_tier"].items():
+        row(f"tier {tier}", values)
+    console.print(table)
+    console.print(
+        f"customers predicted alive then who bought since: {report['alive_share_bought']:.1%} "
+        f"(predicted churned who bought: {report['dead_share_bought']:.1%})", highlight=False,
     )
 
 

@@ -478,3 +478,40 @@ def plot_clv_by_tier(tier_summary: pd.DataFrame, path: str | Path) -> Path:
     axes.legend()
     axes.set_title("Mean predicted vs historical CLV by tier")
     return _save(figure, path)
+
+
+def plot_champion_forecast(data: pd.DataFrame, path: str | Path, model_title: str, ax=None) -> Path | None:
+    """Draw the champion's predicted vs the actual cumulative purchases since its as-of date, as a PNG.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Output of :func:`pipeline.stages.monitor.cumulative_forecast_data`.
+    path : str or pathlib.Path
+        Where to write the PNG (written atomically); ignored when ``ax`` is given.
+    model_title : str
+        The champion, e.g. ``"clv version 3 (Pareto/NBD)"``.
+    ax : matplotlib.axes.Axes, optional
+        Draw on these axes (a notebook's) instead of a new figure; nothing is written.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``path``, or None when drawing on ``ax``.
+    """
+    figure = None
+    if ax is None:
+        figure = _new_figure()
+        ax = figure.add_subplot()
+    start = data["date"].iloc[0]
+    ax.plot(data["days_since_as_of"], data["actual_cumulative"], color="black", label="actual")
+    ax.plot(data["days_since_as_of"], data["predicted_cumulative"], color="tab:blue", linestyle="--",
+            label=f"{model_title} forecast")
+    ax.set_xlabel(f"days since the champion's as-of date ({start})")
+    ax.set_ylabel("cumulative purchases of its customers")
+    ax.set_xlim(0, max(float(data["days_since_as_of"].iloc[-1]), 1.0))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title("Champion's forecast vs what happened")
+    return None if figure is None else _save(figure, path)

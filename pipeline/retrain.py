@@ -1,29 +1,50 @@
 """`clv retrain`: what a scheduler runs. Features at the as-of date → candidates → backtest →
-register a challenger → promote it to champion only if it does at least as well as the champion.
+register a challenger → promote it to champion only if it passes the release gates and does at
+least as well as the champion.
 
-The gate is fair: the champion's model (its type and settings) is refitted on the *same*
-calibration window and scored on the *same* holdout as the challenger, so neither has seen the
-holdout. Ties go to the challenger, because with equal holdout error the model trained on the
-newer data should serve. A rerun for an as-of date the champion was already trained on, with
-the same data and config, keeps the champion: retries never double-promote. A failure anywhere
-leaves the champion alias untouched — promotion is the very last step.
+Safe unattended:
 
-Exit codes: 0 promoted or kept; 2 bad input or config; 3 tracking unreachable; 75 another
-retrain holds the lock (try later).
+* The log is checked first: a log whose last transaction is more than
+  ``validation.max_staleness_days`` before the as-of date (an export that stopped) is refused
+  (exit 2), as are future-dated rows.
+* The holdout rolls with the as-of date (``features.holdout_periods``); a fixed
+  ``calibration_end`` would make it grow week by week, so it is refused, as is a holdout longer
+  than ``validation.max_holdout_share`` (default here 0.5) of the observed history.
+* Absolute release gates (``release:``, :mod:`pipeline.release`): a version that fails one is
+  registered with the failed checks as tags, gets no alias, and the command exits 4.
+* The comparison with the champion is fair: the champion's model (its type and settings) is
+  refitted on the *same* calibration window and scored on the *same* holdout as the challenger,
+  so neither has seen the holdout. Ties go to the challenger, because with equal holdout error
+  the model trained on the newer data should serve. A rerun for an as-of date the champion was
+  already trained on, with the same data and config, keeps the champion: retries never
+  double-promote. A failure anywhere leaves the champion alias untouched — promotion is the
+  very last step.
+* Before deciding, the champion's own forecast (made at its as-of date) is compared with what
+  the log shows since (:mod:`pipeline.stages.monitor`): ``monitor.*`` metrics, a plot, and a
+  warning line and tag when it missed by more than ``monitor.alert_error_pct``.
+
+Exit codes: 0 promoted or kept; 2 bad input or config (stale log, fixed calibration end…); 3
+tracking unreachable; 4 challenger rejected by the release gates; 75 another retrain holds the
+lock (try later).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, config_digest
-from pipeline.errors import LockHeldError, TrackingError
+from pipeline.config import Config, FeatureSettings, PeriodSettings, config_digest
+from pipeline.errors import ConfigError, LockHeldError, ReleaseRejectedError, TrackingError
 
 LOCK_FILE = ".retrain.lock"
+MONITOR_FILE = "monitor.json"
+MONITOR_PLOT = "plots/champion_forecast.png"
+# A retrain's holdout may take at most this share of the observed history unless the config says otherwise.
+DEFAULT_MAX_HOLDOUT_SHARE = 0.5
 _METRIC_KEYS = {
     "purchases_rmse": "purchases_rmse",
     "purchases_mae": "purchases_mae",
@@ -45,19 +66,48 @@ class RetrainDecision:
     champion_version_before: str | None
     run_id: str | None
     run_dir: str | None
+    failed_checks: dict[str, str] = dataclasses.field(default_factory=dict)
+    monitor: dict[str, Any] | None = None
+    monitor_note: str | None = None  # why there is no monitor report, or its alert
 
 
 def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config) -> float:
+    import numpy as np
+
     from pipeline.stages.backtest import backtest_model
 
-    purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(calibration)
-    spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
-    return abs(backtest_model(calibration, purchase, spend)[_METRIC_KEYS[config.models.selection_metric]])
+    with np.errstate(all="ignore"):
+        purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(calibration)
+        spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
+        return abs(backtest_model(calibration, purchase, spend)[_METRIC_KEYS[config.models.selection_metric]])
+
+
+def rolling_config(config: Config, as_of: dt.date) -> Config:
+    """The config a retrain as of ``as_of`` runs: observation end at the as-of date, and a holdout
+    of the last ``features.holdout_periods`` before it (refused: a fixed calibration end, no holdout)."""
+    features = config.features
+    if features.calibration_end is not None:
+        raise ConfigError(
+            f"clv retrain needs a rolling holdout, but features.calibration_end is fixed at {features.calibration_end}: "
+            "the holdout would grow with every retrain; set features.calibration_end: null and "
+            "features.holdout_periods (configs/retrain.yaml does)"
+        )
+    if features.holdout_periods is None:
+        raise ConfigError(
+            "clv retrain needs a holdout to judge the challenger on: set features.holdout_periods "
+            "(configs/retrain.yaml does)"
+        )
+    validation = config.validation
+    if validation.max_holdout_share is None:
+        validation = validation.model_copy(update={"max_holdout_share": DEFAULT_MAX_HOLDOUT_SHARE})
+    return config.model_copy(update={
+        "features": features.model_copy(update={"observation_end": as_of}), "validation": validation,
+    })
 
 
 def decide(
     config: Config, tracker: Any, result: Any, fingerprint: str, digest: str, as_of: dt.date,
-    checks_passed: bool = True,
+    checks_passed: bool = True, champion_view: ChampionView | None = None,
 ) -> dict[str, Any]:
     """Compare the new challenger with the champion on the same holdout window."""
     from pipeline import tracking
@@ -72,7 +122,7 @@ def decide(
     decision = {"metric": metric, "challenger_metric": challenger_metric, "champion_metric": None,
                 "champion_version_before": None if champion is None else str(champion.version)}
     if not checks_passed:
-        return decision | {"promoted": False, "reason": "the challenger failed its release checks "
+        return decision | {"promoted": False, "reason": "the challenger failed the release gates "
                                                          "(see the version's check.* tags): champion kept"}
     if champion is None:
         return decision | {"promoted": True, "reason": "no champion yet"}
@@ -86,9 +136,21 @@ def decide(
     if challenger_metric is None:
         return decision | {"promoted": False, "reason": "no holdout to compare on (set features.calibration_end "
                                                          "or holdout_periods): the champion is kept"}
-    champion_scorer, _ = tracking.load_scorer(config, f"models:/{name}@{tracking.CHAMPION}")
+    champion_scorer = champion_view.scorer if champion_view is not None else None
+    if champion_scorer is None:
+        return decision | {"promoted": True, "reason": (
+            f"the champion (version {champion.version}) could not be loaded "
+            f"({champion_view.note if champion_view else 'no detail'}): the challenger, which passed the release gates, "
+            "replaces it")}
     calibration = result.calibration_frame()
-    champion_metric = _champion_metric_on_window(champion_scorer, calibration, config)
+    try:
+        champion_metric = _champion_metric_on_window(champion_scorer, calibration, config)
+    except Exception as exc:  # noqa: BLE001 - the champion's model not fitting this window is a verdict, not a crash
+        from pipeline.stages.fit import failure_reason
+
+        return decision | {"promoted": True, "reason": (
+            f"the champion's {champion_scorer.purchase_model_name} cannot be refitted on this calibration window "
+            f"({failure_reason(exc)}): the challenger, which passed the release gates, replaces it")}
     decision["champion_metric"] = champion_metric
     described = (f"holdout {metric}: challenger {challenger_metric:.6g} vs champion {champion_metric:.6g} "
                  f"(champion's {champion_scorer.purchase_model_name} refitted on the same calibration window)")
@@ -97,20 +159,118 @@ def decide(
     return decision | {"promoted": False, "reason": described + ": champion kept"}
 
 
+@dataclasses.dataclass
+class ChampionView:
+    """The champion as a retrain sees it: its scorer (None if it could not be loaded), its
+    predicted CLV total on the retrain's customers, and its forecast checked against the log."""
+
+    version: str
+    as_of: dt.date | None
+    scorer: Any = None
+    clv_total: float | None = None
+    monitor: dict[str, Any] | None = None
+    note: str | None = None  # what could not be done, or the monitor's alert
+
+
+def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, staging: Path,
+                   accept_shift: bool, progress=None) -> ChampionView | None:
+    """Load the champion and judge it: each part that fails is a stated note, never the end of the run."""
+    from pipeline import tracking
+    from pipeline.stages.fit import failure_reason
+
+    name = config.tracking.registered_model
+    champion = tracking.champion_version(tracker.client, name)
+    if champion is None:
+        return None
+    champion_as_of = tracker.client.get_run(champion.run_id).data.tags.get("clv.as_of")
+    view = ChampionView(version=str(champion.version),
+                        as_of=dt.date.fromisoformat(champion_as_of) if champion_as_of else None)
+    try:
+        view.scorer, _ = tracking.load_scorer(config, f"models:/{name}@{tracking.CHAMPION}")
+    except Exception as exc:  # noqa: BLE001 - a champion that does not load is reported, not a crash
+        view.note = failure_reason(exc)
+        return view
+    notes = []
+    if not accept_shift and config.release.clv_ratio_to_champion is not None:
+        try:
+            features = result.features.set_index("customer_id")
+            view.clv_total = float(view.scorer.score(features)["predicted_clv"].sum())
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"the champion could not score this run's customers ({failure_reason(exc)}): no CLV ratio gate")
+    if progress:
+        progress("checking the champion's forecast against the log since its as-of date")
+    try:
+        view.monitor, note = _monitor(config, view, as_of, staging)
+        if note:
+            notes.append(note)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"the champion's forecast could not be checked: {failure_reason(exc)}")
+    view.note = "; ".join(notes) or None
+    return view
+
+
+def _monitor(config: Config, view: ChampionView, as_of: dt.date, staging: Path) -> tuple[dict | None, str | None]:
+    """The champion's forecast vs the log since its as-of date: written to ``staging``; (report, note)."""
+    from pipeline import plots
+    from pipeline.io import write_json
+    from pipeline.stages import monitor
+    from pipeline.stages.features import compute_features
+
+    if view.as_of is None:
+        return None, "the champion has no as-of date (clv.as_of tag): its forecast cannot be checked"
+    days = (as_of - view.as_of).days
+    if days < config.monitor.min_days:
+        return None, (f"only {days} days since the champion's as-of date {view.as_of} "
+                      f"(monitor.min_days: {config.monitor.min_days}): its forecast is not checked yet")
+    scorer = view.scorer
+    period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
+    # The champion's customers at its own as-of date, with what they did since as the holdout.
+    computed = compute_features(
+        config.input.path, config.input,
+        FeatureSettings(period=period, observation_end=as_of, calibration_end=view.as_of),
+        config.validation.model_copy(update={"max_holdout_share": None}),
+        holdout_purchases=True,
+    )
+    calibration = computed.calibration_frame()
+    report = monitor.forecast_vs_actual(calibration, scorer)
+    curve = monitor.cumulative_forecast_data(
+        calibration, scorer.purchase_model, computed.repeat_purchases.to_pandas(), view.as_of, as_of,
+        scorer.days_per_unit,
+    )
+    report |= {"champion_version": view.version, "champion_as_of": view.as_of.isoformat(), "as_of": as_of.isoformat()}
+    alert = monitor.alert(report, config.monitor.alert_error_pct)
+    report["alert"] = alert
+    write_json(report, staging / MONITOR_FILE)
+    plots.plot_champion_forecast(
+        curve, staging / MONITOR_PLOT, f"champion v{view.version} ({scorer.purchase_model_name})"
+    )
+    return report, alert
+
+
 def retrain(
-    config: Config, config_path: Path | None = None, as_of: dt.date | None = None, progress=None
+    config: Config, config_path: Path | None = None, as_of: dt.date | None = None, progress=None,
+    accept_shift: bool = False,
 ) -> RetrainDecision:
-    """One scheduled retrain, under a file lock so two runs never overlap."""
+    """One scheduled retrain, under a file lock so two runs never overlap.
+
+    Raises :class:`ReleaseRejectedError` (exit 4) after logging and registering when the
+    challenger fails a release gate; the champion is then untouched.
+    """
+    import warnings
+
     from filelock import FileLock, Timeout
 
     from pipeline import tracking
+    from pipeline.errors import DataQualityWarning
     from pipeline.runner import run_pipeline
     from pipeline.runs import staged_run_dir
+    from pipeline.stages import monitor
+    from pipeline.transactions import today_utc
 
     if not config.tracking.enabled:
         raise TrackingError("retrain needs tracking (the registry holds the champion): set tracking.enabled: true")
-    as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
-    config = config.model_copy(update={"features": config.features.model_copy(update={"observation_end": as_of})})
+    as_of = as_of or today_utc()
+    config = rolling_config(config, as_of)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(Path(config.output_dir) / LOCK_FILE))
     try:
@@ -124,13 +284,23 @@ def retrain(
                 raise TrackingError("retrain needs a reachable tracking store to compare with the champion")
             import mlflow
 
-            mlflow.set_tag("clv.trigger", "retrain")
+            mlflow.set_tags({"clv.trigger": "retrain", "clv.retrain.accept_shift": str(accept_shift).lower()})
             with staged_run_dir(config.output_dir) as paths:
                 result = run_pipeline(config, paths.staging, final_dir=paths.final, progress=progress)
+                champion_view = _champion_view(config, tracker, as_of, result, paths.staging, accept_shift, progress)
             result.run_dir = paths.final
-            registered = tracking.log_pipeline_run(tracker, config, config_path, result)
+            registered = tracking.log_pipeline_run(
+                tracker, config, config_path, result,
+                champion_clv_total=None if champion_view is None else champion_view.clv_total,
+            )
+            if champion_view is not None and champion_view.monitor is not None:
+                tracking.log_monitor(tracker, monitor.monitor_metrics(champion_view.monitor), champion_view.monitor["alert"])
+            if champion_view is not None and champion_view.note:
+                mlflow.set_tag("clv.retrain.champion_note", champion_view.note[:500])
+                warnings.warn(champion_view.note, DataQualityWarning, stacklevel=2)
             fingerprint = tracker.client.get_run(tracker.run_id).data.tags["data.sha256"]
-            decision = decide(config, tracker, result, fingerprint, digest, as_of, registered["checks_passed"])
+            decision = decide(config, tracker, result, fingerprint, digest, as_of, registered["checks_passed"],
+                              champion_view)
             mlflow.set_tags({"clv.retrain.promoted": str(decision["promoted"]).lower(),
                              "clv.retrain.reason": decision["reason"][:500]})
             for key in ("challenger_metric", "champion_metric"):
@@ -140,7 +310,7 @@ def retrain(
                 tracker.client.set_registered_model_alias(
                     config.tracking.registered_model, tracking.CHAMPION, registered["version"]
                 )
-        return RetrainDecision(
+        outcome = RetrainDecision(
             as_of=as_of.isoformat(),
             promoted=decision["promoted"],
             reason=decision["reason"],
@@ -151,6 +321,19 @@ def retrain(
             champion_version_before=decision["champion_version_before"],
             run_id=tracker.run_id,
             run_dir=str(result.run_dir),
+            failed_checks=registered["failed_checks"],
+            monitor=None if champion_view is None else champion_view.monitor,
+            monitor_note=None if champion_view is None else champion_view.note,
         )
     finally:
         lock.release()
+    if outcome.failed_checks:
+        kept = (f"champion version {outcome.champion_version_before} kept" if outcome.champion_version_before
+                else "no champion set")
+        rejected = ReleaseRejectedError(
+            f"challenger rejected by the release gates: version {outcome.challenger_version} registered without an "
+            f"alias ({'; '.join(outcome.failed_checks.values())}); {kept} (run {outcome.run_id})"
+        )
+        rejected.decision = outcome
+        raise rejected
+    return outcome

@@ -377,11 +377,22 @@ def log_outputs(run: _Run, run_dir: Path) -> None:
     import mlflow
 
     run_dir = Path(run_dir)
-    for name in ("customers.parquet", "summary.json", "features_summary.json", "backtest.json", "value.json"):
+    for name in ("customers.parquet", "summary.json", "features_summary.json", "backtest.json", "value.json",
+                 "monitor.json"):
         if (run_dir / name).is_file():
             mlflow.log_artifact(str(run_dir / name))
     if (run_dir / "plots").is_dir():
         mlflow.log_artifacts(str(run_dir / "plots"), artifact_path="plots")
+
+
+def log_monitor(run: _Run, metrics: dict[str, float], alert: str | None) -> None:
+    """The champion's forecast against the log since its as-of date (``monitor.*``), and its alert."""
+    import mlflow
+
+    mlflow.log_metrics(_finite(metrics))
+    mlflow.set_tag("clv.monitor.alert", "true" if alert else "false")
+    if alert:
+        mlflow.set_tag("clv.monitor.alert_reason", alert[:500])
 
 
 # --- the registered model -----------------------------------------------------------------

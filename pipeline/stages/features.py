@@ -180,9 +180,9 @@ def resolve_calibration_end(
         source = (f"features.holdout_periods {settings.holdout_periods:g}" if settings.holdout_periods is not None
                   else f"features.calibration_end {calibration_end}")
         raise InputDataError(
-            f"{source} makes a holdout of {holdout_days:,} days, {holdout_days / history_days:.0%} of the "
+            f"{source} makes a holdout of {holdout_days:,} days, {holdout_days / history_days:.1%} of the "
             f"{history_days:,} days observed ({first_date} to {observation_end}); at most "
-            f"{max_holdout_share:.0%} is allowed (validation.max_holdout_share): shorten the holdout"
+            f"{max_holdout_share:.1%} is allowed (validation.max_holdout_share): shorten the holdout"
         )
     return calibration_end
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -63,6 +64,35 @@ CASES = [
         {"features": {"observation_end": "2023-01-01"}},
         r"observation end \(as-of date\) 2023-01-01 is before the first transaction \(2024-01-02\)",
     ),
+    # One typo row in the future would move the observation end (and every T) by years.
+    (
+        "future_date.csv", {},
+        r"future_date\.csv: column 'date', line 4: '2031-01-05' is in the future \(after today, \d{4}-\d\d-\d\d\); "
+        r"fix the row or set validation\.future_dates: drop",
+    ),
+    (
+        "margin_above_amount.csv",
+        {"input": {"columns": {"margin": "margin"}}, "validation": {"margin_above_amount": "fail"}},
+        r"margin_above_amount\.csv: column 'margin', line 3: margin is above the amount .*\(2 such rows\)",
+    ),
+    (
+        "negative_cost.csv",
+        {"input": {"columns": {"cost": "cost"}}, "validation": {"margin_above_amount": "fail"}},
+        r"negative_cost\.csv: column 'cost', line 3: cost is negative",
+    ),
+    # An export that stopped: the features would make every customer look dead.
+    (
+        "../good.csv",
+        {"features": {"observation_end": "2024-03-01"}},
+        r"good\.csv: stale data: the last transaction is on 2024-01-03, 58 days before the as-of date 2024-03-01 "
+        r"\(validation\.max_staleness_days: 30\)",
+    ),
+    (
+        "future_date.csv",
+        {"features": {"holdout_periods": 3}, "validation": {"future_dates": "drop", "max_holdout_share": 0.25}},
+        r"features\.holdout_periods 3 makes a holdout of 21 days, 65\.6% of the 32 days observed \(2024-01-02 to "
+        r"2024-02-03\); at most 25\.0% is allowed",
+    ),
 ]
 
 
@@ -113,3 +143,30 @@ def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["features", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "nope.yaml: config file not found" in result.stderr
+
+
+def test_future_rows_can_be_dropped_and_are_counted(tmp_path):
+    config = write_config(tmp_path, BAD / "future_date.csv", validation={"future_dates": "drop"})
+    result = runner.invoke(app, ["features", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(next((tmp_path / "outputs").glob("*/features_summary.json")).read_text())
+    assert summary["future_rows_dropped"] == 1
+    assert summary["rows_used"] == 3
+    # The observation end is the last date that is not in the future, not 2031.
+    assert summary["observation_end"] == "2024-02-03"
+
+
+@pytest.mark.parametrize("file_name, column, what", [
+    ("margin_above_amount.csv", "margin", "a margin above their amount"),
+    ("negative_cost.csv", "cost", "a negative cost"),
+])
+def test_margin_above_amount_is_a_counted_warning_by_default(tmp_path, file_name, column, what):
+    config = write_config(tmp_path, BAD / file_name, input={"columns": {column: column}})
+    result = runner.invoke(app, ["features", "--config", str(config)])
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    expected = 2 if column == "margin" else 1
+    assert f"{expected} rows have {what}" in warnings[0]
+    summary = json.loads(next((tmp_path / "outputs").glob("*/features_summary.json")).read_text())
+    assert summary["margin_above_amount_rows"] == expected
