@@ -4,13 +4,14 @@ Nothing here reads files, opens network connections or logs runs; the
 pipeline does that around these estimators.
 """
 
-from ._estimation import ConvergenceError
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
 from ._validation import forget_groupings
 from .spend import GammaGammaModel
 
 __all__ = [
     "PURCHASE_MODELS",
+    "RELATIVE_GRADIENT_WARNING",
     "BetaGeoModel",
     "ConvergenceError",
     "GammaGammaModel",

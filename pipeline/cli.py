@@ -158,6 +158,8 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     console.print(_summary_table("Model", {
         "purchase model": f"{model['selected_purchase_model']} ({params})",
         "why": model["selection_reason"],
+        **({"skipped candidates": "; ".join(f"{name}: {why}" for name, why in model["failed_candidates"].items())}
+           if model.get("failed_candidates") else {}),
         "spend model": "Gamma-Gamma (" + ", ".join(f"{k} {v:.4g}" for k, v in model["spend_params"].items()) + ")",
         "frequency–monetary correlation": f"{model['spend_frequency_monetary_correlation']:.3f} (Gamma-Gamma assumes ≈ 0)",
     }))
@@ -379,7 +381,7 @@ def compare(
         ("holdout_purchases_total_error_pct", "total err", "{:+.1f}%".format),
         ("baseline_purchases_rmse", "baseline RMSE", "{:.3f}".format),
         ("predicted_clv_mean", "pred. CLV", "{:,.2f}".format), ("historical_clv_mean", "hist. CLV", "{:,.2f}".format),
-        ("version", "version", str),
+        ("version", "version", str), ("skipped", "skipped", str),
     ]
     table.add_column("")
     for _, label, _ in columns:
@@ -388,7 +390,7 @@ def compare(
         cells = []
         for key, _, fmt in columns:
             value = row[key]
-            cells.append("—" if value is None or (isinstance(value, float) and value != value) else fmt(value))
+            cells.append("—" if value is None or value == "" or (isinstance(value, float) and value != value) else fmt(value))
         table.add_row("★" if row["champion"] else "", *cells)
     console.print(table)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.config import ReleaseSettings
 from pipeline.stages.backtest import _SELECTION_KEYS
+from pipeline.stages.fit import convergence_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +39,9 @@ def _parameters_inside(model: Any, bounds: tuple[float, float]) -> tuple[bool, s
 
 
 def _converged(role: str, model: Any, bounds: tuple[float, float]) -> Check:
-    convergence = model.convergence_
-    if not convergence.get("converged", False):
-        why = []
-        if not convergence.get("hessian_negative_definite", True):
-            why.append("the Hessian is not negative definite (a ridge or a boundary)")
-        gradient = convergence.get("relative_gradient")
-        if gradient is not None and not why:
-            why.append(f"relative gradient {gradient:.2g} per customer: the likelihood is not flat there")
-        return Check(False, f"{role} model {model.model_name} did not converge: " + "; ".join(why or ["no detail"]))
+    problem = convergence_problem(model)
+    if problem is not None:
+        return Check(False, f"{role} model {model.model_name}: {problem}")
     inside, detail = _parameters_inside(model, bounds)
     return Check(inside, detail)
 

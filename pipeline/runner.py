@@ -418,6 +418,7 @@ def stage_report(
             "selected_purchase_model": fit.selected,
             "selection_metric": config.models.selection_metric,
             "selection_reason": fit.selection_reason,
+            "failed_candidates": dict(fit.failed_candidates),
             "purchase_params": fit.purchase_model.summary()["params"],
             "purchase_standard_errors": fit.purchase_model.summary()["standard_errors"],
             "purchase_log_likelihood": fit.purchase_model.summary()["log_likelihood"],

@@ -250,9 +250,19 @@ def end_failed(run: _Run, message: str, error_type: str, killed: bool = False) -
     """End the active run as FAILED (KILLED when interrupted) with the error as tags."""
     import mlflow
 
+    status = "KILLED" if killed else "FAILED"
     run.client.set_tag(run.run_id, "clv.error", message[:500])
     run.client.set_tag(run.run_id, "clv.error_type", error_type)
-    mlflow.end_run(status="KILLED" if killed else "FAILED")
+    # Candidates logged before the failure (the fit is logged as soon as it exists) end with
+    # their parent: nothing of a failed run reads as a finished one.
+    children = run.client.search_runs(
+        [mlflow.get_run(run.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.run_id}' and attributes.status = 'FINISHED'",
+    )
+    for child in children:
+        run.client.set_tag(child.info.run_id, "clv.error", f"the run it belongs to failed: {message}"[:500])
+        run.client.set_terminated(child.info.run_id, status=status)
+    mlflow.end_run(status=status)
 
 
 class _Run:

@@ -88,8 +88,8 @@ def check_freshness(label: str, last_date: dt.date, as_of: dt.date, validation: 
     if limit is not None and gap > limit:
         raise StaleDataError(
             f"{label}: stale data: the last transaction is on {last_date}, {gap:,} days before the as-of date "
-            f"{as_of} (validation.max_staleness_days: {limit}); fix the export, pass --as-of {last_date} "
-            "(observation_end), or raise validation.max_staleness_days"
+            f"{as_of} (validation.max_staleness_days: {limit}); fix the export, set the as-of date to {last_date} "
+            "(--as-of, or features.observation_end), or raise validation.max_staleness_days"
         )
 
 

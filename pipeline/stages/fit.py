@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models import ConvergenceError
+from sklearn.exceptions import ConvergenceWarning
+
+from models import RELATIVE_GRADIENT_WARNING, ConvergenceError
 from models.purchase import PURCHASE_MODELS
 from models.spend import GammaGammaModel
 from pipeline.config import ModelSettings
@@ -69,13 +72,35 @@ def fit_purchase_model(
     try:
         # Numerical trouble inside lifetimes (overflow, a singular matrix, a NaN objective) is a
         # failed fit of this candidate, not a bug of the run: whatever it raises is one line.
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            # Whether a fit converged is recorded (convergence_) and gated on at release; as
+            # warnings, one per candidate, they would bury a user error's one line.
+            warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(features)
     except Exception as exc:  # noqa: BLE001 - see above
         raise CandidateFailedError(f"cannot fit {title}: {failure_reason(exc)}") from None
     if not all(np.isfinite(value) for value in model.params_.values()) or not np.isfinite(model.log_likelihood_):
         raise CandidateFailedError(f"cannot fit {title}: the fit ended with a non-finite parameter or likelihood")
+    problem = convergence_problem(model)
+    if problem is not None:
+        # lifetimes' Nelder-Mead (Pareto/NBD) ignores its own iteration limit; the check at the
+        # result is what catches a fit that stopped short.
+        raise CandidateFailedError(f"cannot fit {title}: {problem}")
     return model
+
+
+def convergence_problem(model: Any) -> str | None:
+    """Why a fitted estimator is not at a proper maximum (from its ``convergence_``), or None."""
+    convergence = model.convergence_
+    if convergence.get("converged", False):
+        return None
+    gradient = convergence.get("relative_gradient")
+    if gradient is not None and not gradient <= RELATIVE_GRADIENT_WARNING:
+        return (f"the optimiser stopped where the likelihood is not flat (relative gradient {gradient:.2g} per "
+                "customer): it did not converge")
+    if not convergence.get("hessian_negative_definite", True):
+        return "the Hessian is not negative definite at the fit: a ridge or a boundary, not a maximum"
+    return "the fit did not converge"
 
 
 def fit_spend_model(features: pd.DataFrame, settings: ModelSettings) -> GammaGammaModel:
@@ -83,10 +108,13 @@ def fit_spend_model(features: pd.DataFrame, settings: ModelSettings) -> GammaGam
         penalizer=settings.spend.penalizer, min_repeat_customers=settings.spend.min_repeat_customers
     )
     try:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # as for the purchase models
             return model.fit(features)
     except Exception as exc:  # noqa: BLE001 - as for the purchase models: one line, never a traceback
-        raise InputDataError(f"features: cannot fit Gamma-Gamma: {failure_reason(exc)}") from None
+        raise InputDataError(
+            f"features: cannot fit Gamma-Gamma: {failure_reason(exc).removeprefix('features: ')}"
+        ) from None
 
 
 def fit_models(

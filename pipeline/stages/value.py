@@ -246,7 +246,10 @@ def build_scorer(
         figures = scorer.figures(features, customer_terms=(margin, cost, historical.per_customer))
         thresholds = value_math.tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
     except ValueError as exc:
-        raise InputDataError(f"value: {exc}") from None
+        # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
+        message = str(exc).replace("shorten churn_inactivity_days or give lifespan_years",
+                                   "lower value.churn_inactivity_days")
+        raise InputDataError(f"value: {message}") from None
     cuts = [float(thresholds[t.name]) for t in configured]
     # Customers scored later may fall below every customer seen here: the lowest tier is open.
     cuts[-1] = -math.inf

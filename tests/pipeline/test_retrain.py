@@ -14,14 +14,21 @@ from tests.conftest import CONFIGS
 runner = CliRunner()
 SAMPLE = str(CONFIGS / "cdnow_sample.yaml")
 FAST = ["--set", "models.purchase.candidates=[bgnbd]"]
-# A heavy penalty drags BG/NBD's parameters away from the maximum: a measurably worse model.
-WORSE = ["--set", "models.purchase.penalizer=5"]
+# A retrain's holdout rolls with its as-of date: the last 26 weeks.
+ROLLING = ["--set", "features.calibration_end=null", "--set", "features.holdout_periods=26"]
+# A heavy penalty drags BG/NBD's parameters away from the maximum: a measurably worse model,
+# and one that misses the holdout's total purchases by +33 %, past the release gate's ±30 %.
+PENALIZED = ["--set", "models.purchase.penalizer=5"]
+# The same model with that gate widened: it passes the absolute gates and only loses to the
+# champion on the same window.
+WORSE = [*PENALIZED, "--set", "release.max_total_error_pct=50"]
 
 
 @pytest.fixture()
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["-c", SAMPLE, "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / 'outputs'}", *FAST]
+    common = ["-c", SAMPLE, "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / 'outputs'}", *FAST,
+              *ROLLING]
     return tmp_path, uri, common
 
 
@@ -83,3 +90,81 @@ def test_failed_retrain_never_touches_the_champion(store):
     assert failed.exit_code == 2
     assert champion(uri) == "1"
     assert len(MlflowClient(uri).search_model_versions("name = 'clv'")) == 1
+
+
+def versions(uri):
+    return {str(v.version): v for v in MlflowClient(uri).search_model_versions("name = 'clv'")}
+
+
+def test_a_fixed_calibration_end_or_no_holdout_is_refused(store):
+    _, uri, common = store
+    fixed = retrain(common, "--set", "features.calibration_end=1997-09-30", "--set", "features.holdout_periods=null")
+    assert fixed.exit_code == 2
+    assert "needs a rolling holdout, but features.calibration_end is fixed at 1997-09-30" in fixed.stderr
+    none = retrain(common, "--set", "features.holdout_periods=null")
+    assert none.exit_code == 2 and "set features.holdout_periods" in none.stderr
+    # 39 weeks are 273 of the 545 days observed: more than half.
+    long = retrain(common, "--set", "features.holdout_periods=39")
+    assert long.exit_code == 2 and "50.1% of the 545 days observed" in long.stderr, long.stderr
+    assert not versions(uri)
+
+
+def test_stale_log_keeps_the_champion_and_says_why_in_one_line(store):
+    """The README's cron line (no --as-of: today) on a log that ended in 1998."""
+    _, uri, common = store
+    assert retrain(common).exit_code == 0
+    stale = runner.invoke(app, ["retrain", "-q", *common])
+    assert stale.exit_code == 2, stale.output
+    lines = stale.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stale data: the last transaction is on 1998-06-30" in lines[0]
+    assert "validation.max_staleness_days" in lines[0]
+    assert champion(uri) == "1" and list(versions(uri)) == ["1"]
+
+
+def test_stale_log_without_the_freshness_guard_is_rejected_by_the_release_gates(store):
+    """Features as of today on a log that ended in 1998: every customer looks dead and the empty
+    holdout gives no finite error; the gates register the version, untagged, and exit 4."""
+    _, uri, common = store
+    assert retrain(common).exit_code == 0
+    unguarded = runner.invoke(app, ["retrain", "-q", *common, "--set", "validation.max_staleness_days=null",
+                                    "--set", "validation.max_holdout_share=0.99"])
+    assert unguarded.exit_code == 4, unguarded.output
+    assert "challenger rejected by the release gates: version 2" in unguarded.stderr
+    assert "champion version 1 kept" in unguarded.stderr
+    assert champion(uri) == "1"
+    rejected = versions(uri)["2"]
+    assert rejected.tags["checks_passed"] == "false"
+    assert rejected.tags["check.holdout_total_purchases_error"] == "false"
+    assert not rejected.aliases
+
+
+def test_degenerate_challenger_is_rejected_by_the_gates_and_never_promoted(store):
+    _, uri, common = store
+    assert retrain(common).exit_code == 0
+    rejected = retrain(common, *PENALIZED)
+    assert rejected.exit_code == 4, rejected.output
+    message = rejected.stderr.strip().splitlines()[-1]
+    assert "holdout total purchases error +33" in message and "(gate ±30%)" in message
+    assert champion(uri) == "1"
+    version = versions(uri)["2"]
+    assert version.tags["check.holdout_total_purchases_error"] == "false"
+    assert "+33" in version.tags["check.holdout_total_purchases_error.why"]
+    assert not version.aliases
+    run = MlflowClient(uri).get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["clv.retrain.promoted"] == "false"
+
+
+def test_clv_shift_against_the_champion_needs_accept_shift(store):
+    _, uri, common = store
+    assert retrain(common).exit_code == 0
+    # A tenth of the margin: every CLV falls to about a tenth of the champion's on the same customers.
+    shifted = retrain(common, "--set", "value.margin_rate=0.03")
+    assert shifted.exit_code == 4, shifted.output
+    assert "times the champion" not in shifted.stderr and "x the champion's" in shifted.stderr
+    tags = versions(uri)["2"].tags
+    assert tags["check.clv_total_vs_champion"] == "false"
+    ratio = float(tags["check.clv_total_vs_champion.why"].split(" is ")[1].split("x")[0])
+    assert ratio == pytest.approx(0.1, rel=0.01)
+    accepted = retrain(common, "--set", "value.margin_rate=0.03", "--accept-shift")
+    assert accepted.exit_code == 0, accepted.output
+    assert "check.clv_total_vs_champion" not in versions(uri)["3"].tags
