@@ -52,7 +52,7 @@ from pipeline.stages.features import FEATURE_COLUMNS, FeaturesResult, resolve_ca
 from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
 from pipeline.transactions import (
-    LogSummary, check_freshness, future_rows_message, margin_above_amount_message, today_utc,
+    LogSummary, check_freshness, future_rows_message, latest_possible_date, margin_above_amount_message,
     warn_margin_above_amount,
 )
 
@@ -349,7 +349,7 @@ def _typed(raw: DataFrame, settings: InputSettings, keep: tuple[str, ...] = ()) 
 
 
 def _checks(settings: InputSettings, validation: ValidationSettings, margin_source: str | None,
-            expected_fields: int | None, today: dt.date) -> list[_Check]:
+            expected_fields: int | None, latest: dt.date) -> list[_Check]:
     mapping = settings.columns
     col = F.col
     checks = [
@@ -406,8 +406,8 @@ def _checks(settings: InputSettings, validation: ValidationSettings, margin_sour
         checks.append(_Check(col("margin") > col("amount"), margin_source,
                              lambda r: margin_above_amount_message(bool(mapping.cost))))
     if validation.future_dates == "fail":
-        checks.append(_Check(col("order_date") > F.lit(today), mapping.date,
-                             lambda r: future_rows_message(r["raw_date"], today)))
+        checks.append(_Check(col("order_date") > F.lit(latest), mapping.date,
+                             lambda r: future_rows_message(r["raw_date"], latest)))
     return checks
 
 
@@ -487,12 +487,12 @@ def read_transactions(
     expected_fields = len(settings.names) if settings.names else None
     if _FIELD_COUNT in columns and expected_fields is None:
         expected_fields = len([c for c in columns if c != _FIELD_COUNT])
-    today = today_utc()
-    checks = _checks(settings, validation, margin_source, expected_fields, today)
+    latest = latest_possible_date()
+    checks = _checks(settings, validation, margin_source, expected_fields, latest)
     col = F.col
     drop_negative = validation.negative_amounts == "drop"
     # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
-    present = col("order_date") <= F.lit(today)
+    present = col("order_date") <= F.lit(latest)
     aggregates = [
         F.count(F.lit(1)).alias("rows"),
         *[_count_where(check.condition).alias(f"check_{i}") for i, check in enumerate(checks)],
@@ -526,7 +526,7 @@ def read_transactions(
 
     first_date = stats["first_date"]
     if first_date is None:
-        raise InputDataError(f"{label}: every row is dated after today ({today}): no usable rows")
+        raise InputDataError(f"{label}: every row is dated in the future (after {latest}): no usable rows")
     if observation_end is None:
         observation_end = stats["last_date"]
     stats["last_date"] = stats["window_last_date"]

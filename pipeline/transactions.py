@@ -51,16 +51,22 @@ class LogSummary:
 
 
 def today_utc() -> dt.date:
-    """Today's date in UTC: rows dated later are in the future wherever the job runs."""
+    """Today's date in UTC (a retrain's default as-of date)."""
     return dt.datetime.now(dt.timezone.utc).date()
+
+
+def latest_possible_date() -> dt.date:
+    """The latest date a real transaction can carry now: today in the earliest time zone (UTC+14),
+    so a shop's local date is never taken for the future, wherever the job runs."""
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=14)).date()
 
 
 # The date and margin rules of the input boundary, shared by the DuckDB and Spark engines so
 # both report the same first problem for the same file.
 
-def future_rows_message(raw_date: str, today: dt.date) -> str:
-    return (f"'{raw_date}' is in the future (after today, {today}); fix the row or set "
-            "validation.future_dates: drop to drop such rows")
+def future_rows_message(raw_date: str, latest: dt.date) -> str:
+    return (f"'{raw_date}' is in the future (after {latest}, today's date in the earliest time zone); fix the row "
+            "or set validation.future_dates: drop to drop such rows")
 
 
 def margin_above_amount_message(margin_source_is_cost: bool) -> str:
@@ -253,10 +259,10 @@ def load_transactions(
     margin_above = "margin > amount"
     if margin_source and validation.margin_above_amount == "fail":
         checks.append((margin_above, margin_source, lambda r: margin_above_amount_message(bool(mapping.cost))))
-    today = today_utc()
-    future = f"order_date > {_date_literal(today)}"
+    latest = latest_possible_date()
+    future = f"order_date > {_date_literal(latest)}"
     if validation.future_dates == "fail":
-        checks.append((future, date_col, lambda r: future_rows_message(r["raw_date"], today)))
+        checks.append((future, date_col, lambda r: future_rows_message(r["raw_date"], latest)))
 
     checked = TYPED_VIEW
     if "__field_count" in types or _is_text_source(con):
@@ -299,7 +305,7 @@ def load_transactions(
     if observation_end is None:
         observation_end = last_present_date
     if first_date is None:
-        raise InputDataError(f"{label}: every row is dated after today ({today}): no usable rows")
+        raise InputDataError(f"{label}: every row is dated in the future (after {latest}): no usable rows")
     if margin_above_rows:
         warn_margin_above_amount(label, margin_above_rows, bool(mapping.cost))
     if observation_end < first_date:

@@ -67,8 +67,8 @@ CASES = [
     # One typo row in the future would move the observation end (and every T) by years.
     (
         "future_date.csv", {},
-        r"future_date\.csv: column 'date', line 4: '2031-01-05' is in the future \(after today, \d{4}-\d\d-\d\d\); "
-        r"fix the row or set validation\.future_dates: drop",
+        r"future_date\.csv: column 'date', line 4: '2031-01-05' is in the future \(after \d{4}-\d\d-\d\d, today's "
+        r"date in the earliest time zone\); fix the row or set validation\.future_dates: drop",
     ),
     (
         "margin_above_amount.csv",
@@ -170,3 +170,23 @@ def test_margin_above_amount_is_a_counted_warning_by_default(tmp_path, file_name
     assert f"{expected} rows have {what}" in warnings[0]
     summary = json.loads(next((tmp_path / "outputs").glob("*/features_summary.json")).read_text())
     assert summary["margin_above_amount_rows"] == expected
+
+
+def test_the_future_starts_after_today_in_the_earliest_time_zone(tmp_path):
+    """A shop east of UTC can log tomorrow's UTC date today; a date two days ahead is in the future everywhere."""
+    import datetime as dt
+
+    from pipeline.transactions import latest_possible_date
+
+    now = dt.datetime.now(dt.timezone.utc)
+    latest = latest_possible_date()
+    assert latest == (now + dt.timedelta(hours=14)).date() and latest >= now.date()
+    log = tmp_path / "log.csv"
+    rows = [f"1,{now.date() - dt.timedelta(days=10)},5.00", f"1,{latest},7.00"]
+    log.write_text("customer_id,date,amount\n" + "\n".join(rows) + "\n")
+    ok = runner.invoke(app, ["features", "--config", str(write_config(tmp_path, log))])
+    assert ok.exit_code == 0, ok.stderr
+    rows.append(f"2,{latest + dt.timedelta(days=1)},3.00")
+    log.write_text("customer_id,date,amount\n" + "\n".join(rows) + "\n")
+    future = runner.invoke(app, ["features", "--config", str(write_config(tmp_path, log))])
+    assert future.exit_code == 2 and "line 4" in future.stderr and "is in the future" in future.stderr

@@ -92,6 +92,8 @@ def test_earlier_as_of_date_scores_fewer_customers(champion, tmp_path):
         (["--model", "models:/nope@champion"], "model models:/nope@champion: not found"),
         (["--as-of", "1990-01-01"], "1990-01-01 is before the first transaction"),
         (["--as-of", "yesterday"], "--as-of 'yesterday' is not a date"),
+        # Scoring as of today a log that ended in 1998 would export CLV ≈ 0 for everyone.
+        (["--as-of", "1998-09-01"], "stale data: the last transaction is on 1998-06-30, 63 days before the as-of date"),
         (["--features", "MISSING_COLUMNS", "--as-of", "1998-06-30"], "needed by the model are missing"),
         (["--out-dir-unwritable"], "cannot write the export here"),
         (["--out", "scores.txt"], "must end in .parquet or .csv"),

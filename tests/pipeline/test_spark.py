@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 
 import duckdb
 import numpy as np
@@ -254,3 +255,40 @@ def test_date_formats_read_what_duckdb_reads(spark):
     assert spark_engine.spark_date_pattern("%Y%m%d") == "yyyyMMdd"
     with pytest.raises(ConfigError, match=r"%Z has no Spark equivalent"):
         spark_engine.spark_date_pattern("%Y-%m-%d %Z")
+
+
+@pytest.mark.parametrize("file_name, sections", [
+    ("future_date.csv", {}),
+    ("margin_above_amount.csv", {"input": {"columns": {"margin": "margin"}}, "validation": {"margin_above_amount": "fail"}}),
+    ("../good.csv", {"features": {"observation_end": "2024-03-01"}}),
+])
+def test_date_and_margin_rules_give_duckdbs_first_error(spark, file_name, sections):
+    """One rule set, two engines: the same first problem, with Spark's lack of line numbers the only difference."""
+    from pipeline.stages.features import features_from_config as duckdb_features
+
+    raw = {"input": {"path": str(DATA / "bad" / file_name)}, "features": {"calibration_end": None}}
+    for key, value in sections.items():
+        for inner, setting in value.items():
+            if isinstance(setting, dict):
+                raw.setdefault(key, {}).setdefault(inner, {}).update(setting)
+            else:
+                raw.setdefault(key, {})[inner] = setting
+    config = config_from_dict(raw)
+    with pytest.raises(InputDataError) as on_spark:
+        spark_engine.features_from_config(spark, config)
+    with pytest.raises(InputDataError) as on_duckdb:
+        duckdb_features(config)
+    without_line = re.sub(r", line \d+:", ":", str(on_duckdb.value))
+    assert str(on_spark.value) == without_line
+
+
+def test_future_rows_dropped_and_margins_counted_as_duckdb_does(spark):
+    from pipeline.stages.features import features_from_config as duckdb_features
+
+    config = config_from_dict({"input": {"path": str(DATA / "bad" / "future_date.csv")},
+                               "features": {"calibration_end": None}, "validation": {"future_dates": "drop"}})
+    ours = spark_engine.features_from_config(spark, config).collect()
+    reference = duckdb_features(config)
+    assert ours.log.future_rows_dropped == reference.log.future_rows_dropped == 1
+    assert ours.observation_end == reference.observation_end == dt.date(2024, 2, 3)
+    assert ours.log.rows_used == reference.log.rows_used == 3

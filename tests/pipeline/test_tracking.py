@@ -164,6 +164,21 @@ def test_failed_stage_marks_the_run_failed_and_registers_nothing(sqlite_store):
     assert not (root / "failed").exists() or not any((root / "failed").iterdir())
 
 
+def test_a_run_failing_after_its_fit_was_logged_leaves_no_finished_candidate(tmp_path):
+    """The fit (with its candidate runs) is logged as soon as it exists; a later failure ends them too."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # No customer is inactive for 100,000 days: the historical lifespan cannot be estimated (value stage).
+    result = clv(*run_args(tmp_path / "outputs", uri, "--set", "value.churn_inactivity_days=100000",
+                           "--set", "models.purchase.candidates=[bgnbd, paretonbd]"))
+    assert result.exit_code == 2, result.output
+    assert "lower value.churn_inactivity_days" in result.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("clv").experiment_id])
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"FAILED"}
+    candidates = [run for run in runs if run.data.tags.get("clv.run_kind") == "candidate"]
+    assert all(run.data.tags["clv.error"].startswith("the run it belongs to failed: value:") for run in candidates)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
