@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,6 @@ class RetrainDecision:
     run_dir: str | None
     failed_checks: dict[str, str] = dataclasses.field(default_factory=dict)
     monitor: dict[str, Any] | None = None
-    monitor_note: str | None = None  # why there is no monitor report, or its alert
 
 
 def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config) -> float:
@@ -323,7 +321,6 @@ def retrain(
             run_dir=str(result.run_dir),
             failed_checks=registered["failed_checks"],
             monitor=None if champion_view is None else champion_view.monitor,
-            monitor_note=None if champion_view is None else champion_view.note,
         )
     finally:
         lock.release()

@@ -78,7 +78,12 @@ def fit_purchase_model(
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(features)
     except Exception as exc:  # noqa: BLE001 - see above
-        raise CandidateFailedError(f"cannot fit {title}: {failure_reason(exc)}") from None
+        # The estimators' messages name the model and their own arguments; here they are settings.
+        reason = failure_reason(exc).removeprefix("features: ").removeprefix(f"{name}: ").replace(
+            "try other initial_params, a larger max_iter or a small penalizer",
+            "try a larger models.purchase.max_iter or a small models.purchase.penalizer",
+        )
+        raise CandidateFailedError(f"cannot fit {title}: {reason}") from None
     if not all(np.isfinite(value) for value in model.params_.values()) or not np.isfinite(model.log_likelihood_):
         raise CandidateFailedError(f"cannot fit {title}: the fit ended with a non-finite parameter or likelihood")
     problem = convergence_problem(model)
@@ -147,5 +152,13 @@ def fit_models(
 
 def all_candidates_failed(failed: dict[str, str]) -> InputDataError:
     """The run-stopping error when no purchase model could be fitted: each one's reason, on one line."""
+    def cause(reason: str) -> str:  # the reason without where and which model
+        for prefix in ("calibration fit: ", "all-data fit: "):
+            reason = reason.removeprefix(prefix)
+        return reason.split(": ", 1)[1] if reason.startswith("cannot fit ") else reason
+
+    causes = {cause(reason) for reason in failed.values()}
+    if len(causes) == 1:  # a problem of the data, not of one model: said once
+        return InputDataError(f"features: no purchase model can be fitted ({', '.join(failed)}): {causes.pop()}")
     reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
     return InputDataError(f"features: every purchase model failed to fit ({reasons})")

@@ -40,12 +40,25 @@ def test_fit_models_skips_the_failing_candidate(cdnow_sample_calibration_feature
 
 
 def test_every_candidate_failing_is_one_line_listing_each_reason(cdnow_sample_calibration_features):
-    settings = sample_config("models.purchase.max_iter=1", "models.purchase.candidates=[bgnbd, mbgnbd]").models
+    settings = sample_config("models.purchase.max_iter=1", "models.purchase.candidates=[bgnbd, paretonbd]").models
     with pytest.raises(InputDataError) as caught:
         fit_models(cdnow_sample_calibration_features, settings)
     message = str(caught.value)
-    assert message.startswith("features: every purchase model failed to fit (bgnbd: cannot fit BG/NBD")
-    assert "; mbgnbd: cannot fit MBG/NBD" in message and "\n" not in message
+    assert message.startswith("features: every purchase model failed to fit (bgnbd: cannot fit BG/NBD: the optimiser")
+    assert "; paretonbd: cannot fit Pareto/NBD: the optimiser stopped where the likelihood is not flat" in message
+    assert "\n" not in message
+
+
+def test_the_same_reason_for_every_candidate_is_said_once(cdnow_sample_calibration_features):
+    """A problem of the data (or of a shared setting), not of one model."""
+    settings = sample_config("models.purchase.max_iter=1", "models.purchase.candidates=[bgnbd, mbgnbd]").models
+    with pytest.raises(InputDataError) as caught:
+        fit_models(cdnow_sample_calibration_features, settings)
+    assert str(caught.value) == (
+        "features: no purchase model can be fitted (bgnbd, mbgnbd): the optimiser did not converge (message: Maximum "
+        "number of iterations has been exceeded.); try a larger models.purchase.max_iter or a small "
+        "models.purchase.penalizer"
+    )
 
 
 def test_selected_model_failing_on_all_data_falls_back_to_the_next_best(tmp_path):
