@@ -100,11 +100,14 @@ def convergence_problem(model: Any) -> str | None:
     if convergence.get("converged", False):
         return None
     gradient = convergence.get("relative_gradient")
+    at = ", ".join(f"{name} {value:.3g}" for name, value in model.params_.items())
+    if gradient is not None and not np.isfinite(gradient):
+        return f"the likelihood is not finite around where the optimiser stopped ({at}): a parameter ran away"
     if gradient is not None and not gradient <= RELATIVE_GRADIENT_WARNING:
         return (f"the optimiser stopped where the likelihood is not flat (relative gradient {gradient:.2g} per "
-                "customer): it did not converge")
+                f"customer at {at}): it did not converge")
     if not convergence.get("hessian_negative_definite", True):
-        return "the Hessian is not negative definite at the fit: a ridge or a boundary, not a maximum"
+        return f"the Hessian is not negative definite at the fit ({at}): a ridge or a boundary, not a maximum"
     return "the fit did not converge"
 
 
