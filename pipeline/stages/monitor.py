@@ -85,10 +85,12 @@ def forecast_vs_actual(calibration: pd.DataFrame, scorer: Any) -> dict[str, Any]
     frame["predicted_revenue"] = frame["predicted_purchases"] * frame["expected_spend"]
     bought = frame["frequency_holdout"] > 0
     alive = frame["probability_alive"] >= ALIVE_THRESHOLD
+    groups = frame.groupby("tier")
     return {
         "holdout_periods": horizon,
         "total": _totals(frame),
-        "by_tier": {str(tier): _totals(group) for tier, group in frame.groupby("tier", sort=False)},
+        # Tiers in the scorer's order, highest first, as the run's report lists them.
+        "by_tier": {tier: _totals(groups.get_group(tier)) for tier in scorer.tier_names if tier in groups.groups},
         "by_decile": {int(decile): _totals(group) for decile, group in frame.groupby("decile")},
         "alive_customers": float(alive.sum()),
         "alive_share_bought": float(bought[alive].mean()) if alive.any() else float("nan"),

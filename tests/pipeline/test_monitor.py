@@ -99,6 +99,7 @@ def test_tiers_and_deciles_add_up_to_the_total(monitored):
         for key in ("customers", "purchases_predicted", "purchases_actual", "revenue_actual"):
             assert sum(group[key] for group in report[part].values()) == pytest.approx(report["total"][key], rel=1e-12)
     assert sorted(report["by_decile"], key=int) == [str(d) for d in range(1, 11)]
+    assert list(report["by_tier"]) == ["high", "medium", "low"]  # the report's order, highest first
     # The top decile of predicted CLV buys more than the bottom one: the forecast ranks.
     assert report["by_decile"]["10"]["purchases_actual"] > report["by_decile"]["1"]["purchases_actual"]
 
