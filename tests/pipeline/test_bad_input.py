@@ -110,13 +110,19 @@ def test_bad_input_is_one_clear_line(tmp_path, file_name, sections, message):
     assert not outputs.exists() or not any(outputs.iterdir()), list(outputs.iterdir())
 
 
-def test_negative_amounts_can_be_dropped_with_a_count(tmp_path):
-    config = write_config(tmp_path, BAD / "negative_amount.csv", validation={"negative_amounts": "drop"})
+@pytest.mark.parametrize("file_name, validation, counted, expected", [
+    ("negative_amount.csv", {"negative_amounts": "drop"}, "negative_amount_rows_dropped", {"rows_used": 2}),
+    # The observation end is the last date that is not in the future, not 2031.
+    ("future_date.csv", {"future_dates": "drop"}, "future_rows_dropped",
+     {"rows_used": 3, "observation_end": "2024-02-03"}),
+])
+def test_rows_can_be_dropped_with_a_count(tmp_path, file_name, validation, counted, expected):
+    config = write_config(tmp_path, BAD / file_name, validation=validation)
     result = runner.invoke(app, ["features", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    summary = yaml.safe_load(next((tmp_path / "outputs").glob("2*/features_summary.json")).read_text())
-    assert summary["negative_amount_rows_dropped"] == 1
-    assert summary["rows_used"] == 2
+    summary = json.loads(next((tmp_path / "outputs").glob("2*/features_summary.json")).read_text())
+    assert summary[counted] == 1
+    assert {key: summary[key] for key in expected} == expected
 
 
 @pytest.mark.parametrize(
@@ -143,17 +149,6 @@ def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["features", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "nope.yaml: config file not found" in result.stderr
-
-
-def test_future_rows_can_be_dropped_and_are_counted(tmp_path):
-    config = write_config(tmp_path, BAD / "future_date.csv", validation={"future_dates": "drop"})
-    result = runner.invoke(app, ["features", "--config", str(config)])
-    assert result.exit_code == 0, result.stderr
-    summary = json.loads(next((tmp_path / "outputs").glob("*/features_summary.json")).read_text())
-    assert summary["future_rows_dropped"] == 1
-    assert summary["rows_used"] == 3
-    # The observation end is the last date that is not in the future, not 2031.
-    assert summary["observation_end"] == "2024-02-03"
 
 
 @pytest.mark.parametrize("file_name, column, what", [
