@@ -160,9 +160,7 @@ def run_backtest(calibration, config: Config, progress=None):
     """Fit every candidate on the calibration period and score them (and the naive baseline) on the holdout."""
     from models.value import naive_holdout_forecast
     from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
-    from pipeline.stages.fit import fit_models
-
-    from pipeline.stages.fit import all_candidates_failed, failure_reason
+    from pipeline.stages.fit import all_candidates_failed, failure_reason, fit_models
 
     fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"))
     release_freed_memory()  # the fits' work arrays, before the backtest's per-customer ones
@@ -217,8 +215,9 @@ def stage_fit(
     if calibration_models is None:
         order = list(config.models.purchase.candidates)
     else:
-        order = [selected] + [name for name in rank_models({k: v for k, v in backtest.items()
-                              if k in calibration_models.purchase}, config.models.selection_metric) if name != selected]
+        ranked = rank_models({name: backtest[name] for name in calibration_models.purchase},
+                             config.models.selection_metric)
+        order = [selected] + [name for name in ranked if name != selected]
     purchase_model = None
     for name in order:
         _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[name]} on all data")
