@@ -216,13 +216,13 @@ def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debu
     from pipeline import tracking
 
     settings = _load(config, set_)
-    with tracking.tracked_run(settings, "features") as tracker:
+    with tracking.tracked_run(settings, "features", config_path=config) as tracker:
         with staged_run_dir(settings.output_dir) as run:
             _, summary = run_features(settings, run.staging, final_dir=run.final)
         if tracker:
-            tracking.log_config(tracker, settings, config)
-            tracking.log_data(tracker, tracking.data_fingerprint(settings, summary), summary)
-            tracking.log_outputs(tracker, run.final)
+            tracker.log_config()
+            tracker.log_features(summary)
+            tracker.log_outputs(run.final)
     console.print(_summary_table("Features", summary))
 
 
@@ -233,10 +233,10 @@ def _run_stage_alone(config: Path, overrides: list[str] | None, run_dir: Path | 
 
     settings = _load(config, overrides)
     directory = resolve_run_dir(settings.output_dir, run_dir)
-    with tracking.tracked_run(settings, kind) as tracker:
+    with tracking.tracked_run(settings, kind, config_path=config) as tracker:
         outputs = stage(settings, directory, progress=_progress_printer())
         if tracker:
-            tracking.log_config(tracker, settings, config)
+            tracker.log_config()
             log(tracker, outputs, directory)
     return outputs, directory
 
@@ -247,13 +247,10 @@ def fit(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Backtest the candidate purchase models, select one and fit it with Gamma-Gamma (reads a features run)."""
-    from pipeline import tracking
     from pipeline.runner import stage_fit
 
     def log(tracker, outputs, _):
-        tracking.log_model_summaries(tracker, outputs)
-        tracking.log_candidates(tracker, outputs)
-        tracking.log_backtest(tracker, outputs)
+        tracker.log_fit(outputs)
 
     outputs, directory = _run_stage_alone(config, set_, run_dir, "fit", stage_fit, log)
     console.print(f"selected {outputs.selected}: {outputs.selection_reason}; models in {directory / 'model'}")
@@ -265,12 +262,11 @@ def value(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Value every customer with the fitted models: CLV, churn, historical CLV, tiers (reads a fit run)."""
-    from pipeline import tracking
     from pipeline.runner import stage_value
 
     def log(tracker, outputs, directory):
-        tracking.log_value(tracker, outputs.summary)
-        tracking.log_outputs(tracker, directory)
+        tracker.log_value(outputs.summary)
+        tracker.log_outputs(directory)
 
     outputs, directory = _run_stage_alone(config, set_, run_dir, "value", stage_value, log)
     console.print(f"valued {len(outputs.customers):,} customers into {directory / 'customers.parquet'}")
@@ -282,11 +278,10 @@ def report(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Draw the plots and write summary.json for a run (reads its fit and value outputs)."""
-    from pipeline import tracking
     from pipeline.runner import stage_report
 
     summary, directory = _run_stage_alone(
-        config, set_, run_dir, "report", stage_report, lambda tracker, _, d: tracking.log_outputs(tracker, d)
+        config, set_, run_dir, "report", stage_report, lambda tracker, _, d: tracker.log_outputs(d)
     )
     print_run_summary(summary, directory)
 
@@ -300,13 +295,14 @@ def run(
     debug: DebugOption = False,
 ) -> None:
     """Run the whole pipeline (features → fit → value → report) on the configured log."""
+    from pipeline.release import release_checks
     from pipeline.runner import run_pipeline
     from pipeline.runs import staged_run_dir
-    from pipeline.tracking_worker import background_run
+    from pipeline.tracking.background import background_run
 
     settings = _load(config, set_)
     progress = _progress_printer(quiet)
-    # MLflow works in a process of its own beside the run (see pipeline.tracking_worker); an
+    # MLflow works in a process of its own beside the run (see pipeline.tracking.background); an
     # unreachable server is found before any work, a store it cannot use at the next step.
     with background_run(settings, "pipeline", config_path=config) as tracker:
 
@@ -326,7 +322,10 @@ def run(
         registered = None
         if tracker:
             _progress(progress, "logging to MLflow")
-            tracker.send_finish(run_paths.final, result.summary, result.fit)
+            value = result.summary["value"]
+            checks = release_checks(result.fit, value, settings.release, settings.models.selection_metric,
+                                    clv_total=value["predicted_clv_total"])
+            tracker.send_finish(run_paths.final, result.summary, checks)
         # Printed while the tracking process finishes the MLflow run.
         print_run_summary(result.summary, run_paths.final)
         if tracker:

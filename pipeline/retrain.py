@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +107,7 @@ def decide(
     checks_passed: bool = True, champion_view: ChampionView | None = None,
 ) -> dict[str, Any]:
     """Compare the new challenger with the champion on the same holdout window."""
-    from pipeline import tracking
-
-    name = config.tracking.registered_model
-    champion = tracking.champion_version(tracker.client, name)
+    champion = tracker.champion()
     metric = config.models.selection_metric
     fit = result.fit
     challenger_metric = None
@@ -124,7 +120,7 @@ def decide(
                                                          "(see the version's check.* tags): champion kept"}
     if champion is None:
         return decision | {"promoted": True, "reason": "no champion yet"}
-    champion_tags = tracker.client.get_run(champion.run_id).data.tags
+    champion_tags = tracker.champion_tags(champion)
     if (champion_tags.get("clv.as_of") == as_of.isoformat()
             and champion_tags.get("data.sha256") == fingerprint
             and champion_tags.get("clv.config_sha256") == digest):
@@ -177,10 +173,10 @@ def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, st
     from pipeline.stages.fit import failure_reason
 
     name = config.tracking.registered_model
-    champion = tracking.champion_version(tracker.client, name)
+    champion = tracker.champion()
     if champion is None:
         return None
-    champion_as_of = tracker.client.get_run(champion.run_id).data.tags.get("clv.as_of")
+    champion_as_of = tracker.champion_tags(champion).get("clv.as_of")
     view = ChampionView(version=str(champion.version),
                         as_of=dt.date.fromisoformat(champion_as_of) if champion_as_of else None)
     try:
@@ -260,6 +256,7 @@ def retrain(
 
     from pipeline import tracking
     from pipeline.errors import DataQualityWarning
+    from pipeline.release import release_checks
     from pipeline.runner import run_pipeline
     from pipeline.runs import staged_run_dir
     from pipeline.stages import monitor
@@ -277,37 +274,36 @@ def retrain(
         raise LockHeldError(f"another retrain holds {lock.lock_file}; try again later") from None
     try:
         digest = config_digest(config)
-        with tracking.tracked_run(config, "pipeline", run_name=f"retrain {as_of}") as tracker:
+        with tracking.tracked_run(config, "pipeline", run_name=f"retrain {as_of}", config_path=config_path) as tracker:
             if tracker is None:
                 raise TrackingError("retrain needs a reachable tracking store to compare with the champion")
-            import mlflow
-
-            mlflow.set_tags({"clv.trigger": "retrain", "clv.retrain.accept_shift": str(accept_shift).lower()})
+            tracker.set_tags({"clv.trigger": "retrain", "clv.retrain.accept_shift": str(accept_shift).lower()})
+            tracker.log_config()
             with staged_run_dir(config.output_dir) as paths:
-                result = run_pipeline(config, paths.staging, final_dir=paths.final, progress=progress)
+                result = run_pipeline(config, paths.staging, final_dir=paths.final, progress=progress,
+                                      on_fit=tracker.log_fit, on_scorer=tracker.log_model)
                 champion_view = _champion_view(config, tracker, as_of, result, paths.staging, accept_shift, progress)
             result.run_dir = paths.final
-            registered = tracking.log_pipeline_run(
-                tracker, config, config_path, result,
+            value = result.summary["value"]
+            checks = release_checks(
+                result.fit, value, config.release, config.models.selection_metric,
+                clv_total=value["predicted_clv_total"],
                 champion_clv_total=None if champion_view is None else champion_view.clv_total,
             )
+            registered = tracker.finish(paths.final, result.summary, checks)
             if champion_view is not None and champion_view.monitor is not None:
-                tracking.log_monitor(tracker, monitor.monitor_metrics(champion_view.monitor), champion_view.monitor["alert"])
+                tracker.log_monitor(monitor.monitor_metrics(champion_view.monitor), champion_view.monitor["alert"])
             if champion_view is not None and champion_view.note:
-                mlflow.set_tag("clv.retrain.champion_note", champion_view.note[:500])
+                tracker.set_tags({"clv.retrain.champion_note": champion_view.note[:500]})
                 warnings.warn(champion_view.note, DataQualityWarning, stacklevel=2)
-            fingerprint = tracker.client.get_run(tracker.run_id).data.tags["data.sha256"]
-            decision = decide(config, tracker, result, fingerprint, digest, as_of, registered["checks_passed"],
-                              champion_view)
-            mlflow.set_tags({"clv.retrain.promoted": str(decision["promoted"]).lower(),
-                             "clv.retrain.reason": decision["reason"][:500]})
-            for key in ("challenger_metric", "champion_metric"):
-                if decision[key] is not None and math.isfinite(decision[key]):
-                    mlflow.log_metric(f"retrain.{key}", decision[key])
+            decision = decide(config, tracker, result, tracker.tag("data.sha256"), digest, as_of,
+                              registered["checks_passed"], champion_view)
+            tracker.set_tags({"clv.retrain.promoted": str(decision["promoted"]).lower(),
+                              "clv.retrain.reason": decision["reason"][:500]})
+            tracker.log_metrics({f"retrain.{key}": decision[key] for key in ("challenger_metric", "champion_metric")
+                                 if decision[key] is not None})
             if decision["promoted"]:
-                tracker.client.set_registered_model_alias(
-                    config.tracking.registered_model, tracking.CHAMPION, registered["version"]
-                )
+                tracker.set_champion(registered["version"])
         outcome = RetrainDecision(
             as_of=as_of.isoformat(),
             promoted=decision["promoted"],

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import TrackingError
-from pipeline.tracking_worker import BackgroundRun
+from pipeline.tracking.background import BackgroundRun
 from tests.conftest import CONFIGS, sample_config
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ error, and registers nothing. The same :mod:`pipeline.tracking` functions log ev
 Messages are pickled tuples: requests on the child's stdin, replies on a copy of its stdout
 (the child's own output goes to stderr). Requests, in this order: ``("start", config, kind,
 run_name, config_path)``, ``("log_fit", fit)``, ``("log_model", scorer, example)``,
-``("finish", run_dir, summary, fit)``; or, at any point, ``("fail", error_type, message,
+``("finish", run_dir, summary, checks)``; or, at any point, ``("fail", error_type, message,
 killed)``. Replies: ``("started", run_id)``,
 ``("unusable", message)``, ``("finished", registered)``, ``("ended",)``, ``("error", message)``.
 """
@@ -34,7 +34,6 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pipeline.config import Config
@@ -67,7 +66,7 @@ class BackgroundRun:
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.tracking_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "pipeline.tracking.background"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env,
         )
         threading.Thread(target=self._read_replies, name="tracking-replies", daemon=True).start()
@@ -144,11 +143,12 @@ class BackgroundRun:
         while self.active and self.run_id is None:
             self._handle(self._next_reply(wait=True))
 
-    def send_finish(self, run_dir: Path, summary: dict[str, Any], fit: Any) -> None:
-        """Have the finished run logged from its final directory and its model registered (see :meth:`finish`)."""
+    def send_finish(self, run_dir: Path, summary: dict[str, Any], checks: dict[str, Any]) -> None:
+        """Have the finished run logged from its final directory and its model registered with the
+        release gates' ``checks`` (see :meth:`finish`)."""
         self.wait_until_started()
         if self.active:
-            self._send("finish", Path(run_dir), summary, fit)
+            self._send("finish", Path(run_dir), summary, checks)
 
     def finish(self) -> dict[str, Any] | None:
         """Wait for the run to be logged and ended; the registered version, None if tracking stopped."""
@@ -289,11 +289,8 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
         elif request[0] == "finish":
             if logged_model is None:
                 raise RuntimeError("the run finished before its model was logged")
-            _, run_dir, summary, fit = request
-            result = SimpleNamespace(
-                run_dir=run_dir, summary=summary, fit=fit, value=SimpleNamespace(summary=summary["value"], scorer=scorer)
-            )
-            return tracking.log_pipeline_end(run, config, result, logged_model)
+            _, run_dir, summary, checks = request
+            return tracking.log_pipeline_end(run, config, run_dir, summary, scorer, logged_model, checks)
         elif request[0] == "fail":
             raise _RunFailed(*request[1:])
 
