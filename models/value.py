@@ -31,14 +31,25 @@ References
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ._validation import PURCHASE_COLUMNS, check_features, unique_rows
+from ._validation import (
+    PURCHASE_COLUMNS,
+    aligned,
+    check_feature_column,
+    check_features,
+    check_positive_int,
+    check_positive_real,
+    check_real,
+    finite_values,
+    reindexed,
+    rows,
+    unique_rows,
+)
 
 DAYS_PER_YEAR = 365.25
 
@@ -63,8 +74,8 @@ def discount_rate_per_period(discount_rate_annual, days_per_period):
         ``(1 + discount_rate_annual) ** (days_per_period / 365.25) - 1``, so
         that compounding over a year of periods gives the annual rate.
     """
-    discount_rate_annual = _real(discount_rate_annual, "discount_rate_annual")
-    days_per_period = _real(days_per_period, "days_per_period")
+    discount_rate_annual = check_real(discount_rate_annual, "discount_rate_annual")
+    days_per_period = check_real(days_per_period, "days_per_period")
     if discount_rate_annual <= -1:
         raise ValueError(f"discount_rate_annual must be above -1, got {discount_rate_annual}")
     if days_per_period <= 0:
@@ -82,8 +93,8 @@ UNIQUE_ROWS_PER_BLOCK = 1 << 16
 
 def _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_periods):
     """Per-step expected purchases on the unique (frequency, recency, T) rows, and the map back."""
-    n_steps = _positive_int(n_steps, "n_steps")
-    step_periods = _positive_real(step_periods, "step_periods")
+    n_steps = check_positive_int(n_steps, "n_steps")
+    step_periods = check_positive_real(step_periods, "step_periods")
     columns = check_features(features, PURCHASE_COLUMNS)
     if len(features) == 0:
         return np.zeros((0, n_steps)), np.zeros(0, dtype=np.intp)
@@ -161,11 +172,11 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
         k = 1..n_steps, indexed like ``features``. Each step's purchases are
         discounted from the step's end, the convention of lifetimes [2].
     """
-    discount_rate_per_step = _real(discount_rate_per_step, "discount_rate_per_step")
+    discount_rate_per_step = check_real(discount_rate_per_step, "discount_rate_per_step")
     if discount_rate_per_step <= -1:
         raise ValueError(f"discount_rate_per_step must be above -1, got {discount_rate_per_step}")
-    n_steps = _positive_int(n_steps, "n_steps")
-    step_periods = _positive_real(step_periods, "step_periods")
+    n_steps = check_positive_int(n_steps, "n_steps")
+    step_periods = check_positive_real(step_periods, "step_periods")
     columns = check_features(features, PURCHASE_COLUMNS)
     unique, inverse, _ = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
     discount_factors = (1.0 + discount_rate_per_step) ** -np.arange(1, n_steps + 1, dtype=np.float64)
@@ -224,10 +235,10 @@ def predicted_clv(discounted_purchases, expected_spend, margin_rate=1.0, acquisi
             f"discounted_purchases must be a pandas Series, got {type(discounted_purchases).__name__}"
         )
     index = discounted_purchases.index
-    purchases = _finite_values(discounted_purchases, "discounted_purchases")
-    spend = _aligned(expected_spend, index, "expected_spend")
-    margin = _aligned(margin_rate, index, "margin_rate")
-    cost = _aligned(acquisition_cost, index, "acquisition_cost")
+    purchases = finite_values(discounted_purchases, "discounted_purchases")
+    spend = aligned(expected_spend, index, "expected_spend")
+    margin = aligned(margin_rate, index, "margin_rate")
+    cost = aligned(acquisition_cost, index, "acquisition_cost")
     # In place, the same operations in the same order: at 18M customers each temporary is 144 MB.
     clv = purchases * spend
     clv *= margin
@@ -277,14 +288,14 @@ def acquisition_cost_per_customer(index, constant=None, per_channel=None, channe
         raise ValueError("channel is only used with per_channel")
 
     if constant is not None:
-        cost = _real(constant, "constant")
+        cost = check_real(constant, "constant")
         values = np.full(len(index), cost)
     elif per_channel is not None:
         if not isinstance(per_channel, Mapping):
             raise TypeError(f"per_channel must be a dict of channel to cost, got {type(per_channel).__name__}")
         if channel is None:
             raise ValueError("per_channel needs channel, the acquisition channel of each customer")
-        channels = _reindexed(channel, index, "channel")
+        channels = reindexed(channel, index, "channel")
         unknown = sorted(
             {"<missing>" if pd.isna(name) else str(name) for name in pd.unique(channels) if name not in per_channel}
         )
@@ -294,19 +305,19 @@ def acquisition_cost_per_customer(index, constant=None, per_channel=None, channe
                 f"per_channel: no acquisition cost for channel(s) {', '.join(repr(name) for name in unknown)}"
                 f" (costs are given for {known or 'no channel'})"
             )
-        costs = {name: _real(value, f"per_channel[{name!r}]") for name, value in per_channel.items()}
+        costs = {name: check_real(value, f"per_channel[{name!r}]") for name, value in per_channel.items()}
         values = channels.map(costs).to_numpy(dtype=np.float64)
     elif column is not None:
-        values = _reindexed(column, index, "acquisition cost column").to_numpy(dtype=np.float64, na_value=np.nan)
+        values = reindexed(column, index, "acquisition cost column").to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         values = np.zeros(len(index))
 
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
-        raise ValueError(f"acquisition cost: {_rows(bad)} NaN or infinite")
+        raise ValueError(f"acquisition cost: {rows(bad)} NaN or infinite")
     negative = int(np.count_nonzero(values < 0))
     if negative:
-        raise ValueError(f"acquisition cost: {_rows(negative)} negative")
+        raise ValueError(f"acquisition cost: {rows(negative)} negative")
     return pd.Series(values, index=index, name="acquisition_cost")
 
 
@@ -329,9 +340,9 @@ def customer_margin_rate(total_margin, total_amount, default_rate):
         ``total_margin / total_amount`` where the amount is positive and the
         margin known, ``default_rate`` elsewhere; indexed like ``total_amount``.
     """
-    default_rate = _real(default_rate, "default_rate")
-    amount = _finite_values(total_amount, "total_amount")
-    margin = _reindexed(total_margin, total_amount.index, "total_margin").to_numpy(dtype=np.float64, na_value=np.nan)
+    default_rate = check_real(default_rate, "default_rate")
+    amount = finite_values(total_amount, "total_amount")
+    margin = reindexed(total_margin, total_amount.index, "total_margin").to_numpy(dtype=np.float64, na_value=np.nan)
     own = (amount > 0) & np.isfinite(margin)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(own, margin / np.where(own, amount, 1.0), default_rate)
@@ -389,16 +400,16 @@ class HistoricalCLV:
 
 def _activity(features, days_per_period, churn_inactivity_days):
     """Purchases, revenue, churn flag and active exposure (years) per customer."""
-    days_per_period = _positive_real(days_per_period, "days_per_period")
-    churn_inactivity_days = _positive_real(churn_inactivity_days, "churn_inactivity_days")
+    days_per_period = check_positive_real(days_per_period, "days_per_period")
+    churn_inactivity_days = check_positive_real(churn_inactivity_days, "churn_inactivity_days")
     columns = check_features(features, PURCHASE_COLUMNS)
     if len(features) == 0:
         raise ValueError("features: no customers")
-    purchases = _feature_column(features, "n_transactions")
-    revenue = _feature_column(features, "total_amount")
+    purchases = check_feature_column(features, "n_transactions")
+    revenue = check_feature_column(features, "total_amount")
     fractional = int(np.count_nonzero((purchases != np.floor(purchases)) | (purchases < 1)))
     if fractional:
-        raise ValueError(f"features: column 'n_transactions': {_rows(fractional)} not a whole number of at least 1")
+        raise ValueError(f"features: column 'n_transactions': {rows(fractional)} not a whole number of at least 1")
 
     # recency is the age at the last purchase (0 for one purchase day), T the
     # age at the observation end, both in periods since the first purchase.
@@ -532,13 +543,13 @@ def historical_clv(
     it the purchases so far are taken as the first year's (a floor of one
     week would turn a single purchase last week into 52 a year).
     """
-    min_exposure_years = _positive_real(min_exposure_years, "min_exposure_years")
+    min_exposure_years = check_positive_real(min_exposure_years, "min_exposure_years")
     if lifespan_years is not None:
-        lifespan_years = _positive_real(lifespan_years, "lifespan_years")
+        lifespan_years = check_positive_real(lifespan_years, "lifespan_years")
     purchases, revenue, churned, exposure_years = _activity(features, days_per_period, churn_inactivity_days)
     index = features.index
-    margin = _aligned(margin_rate, index, "margin_rate")
-    cost = _aligned(acquisition_cost, index, "acquisition_cost")
+    margin = aligned(margin_rate, index, "margin_rate")
+    cost = aligned(acquisition_cost, index, "acquisition_cost")
 
     figures = _company_figures(
         revenue.sum(),
@@ -610,15 +621,15 @@ def historical_clv_by_group(
         churned has no lifespan estimate: NaN lifespan and CLV.
     """
     if lifespan_years is not None:
-        lifespan_years = _positive_real(lifespan_years, "lifespan_years")
+        lifespan_years = check_positive_real(lifespan_years, "lifespan_years")
     purchases, revenue, churned, exposure_years = _activity(features, days_per_period, churn_inactivity_days)
     index = features.index
-    labels = _reindexed(groups, index, "groups")
+    labels = reindexed(groups, index, "groups")
     unlabelled = int(labels.isna().sum())
     if unlabelled:
-        raise ValueError(f"groups: {_rows(unlabelled)} without a group")
-    margin = _aligned(margin_rate, index, "margin_rate")
-    cost = _aligned(acquisition_cost, index, "acquisition_cost")
+        raise ValueError(f"groups: {rows(unlabelled)} without a group")
+    margin = aligned(margin_rate, index, "margin_rate")
+    cost = aligned(acquisition_cost, index, "acquisition_cost")
     totals = (
         pd.DataFrame(
             {
@@ -696,15 +707,15 @@ def naive_holdout_forecast(features, holdout_periods, min_exposure_periods=1.0):
     repeat rate gives 2930). The value per purchase is the customer's
     revenue over their purchase periods, ``total_amount / (frequency + 1)``.
     """
-    min_exposure_periods = _positive_real(min_exposure_periods, "min_exposure_periods")
+    min_exposure_periods = check_positive_real(min_exposure_periods, "min_exposure_periods")
     columns = check_features(features, PURCHASE_COLUMNS)
-    revenue = _feature_column(features, "total_amount")
+    revenue = check_feature_column(features, "total_amount")
     if isinstance(holdout_periods, pd.Series):
-        holdout = _aligned(holdout_periods, features.index, "holdout_periods")
+        holdout = aligned(holdout_periods, features.index, "holdout_periods")
     else:  # one length for everyone stays a number (an array of it was 144 MB at 18M customers)
-        holdout = _real(holdout_periods, "holdout_periods")
+        holdout = check_real(holdout_periods, "holdout_periods")
     if np.any(np.asarray(holdout) < 0):
-        raise ValueError(f"holdout_periods: {_rows(int(np.count_nonzero(np.asarray(holdout) < 0)))} negative")
+        raise ValueError(f"holdout_periods: {rows(int(np.count_nonzero(np.asarray(holdout) < 0)))} negative")
     # rate * holdout and that times total_amount / (frequency + 1), computed in place in two
     # buffers (the same operations in the same order): at 18M customers each is 144 MB.
     predicted_purchases = np.maximum(columns["T"], min_exposure_periods)
@@ -758,7 +769,7 @@ def _check_tiers(tiers, method):
             raise ValueError(f"tiers[{position}] must be (name, cut, action), got {tier!r}")
         name, cut, action = tier
         # -inf is the natural absolute bound of the lowest tier.
-        cut = _real(cut, f"tier {name!r}: cut", allow_infinite=True)
+        cut = check_real(cut, f"tier {name!r}: cut", allow_infinite=True)
         checked.append(Tier(str(name), cut, str(action)))
     names = [tier.name for tier in checked]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -802,7 +813,7 @@ def tier_thresholds(clv, tiers=DEFAULT_TIERS, method="quantile"):
         "quantile", the lowest tier's bound is the lowest CLV).
     """
     checked = _check_tiers(tiers, method)
-    return _thresholds(_finite_values(clv, "clv"), checked, method)
+    return _thresholds(finite_values(clv, "clv"), checked, method)
 
 
 def _thresholds(values, checked, method):
@@ -848,7 +859,7 @@ def assign_tiers(clv, tiers=DEFAULT_TIERS, method="quantile"):
         Naming the problem with the tiers, or the count of NaN CLVs.
     """
     checked = _check_tiers(tiers, method)
-    values = _finite_values(clv, "clv")
+    values = finite_values(clv, "clv")
     bounds = _thresholds(values, checked, method).to_numpy()
     # Negated, the decreasing bounds increase; the first bound at or below a
     # value (its tier from the top) is then a left-sided binary search.
@@ -886,15 +897,15 @@ def tier_summary(clv, tiers_frame, historical=None):
         ``pipeline.plots.plot_clv_by_tier`` reads). Empty tiers are kept with
         a count of 0.
     """
-    values = _finite_values(clv, "clv")
+    values = finite_values(clv, "clv")
     if not isinstance(tiers_frame, pd.DataFrame) or not {"tier", "action"} <= set(tiers_frame.columns):
         raise ValueError("tiers_frame must be the DataFrame from assign_tiers, with columns 'tier' and 'action'")
-    tier = _reindexed(tiers_frame["tier"], clv.index, "tiers_frame")
+    tier = reindexed(tiers_frame["tier"], clv.index, "tiers_frame")
     if not isinstance(tier.dtype, pd.CategoricalDtype):
         raise ValueError("tiers_frame['tier'] must be the ordered categorical from assign_tiers")
     frame = pd.DataFrame({"tier": tier.array, "clv": values}, index=clv.index, copy=False)
     if historical is not None:
-        frame["historical"] = _aligned(historical, clv.index, "historical")
+        frame["historical"] = aligned(historical, clv.index, "historical")
     grouped = frame.groupby("tier", observed=False, sort=True)
     summary = pd.DataFrame(
         {
@@ -927,73 +938,3 @@ def tier_summary(clv, tiers_frame, historical=None):
     summary = summary.loc[list(tier.dtype.categories[::-1]), columns]
     summary.index = pd.CategoricalIndex(summary.index, dtype=tier.dtype, name="tier")
     return summary
-
-
-# --- helpers ---------------------------------------------------------------
-
-
-def _rows(count):
-    return f"{count} row" if count == 1 else f"{count} rows"
-
-
-def _positive_real(value, name):
-    value = _real(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _real(value, name, allow_infinite=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if np.isnan(value) or (np.isinf(value) and not allow_infinite):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _finite_values(series, name):
-    if not isinstance(series, pd.Series):
-        raise TypeError(f"{name} must be a pandas Series, got {type(series).__name__}")
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = int(np.count_nonzero(~np.isfinite(values)))
-    if bad:
-        raise ValueError(f"{name}: {_rows(bad)} NaN or infinite")
-    return values
-
-
-def _reindexed(series, index, name):
-    """``series`` in the order of ``index``, refusing customers it does not cover."""
-    if not isinstance(series, pd.Series):
-        raise TypeError(f"{name} must be a pandas Series indexed by customer id, got {type(series).__name__}")
-    if not series.index.is_unique:
-        raise ValueError(f"{name}: customer ids repeat in the index")
-    if series.index.equals(index):
-        return series
-    missing = int(np.count_nonzero(~index.isin(series.index)))
-    if missing:
-        raise ValueError(f"{name}: no value for {missing} of {len(index)} customers")
-    return series.reindex(index)
-
-
-def _aligned(value, index, name):
-    """A scalar or a Series as a finite float array in the order of ``index``."""
-    if isinstance(value, pd.Series):
-        return _finite_values(_reindexed(value, index, name), name)
-    return np.full(len(index), _real(value, name))
-
-
-def _feature_column(features, column):
-    if column not in features.columns:
-        raise ValueError(f"features: missing column '{column}'")
-    values = _finite_values(features[column], f"features: column '{column}'")
-    negative = int(np.count_nonzero(values < 0))
-    if negative:
-        raise ValueError(f"features: column '{column}': {_rows(negative)} negative")
-    return values
