@@ -448,8 +448,8 @@ def _company_figures(revenue, purchases, exposure_years, churn_events, margin_re
         purchases_per_year = purchases / exposure_years
         churn_rate_annual = churn_events / exposure_years
         if lifespan_years is None:
-            # No churn observed means the MLE of the lifespan is unbounded;
-            # NaN rather than inf keeps such a group out of rankings.
+            # No churn observed means the MLE of the lifespan is unbounded:
+            # NaN, which historical_clv reports as a lifespan it cannot estimate.
             lifespan = np.where(churn_events > 0, 1.0 / churn_rate_annual, np.nan)
         else:
             lifespan = np.full(np.shape(churn_events), lifespan_years, dtype=np.float64)
@@ -584,92 +584,6 @@ def historical_clv(
         clv=float(figures["clv"]),
         method=_historical_method(churn_inactivity_days, min_exposure_years, lifespan_years is not None),
         per_customer=pd.Series(per_customer, index=index, name="historical_clv"),
-    )
-
-
-def historical_clv_by_group(
-    features,
-    groups,
-    days_per_period,
-    churn_inactivity_days=180.0,
-    margin_rate=1.0,
-    acquisition_cost=0.0,
-    lifespan_years=None,
-):
-    """Historical CLV of each segment or acquisition channel, each with its own lifespan.
-
-    Parameters
-    ----------
-    features : pandas.DataFrame
-        As for :func:`historical_clv`.
-    groups : pandas.Series
-        Each customer's segment or channel (e.g. ``first_channel``), indexed
-        by customer id; every customer of ``features`` needs one.
-    days_per_period, churn_inactivity_days, margin_rate, acquisition_cost
-        As for :func:`historical_clv`.
-    lifespan_years : float, optional
-        One lifespan for all groups (e.g. the company's) instead of each
-        group's own estimate.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per group: ``n_customers``, ``average_purchase_value``,
-        ``purchases_per_year``, ``churn_events``, ``customer_years``,
-        ``churn_rate_annual``, ``lifespan_years``, ``margin_rate``,
-        ``acquisition_cost`` (mean) and ``clv``. A group in which nobody
-        churned has no lifespan estimate: NaN lifespan and CLV.
-    """
-    if lifespan_years is not None:
-        lifespan_years = check_positive_real(lifespan_years, "lifespan_years")
-    purchases, revenue, churned, exposure_years = _activity(features, days_per_period, churn_inactivity_days)
-    index = features.index
-    labels = reindexed(groups, index, "groups")
-    unlabelled = int(labels.isna().sum())
-    if unlabelled:
-        raise ValueError(f"groups: {rows(unlabelled)} without a group")
-    margin = aligned(margin_rate, index, "margin_rate")
-    cost = aligned(acquisition_cost, index, "acquisition_cost")
-    totals = (
-        pd.DataFrame(
-            {
-                "n_customers": np.ones(len(index), dtype=np.int64),
-                "revenue": revenue,
-                "purchases": purchases,
-                "exposure_years": exposure_years,
-                "churn_events": churned.astype(np.int64),
-                "margin_revenue": margin * revenue,
-                "cost": cost,
-            },
-            index=index,
-        )
-        .groupby(labels.to_numpy(), sort=True)
-        .sum()
-    )
-    totals.index.name = groups.name
-    figures = _company_figures(
-        totals["revenue"].to_numpy(),
-        totals["purchases"].to_numpy(),
-        totals["exposure_years"].to_numpy(),
-        totals["churn_events"].to_numpy(),
-        totals["margin_revenue"].to_numpy(),
-        (totals["cost"] / totals["n_customers"]).to_numpy(),
-        lifespan_years,
-    )
-    return pd.DataFrame(
-        {
-            "n_customers": totals["n_customers"],
-            "average_purchase_value": figures["average_purchase_value"],
-            "purchases_per_year": figures["purchases_per_year"],
-            "churn_events": totals["churn_events"],
-            "customer_years": totals["exposure_years"],
-            "churn_rate_annual": figures["churn_rate_annual"],
-            "lifespan_years": figures["lifespan_years"],
-            "margin_rate": figures["margin_rate"],
-            "acquisition_cost": figures["acquisition_cost"],
-            "clv": figures["clv"],
-        },
-        index=totals.index,
     )
 
 

@@ -21,7 +21,6 @@ from models.value import (
     discounted_expected_purchases,
     expected_purchases_by_step,
     historical_clv,
-    historical_clv_by_group,
     naive_holdout_forecast,
     predicted_clv,
     tier_summary,
@@ -424,26 +423,6 @@ def test_historical_clv_needs_churn_or_a_given_lifespan(small_log_features):
     assert np.isnan(given.churn_rate_annual)
     # Nobody churned, so everyone is active to the end: 700 + 350 + 700 + 70 days.
     assert given.clv == pytest.approx(460 / (1820 / 365.25) * 2.0)
-
-
-def test_historical_clv_by_group_by_hand(small_log_features):
-    groups = pd.Series({"a": "email", "b": "search", "c": "email", "d": "search"}, name="channel")
-    table = historical_clv_by_group(small_log_features, groups, 7.0)
-    assert list(table.index) == ["email", "search"]
-    assert table.index.name == "channel"
-    # email: a + c, $390, 9 purchases, 770 days, 1 event; search: b + d, $70, 70 days, 1 event.
-    assert table.loc["email", "clv"] == pytest.approx(390.0)
-    assert table.loc["email", "lifespan_years"] == pytest.approx(770 / 365.25)
-    assert table.loc["email", "purchases_per_year"] == pytest.approx(9 / (770 / 365.25))
-    assert table.loc["search", "clv"] == pytest.approx(70.0)
-    assert table["n_customers"].tolist() == [2, 2]
-
-    no_churn = pd.Series({"a": "x", "b": "x", "c": "y", "d": "x"})
-    table = historical_clv_by_group(small_log_features, no_churn, 7.0)
-    assert np.isnan(table.loc["y", "lifespan_years"]) and np.isnan(table.loc["y", "clv"])
-    assert table.loc["y", "churn_events"] == 0
-    common = historical_clv_by_group(small_log_features, no_churn, 7.0, lifespan_years=1.0)
-    assert common.loc["y", "clv"] == pytest.approx(300 / (700 / 365.25))
 
 
 def test_historical_clv_on_cdnow_matches_the_raw_log(cdnow_sample_full_features, cdnow_sample_transactions):
