@@ -125,6 +125,7 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
             return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
 
         point = np.array([params[name] for name in self.parameter_names])
+        # Standard errors from our own Hessian, for every model (_lifetimes_compat, workaround 7).
         optimum = describe_optimum(
             log_likelihood,
             point,
