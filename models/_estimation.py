@@ -1,4 +1,5 @@
-"""Standard errors and convergence checks at a maximum of the log-likelihood.
+"""Maximum-likelihood estimation shared by every model: the estimator base class, and
+standard errors and convergence checks at the maximum.
 
 All models get their standard errors the same way, from the Hessian of the
 *total* log-likelihood in the natural parameter scale, taken by central finite
@@ -10,7 +11,12 @@ models and independent of how the optimiser parametrised the problem.
 import warnings
 
 import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+from ._validation import check_settings
 
 # The optimum should be flat: a relative change of any parameter should move
 # the mean log-likelihood per customer by less than this. lifetimes' BFGS stops
@@ -158,20 +164,116 @@ def json_number(value):
     return value if np.isfinite(value) else None
 
 
-def fitted_summary(estimator, **extra):
-    """The JSON-serialisable description every fitted estimator gives of itself.
+class MaximumLikelihoodEstimator(BaseEstimator):
+    """What every model fitted by maximum likelihood shares: settings, fitted attributes, summary.
 
-    ``extra`` holds model-specific figures (numbers are made JSON-safe: non-finite → None).
+    A subclass sets ``model_name`` and ``parameter_names``, and writes its own likelihood,
+    ``fit`` and predictions. Its ``fit`` checks the settings with :meth:`_check_settings`,
+    maximises the likelihood, describes the maximum with :func:`describe_optimum` and hands
+    that to :meth:`_store_optimum`, which sets the attributes below. Predictions guard with
+    ``sklearn.utils.validation.check_is_fitted``, which asks :meth:`__sklearn_is_fitted__`.
+
+    Parameters
+    ----------
+    penalizer : float, default 0.0
+        L2 penalty on the parameters; 0 gives the maximum-likelihood estimate.
+    initial_params : dict of str to float, optional
+        Starting values of the optimiser, one per name in ``parameter_names``.
+    tol : float, default 1e-7
+        Tolerance of the optimiser.
+    max_iter : int, optional
+        Iteration limit of the optimiser; None keeps its default.
+
+    Each model's docstring says what these mean for its optimiser. ``get_params`` (what the
+    pipeline logs as MLflow params) returns the constructor's arguments, as in scikit-learn;
+    a subclass with more settings lists them all in its own ``__init__``.
+
+    Attributes
+    ----------
+    params_ : dict of str to float
+        The parameters at the maximum, by name.
+    standard_errors_ : dict of str to float
+        Asymptotic standard errors from the Hessian of the total log-likelihood in the
+        natural parameter scale (of the penalized objective when ``penalizer`` > 0; NaN
+        when it is not negative definite).
+    covariance_ : pandas.DataFrame
+        Inverse of the negative Hessian, indexed by parameter name both ways.
+    log_likelihood_ : float
+        Total (unpenalized) log-likelihood at ``params_``.
+    n_customers_ : int
+        Customers the likelihood sums over.
+    n_unique_rows_ : int
+        Distinct rows the likelihood was evaluated on.
+    convergence_ : dict
+        Optimiser, relative gradient per customer at the fit, whether the Hessian is
+        negative definite, an overall ``converged`` flag, and what the model adds.
     """
-    return {
-        "model": estimator.model_name,
-        "estimator": type(estimator).__name__,
-        "settings": estimator.get_params(),
-        "params": {name: json_number(value) for name, value in estimator.params_.items()},
-        "standard_errors": {name: json_number(value) for name, value in estimator.standard_errors_.items()},
-        "log_likelihood": json_number(estimator.log_likelihood_),
-        "n_customers": estimator.n_customers_,
-        "n_unique_rows": estimator.n_unique_rows_,
-        **{name: json_number(value) for name, value in extra.items()},
-        "convergence": dict(estimator.convergence_),
-    }
+
+    model_name = None
+    parameter_names = ()
+
+    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None):
+        self.penalizer = penalizer
+        self.initial_params = initial_params
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def __sklearn_is_fitted__(self):
+        # Fitted means having parameters; every prediction reads params_ first.
+        return hasattr(self, "params_")
+
+    def _check_settings(self):
+        """Check the settings at ``fit`` (the constructor stores them unchecked)."""
+        check_settings(self)
+
+    def _store_optimum(self, point, optimum, n_customers, n_unique_rows, **convergence):
+        """Set the fitted attributes from the maximum and :func:`describe_optimum`'s account of it.
+
+        Parameters
+        ----------
+        point : numpy.ndarray
+            The parameters at the maximum, in the order of ``parameter_names``.
+        optimum : dict
+            What :func:`describe_optimum` returned for ``point``.
+        n_customers, n_unique_rows : int
+            Customers and distinct rows the likelihood summed over.
+        **convergence
+            The model's own diagnostics, added to ``convergence_`` (e.g. the tolerance used).
+        """
+        names = list(self.parameter_names)
+        self.params_ = {name: float(value) for name, value in zip(names, point)}
+        self.standard_errors_ = {name: float(error) for name, error in zip(names, optimum["standard_errors"])}
+        self.covariance_ = pd.DataFrame(optimum["covariance"], index=names, columns=names)
+        self.log_likelihood_ = optimum["log_likelihood"]
+        self.n_customers_ = int(n_customers)
+        self.n_unique_rows_ = int(n_unique_rows)
+        self.convergence_ = {**optimum["convergence"], **convergence}
+
+    def _summary_extras(self):
+        """The model's own fitted figures for :meth:`summary`, by key (none here)."""
+        return {}
+
+    def summary(self):
+        """Fitted model as a JSON-serialisable dict.
+
+        Returns
+        -------
+        dict
+            Keys ``model``, ``estimator``, ``settings`` (``get_params()``), ``params``,
+            ``standard_errors``, ``log_likelihood``, ``n_customers``, ``n_unique_rows``, the
+            model's own figures (:meth:`_summary_extras`) and ``convergence``. Non-finite
+            numbers are None.
+        """
+        check_is_fitted(self)
+        return {
+            "model": self.model_name,
+            "estimator": type(self).__name__,
+            "settings": self.get_params(),
+            "params": {name: json_number(value) for name, value in self.params_.items()},
+            "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
+            "log_likelihood": json_number(self.log_likelihood_),
+            "n_customers": self.n_customers_,
+            "n_unique_rows": self.n_unique_rows_,
+            **{name: json_number(value) for name, value in self._summary_extras().items()},
+            "convergence": dict(self.convergence_),
+        }

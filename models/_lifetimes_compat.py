@@ -55,6 +55,15 @@ seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
    the estimators compute theirs for every model (workaround 7). It was a
    quarter of each fit's time; the fitters used here skip it, with the same
    optimiser call otherwise.
+12. ``ParetoNBDFitter`` gives NaN for a customer whose last purchase is at T
+   (recency == T; CDNOW master has one, x = 170, t_x = T = 70.86 weeks): the
+   A_0 term of the individual likelihood (Fader & Hardie note 009 eqs. 18-20)
+   is a difference of two equal numbers there, which rounding makes zero or
+   negative before the log. Its log-likelihood then makes the whole fitting
+   objective NaN (Nelder-Mead wanders), and its P(alive), expected purchases
+   and conditional PMF are NaN for that customer. A_0 is exactly 0 there:
+   the fitter used here skips the term, P(alive) is 1, and the expectation
+   is P(alive) times the closed form for a customer known to be alive.
 """
 
 import contextlib
@@ -184,7 +193,7 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
     scale = _lifetimes_time_scale(age)
     start = None
     if initial_params is not None:
-        # Workaround 9.
+        # Workaround 9: initial_params are in the features' time unit, lifetimes' in its rescaled one.
         start = np.array(
             [initial_params[name] * (scale if name in TIME_PARAMETERS[model_name] else 1.0) for name in names]
         )
@@ -204,6 +213,8 @@ def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, 
                 tol=tol,
                 **options,
             )
+        # Workaround 4: lifetimes does not say whether Nelder-Mead converged; the estimators'
+        # gradient check at the result (_estimation.describe_optimum) does.
         # Workaround 6: copy the numbers out and let the fitter (and its data) go.
         return {name: float(fitter.params_[name]) for name in names}, tol
 
@@ -311,7 +322,7 @@ def penalty(model_name, params, age, n_customers, penalizer):
 
 
 class _ParetoNBDFitterExactAtRecencyT(ParetoNBDFitter):
-    """Workaround 9 for lifetimes' Pareto/NBD predictions (see _pareto_probability_alive).
+    """Workaround 12: lifetimes' Pareto/NBD likelihood, exact where recency == T.
 
     The conditional PMF (note 028 eq. 16) divides by the individual likelihood (note 009
     eq. 18), whose A_0 term lifetimes computes as a difference of two equal numbers when
@@ -369,7 +380,7 @@ def conditional_expected_purchases(model_name, params, horizon, frequency, recen
         # Workaround 8 (Pareto/NBD takes log(0)); the answer is 0 for all models.
         return np.zeros(len(frequency))
     if model_name == "paretonbd":
-        # Workaround 9: see _pareto_probability_alive. Note 009 eq. 41 is P(alive) times
+        # Workaround 12: see _pareto_probability_alive. Note 009 eq. 41 is P(alive) times
         # the expectation for a customer known to be alive, which has a closed form.
         frequency, age = np.asarray(frequency, dtype=float), np.asarray(age, dtype=float)
         alive = _pareto_probability_alive(params, frequency, recency, age)
@@ -475,7 +486,7 @@ def probability_alive(model_name, params, frequency, recency, age):
 
 
 def _pareto_probability_alive(params, frequency, recency, age):
-    # Workaround 9 (lifetimes 0.11.3 ParetoNBDFitter.conditional_probability_alive):
+    # Workaround 12 (lifetimes 0.11.3 ParetoNBDFitter.conditional_probability_alive):
     # for a customer whose last purchase is at T (recency == T) the two hypergeometric
     # terms of A_0 (note 009 eqs. 19-20) cancel exactly, lifetimes takes log(0) and
     # returns NaN (seen on CDNOW master: x = 170, t_x = T = 70.86 weeks). There A_0 = 0

@@ -1,8 +1,9 @@
-"""Checks on the customer-level features the models read, and their grouping.
+"""Checks on the features and arguments the models read, and the features' grouping.
 
-Every estimator validates its input here, once, at ``fit`` and at each
-prediction, so that a bad features table fails with one message naming the
-column and the number of bad rows instead of a NaN deep inside an optimiser.
+Every estimator and value function validates its input here, once, at ``fit``
+and at each prediction, so that a bad features table fails with one message
+naming the column and the number of bad rows instead of a NaN deep inside an
+optimiser.
 """
 
 import collections
@@ -16,7 +17,8 @@ PURCHASE_COLUMNS = ("frequency", "recency", "T")
 SPEND_COLUMNS = ("frequency", "monetary_value")
 
 
-def _rows(count):
+def rows(count):
+    """``count`` with its noun, for messages: "1 row", "3 rows"."""
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
@@ -62,29 +64,29 @@ def check_features(features, columns):
         values = _as_float(series)
         not_finite = int(np.count_nonzero(~np.isfinite(values)))
         if not_finite:
-            raise ValueError(f"features: column '{column}': {_rows(not_finite)} NaN or infinite")
+            raise ValueError(f"features: column '{column}': {rows(not_finite)} NaN or infinite")
         negative = int(np.count_nonzero(values < 0))
         if negative:
-            raise ValueError(f"features: column '{column}': {_rows(negative)} negative")
+            raise ValueError(f"features: column '{column}': {rows(negative)} negative")
         arrays[column] = values
 
     if "frequency" in arrays:
         fractional = int(np.count_nonzero(arrays["frequency"] != np.floor(arrays["frequency"])))
         if fractional:
             raise ValueError(
-                f"features: column 'frequency': {_rows(fractional)} not a whole number of repeat purchases"
+                f"features: column 'frequency': {rows(fractional)} not a whole number of repeat purchases"
             )
     if "recency" in arrays and "T" in arrays:
         beyond_age = int(np.count_nonzero(arrays["recency"] > arrays["T"]))
         if beyond_age:
-            raise ValueError(f"features: column 'recency': {_rows(beyond_age)} with recency greater than T")
+            raise ValueError(f"features: column 'recency': {rows(beyond_age)} with recency greater than T")
     if "recency" in arrays and "frequency" in arrays:
         # Recency is the age at the last *repeat* purchase, so a customer
         # with none must have recency 0 (the models' likelihoods assume it).
         inconsistent = int(np.count_nonzero((arrays["frequency"] == 0) & (arrays["recency"] > 0)))
         if inconsistent:
             raise ValueError(
-                f"features: column 'recency': {_rows(inconsistent)} with recency above 0 but frequency 0"
+                f"features: column 'recency': {rows(inconsistent)} with recency above 0 but frequency 0"
             )
     return arrays
 
@@ -103,9 +105,7 @@ def check_horizon(horizon, name="horizon"):
     -------
     float
     """
-    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(horizon).__name__}")
-    horizon = float(horizon)
+    horizon = _as_real(horizon, name)
     if not np.isfinite(horizon) or horizon < 0:
         raise ValueError(f"{name} must be finite and non-negative, got {horizon}")
     return horizon
@@ -131,6 +131,79 @@ def check_count(count, name="n_purchases"):
         raise ValueError(f"{name} must be non-negative, got {count}")
     return int(count)
 
+
+def _as_real(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_real(value, name, allow_infinite=False):
+    """Return a finite real number (or an infinite one, if allowed) as a float; NaN is refused."""
+    value = _as_real(value, name)
+    if np.isnan(value) or (np.isinf(value) and not allow_infinite):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_positive_real(value, name):
+    """Return a finite real number above 0 as a float."""
+    value = check_real(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_positive_int(value, name):
+    """Return a whole number of at least 1 as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite_values(series, name):
+    """A Series' values as a float64 array, refusing NaN and infinities (the message counts them)."""
+    if not isinstance(series, pd.Series):
+        raise TypeError(f"{name} must be a pandas Series, got {type(series).__name__}")
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ValueError(f"{name}: {rows(bad)} NaN or infinite")
+    return values
+
+
+def reindexed(series, index, name):
+    """``series`` in the order of ``index``, refusing customers it does not cover."""
+    if not isinstance(series, pd.Series):
+        raise TypeError(f"{name} must be a pandas Series indexed by customer id, got {type(series).__name__}")
+    if not series.index.is_unique:
+        raise ValueError(f"{name}: customer ids repeat in the index")
+    if series.index.equals(index):
+        return series
+    missing = int(np.count_nonzero(~index.isin(series.index)))
+    if missing:
+        raise ValueError(f"{name}: no value for {missing} of {len(index)} customers")
+    return series.reindex(index)
+
+
+def aligned(value, index, name):
+    """A scalar or a Series as a finite float array in the order of ``index``."""
+    if isinstance(value, pd.Series):
+        return finite_values(reindexed(value, index, name), name)
+    return np.full(len(index), check_real(value, name))
+
+
+def check_feature_column(features, column):
+    """A value column of a features table (``n_transactions``, ``total_amount``) as finite, non-negative floats."""
+    # Not through check_features: its cached float conversions (see _as_float) are for the
+    # columns the models group on; an integer n_transactions there could push them out.
+    if column not in features.columns:
+        raise ValueError(f"features: missing column '{column}'")
+    values = finite_values(features[column], f"features: column '{column}'")
+    negative = int(np.count_nonzero(values < 0))
+    if negative:
+        raise ValueError(f"features: column '{column}': {rows(negative)} negative")
+    return values
 
 # A run fits and predicts on the same two features tables several times, and each call
 # regrouped the same columns (at 18M customers ~2 s a time, ~8 times a run). A grouping is

@@ -27,16 +27,15 @@ import numpy as np
 import pandas as pd
 from scipy.special import betaln
 from scipy.stats import nbinom
-from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import _lifetimes_compat
-from ._estimation import describe_optimum, fitted_summary
-from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, check_settings, unique_rows
+from ._estimation import MaximumLikelihoodEstimator, describe_optimum
+from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, unique_rows
 
 
 
-class _PurchaseModel(BaseEstimator):
+class _PurchaseModel(MaximumLikelihoodEstimator):
     """Shared fitting, validation and prediction for the purchase-count models.
 
     Parameters
@@ -81,15 +80,6 @@ class _PurchaseModel(BaseEstimator):
         overall ``converged`` flag.
     """
 
-    model_name = None
-    parameter_names = ()
-
-    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None):
-        self.penalizer = penalizer
-        self.initial_params = initial_params
-        self.tol = tol
-        self.max_iter = max_iter
-
     def fit(self, features, y=None):
         """Estimate the model's parameters by maximum likelihood.
 
@@ -106,7 +96,7 @@ class _PurchaseModel(BaseEstimator):
         -------
         self
         """
-        check_settings(self)
+        self._check_settings()
         columns = check_features(features, PURCHASE_COLUMNS)
         if len(features) == 0:
             raise ValueError("features: no rows to fit on")
@@ -134,25 +124,17 @@ class _PurchaseModel(BaseEstimator):
         def penalty(values):
             return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
 
+        point = np.array([params[name] for name in self.parameter_names])
+        # Standard errors from our own Hessian, for every model (_lifetimes_compat, workaround 7).
         optimum = describe_optimum(
             log_likelihood,
-            np.array([params[name] for name in self.parameter_names]),
+            point,
             n_customers,
             optimizer=_lifetimes_compat.OPTIMIZERS[self.model_name],
             model_label=type(self).__name__,
             penalty=penalty,
         )
-        self.params_ = params
-        self.standard_errors_ = {
-            name: float(error) for name, error in zip(self.parameter_names, optimum["standard_errors"])
-        }
-        self.covariance_ = pd.DataFrame(
-            optimum["covariance"], index=list(self.parameter_names), columns=list(self.parameter_names)
-        )
-        self.log_likelihood_ = optimum["log_likelihood"]
-        self.n_customers_ = n_customers
-        self.n_unique_rows_ = int(len(counts))
-        self.convergence_ = {**optimum["convergence"], "tol": tol_used}
+        self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
         return self
 
     def _per_unique_history(self, features, compute, name):
@@ -304,19 +286,6 @@ class _PurchaseModel(BaseEstimator):
         expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, self.params_, values)
         expected = expected.reshape(values.shape)
         return float(expected) if expected.ndim == 0 else expected
-
-    def summary(self):
-        """Fitted model as a JSON-serialisable dict.
-
-        Returns
-        -------
-        dict
-            Keys ``model``, ``estimator``, ``settings``, ``params``,
-            ``standard_errors``, ``log_likelihood``, ``n_customers``,
-            ``n_unique_rows`` and ``convergence``. Non-finite numbers are None.
-        """
-        check_is_fitted(self)
-        return fitted_summary(self)
 
 
 def _probability_of_purchases_when_alive(n_purchases, horizon, r, alpha, a, b):

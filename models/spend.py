@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
-from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, describe_optimum, fitted_summary
-from ._validation import SPEND_COLUMNS, check_features, check_settings, unique_rows
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, MaximumLikelihoodEstimator, describe_optimum
+from ._validation import SPEND_COLUMNS, check_features, unique_rows
 
 
 
@@ -87,7 +86,7 @@ def _log_likelihood_and_gradient(params, statistics):
     return float(total), gradient
 
 
-class GammaGammaModel(BaseEstimator):
+class GammaGammaModel(MaximumLikelihoodEstimator):
     """Gamma-Gamma model of the mean spend per purchase (Fader, Hardie & Lee 2005).
 
     A customer's purchase amounts are Gamma(p, nu) around their own mean
@@ -142,14 +141,11 @@ class GammaGammaModel(BaseEstimator):
     parameter_names = ("p", "q", "gamma")
 
     def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None, min_repeat_customers=30):
-        self.penalizer = penalizer
-        self.initial_params = initial_params
-        self.tol = tol
-        self.max_iter = max_iter
+        super().__init__(penalizer=penalizer, initial_params=initial_params, tol=tol, max_iter=max_iter)
         self.min_repeat_customers = min_repeat_customers
 
     def _check_settings(self):
-        check_settings(self)
+        super()._check_settings()
         if not (isinstance(self.min_repeat_customers, numbers.Integral) and self.min_repeat_customers >= 1):
             raise ValueError(f"min_repeat_customers must be a positive integer, got {self.min_repeat_customers!r}")
 
@@ -219,23 +215,20 @@ class GammaGammaModel(BaseEstimator):
             model_label=type(self).__name__,
             penalty=lambda values: n_repeat * self.penalizer * float(np.sum(values**2)),
         )
-        p, q, gamma = params
-        self.params_ = {name: float(value) for name, value in zip(self.parameter_names, params)}
-        self.standard_errors_ = {
-            name: float(error) for name, error in zip(self.parameter_names, optimum["standard_errors"])
-        }
-        self.covariance_ = pd.DataFrame(
-            optimum["covariance"], index=list(self.parameter_names), columns=list(self.parameter_names)
+        self._store_optimum(
+            params,
+            optimum,
+            n_repeat,
+            len(statistics.pair_counts),
+            iterations=int(result.nit),
+            message=str(result.message),
         )
-        self.log_likelihood_ = optimum["log_likelihood"]
+        p, q, gamma = params
         # Fader, Hardie & Lee (2005) [1]_: E[Z] = p gamma / (q - 1), finite only for q > 1.
         self.population_mean_spend_ = float(p * gamma / (q - 1)) if q > 1 else float("inf")
         self.frequency_monetary_correlation_ = (
             float(np.corrcoef(frequency, spend)[0, 1]) if np.ptp(frequency) > 0 and np.ptp(spend) > 0 else float("nan")
         )
-        self.n_customers_ = n_repeat
-        self.n_unique_rows_ = int(len(statistics.pair_counts))
-        self.convergence_ = {**optimum["convergence"], "iterations": int(result.nit), "message": str(result.message)}
         return self
 
     def expected_spend(self, features):
@@ -277,21 +270,9 @@ class GammaGammaModel(BaseEstimator):
         expected += own_weight
         return pd.Series(expected, index=features.index, name="expected_spend")
 
-    def summary(self):
-        """Fitted model as a JSON-serialisable dict.
-
-        Returns
-        -------
-        dict
-            Keys ``model``, ``estimator``, ``settings``, ``params``,
-            ``standard_errors``, ``log_likelihood``, ``n_customers``,
-            ``n_unique_rows``, ``population_mean_spend``,
-            ``frequency_monetary_correlation`` and ``convergence``.
-            Non-finite numbers are None.
-        """
-        check_is_fitted(self)
-        return fitted_summary(
-            self,
-            population_mean_spend=self.population_mean_spend_,
-            frequency_monetary_correlation=self.frequency_monetary_correlation_,
-        )
+    def _summary_extras(self):
+        """Gamma-Gamma's own figures in :meth:`summary`."""
+        return {
+            "population_mean_spend": self.population_mean_spend_,
+            "frequency_monetary_correlation": self.frequency_monetary_correlation_,
+        }

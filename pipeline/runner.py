@@ -158,7 +158,7 @@ class FitOutputs:
 
 def run_backtest(calibration, config: Config, progress=None):
     """Fit every candidate on the calibration period and score them (and the naive baseline) on the holdout."""
-    from models.value import naive_holdout_forecast
+    from models.historical import naive_holdout_forecast
     from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
     from pipeline.stages.fit import all_candidates_failed, failure_reason, fit_models
 

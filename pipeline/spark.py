@@ -574,7 +574,11 @@ def read_transactions(
 
 
 def period_index(date: Column, period: PeriodSettings) -> Column:
-    """The integer index of the period ``date`` falls in, as ``period_index_sql`` defines it."""
+    """The integer index of the period ``date`` falls in; consecutive periods differ by 1.
+
+    The periods of the DuckDB engine's ``pipeline.stages.sorted_log.period_index``, whose month
+    indices count from 1970 rather than from year 0: only differences of indices reach the features.
+    """
     if period.resolution == "daily" or period.unit == "day":
         return F.datediff(date, F.lit(_EPOCH))
     if period.unit == "week":
@@ -720,7 +724,10 @@ def features(
 
 
 def repeat_purchases(transactions: DataFrame, period: PeriodSettings) -> DataFrame:
-    """Repeat purchases (at the model's resolution) per calendar day: ``repeat_purchases_sql``."""
+    """Repeat purchases (at the model's resolution) per calendar day, as the DuckDB engine counts them.
+
+    That is ``pipeline.stages.sorted_log``'s ``repeat_purchases`` column (``_Chunk.add_repeat_purchases``).
+    """
     col = F.col
     periods = transactions.groupBy("customer_id", period_index(col("order_date"), period).alias("period")).agg(
         F.min("order_date").alias("first_date")

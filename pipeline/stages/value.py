@@ -14,13 +14,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models import value as value_math
 from models._validation import PURCHASE_COLUMNS, check_features, unique_rows
+from models.discounting import (
+    DAYS_PER_YEAR,
+    acquisition_cost_per_customer,
+    customer_margin_rate,
+    discount_rate_per_period,
+    discounted_expected_purchases,
+    predicted_clv,
+)
+from models.historical import HistoricalCLV, historical_clv
+from models.tiers import Tier, assign_tiers, tier_summary, tier_thresholds
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.backtest import rank_correlation
 
-DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
+DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 HISTORY_COLUMNS = list(PURCHASE_COLUMNS)
 
 SCORE_COLUMNS = [
@@ -72,19 +81,19 @@ class CustomerValueScorer:
     tier_actions: list[str]
 
     @property
-    def tiers(self) -> list[value_math.Tier]:
-        return [value_math.Tier(n, c, a) for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)]
+    def tiers(self) -> list[Tier]:
+        return [Tier(n, c, a) for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)]
 
     def _margin_rate(self, features: pd.DataFrame) -> pd.Series:
         if "total_margin" in features.columns:
-            return value_math.customer_margin_rate(
+            return customer_margin_rate(
                 features["total_margin"], features["total_amount"], self.default_margin_rate
             )
         return _one_for_everyone(self.default_margin_rate, features.index)
 
     def _acquisition_cost(self, features: pd.DataFrame) -> pd.Series:
         if "acquisition_cost" in features.columns:
-            return value_math.acquisition_cost_per_customer(
+            return acquisition_cost_per_customer(
                 features.index, column=features["acquisition_cost"].fillna(self.acquisition_cost_constant)
             )
         if self.acquisition_cost_per_channel is not None:
@@ -93,18 +102,18 @@ class CustomerValueScorer:
                     "value.acquisition_cost.per_channel needs a channel: set input.columns.channel"
                 )
             try:
-                return value_math.acquisition_cost_per_customer(
+                return acquisition_cost_per_customer(
                     features.index, per_channel=self.acquisition_cost_per_channel, channel=features["first_channel"]
                 )
             except ValueError as exc:
                 raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
         # The checks any CAC gets (finite, not negative), made on one row.
-        value_math.acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)
+        acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)
         return _one_for_everyone(self.acquisition_cost_constant, features.index)
 
     def _historical(self, features: pd.DataFrame, margin, cost, lifespan_years: float | None = None):
         """Historical CLV of ``features``; the lifespan is estimated from them unless given."""
-        return value_math.historical_clv(
+        return historical_clv(
             features,
             self.days_per_unit,
             churn_inactivity_days=self.churn_inactivity_days,
@@ -126,7 +135,7 @@ class CustomerValueScorer:
                 "probability_alive": model.probability_alive(histories),
                 "expected_purchases": model.expected_purchases(histories, horizon),
                 "probability_no_purchases": model.probability_of_purchases(histories, 0, horizon),
-                "discounted_expected_purchases": value_math.discounted_expected_purchases(
+                "discounted_expected_purchases": discounted_expected_purchases(
                     model, histories, self.horizon_periods, 1.0, self.discount_rate_per_period
                 ),
             },
@@ -171,7 +180,7 @@ class CustomerValueScorer:
                 "margin_rate": margin,
                 "acquisition_cost": cost,
                 "discounted_expected_purchases": discounted,
-                "predicted_clv": value_math.predicted_clv(discounted, spend, margin, cost),
+                "predicted_clv": predicted_clv(discounted, spend, margin, cost),
                 "historical_clv": historical,
             },
             index=features.index,
@@ -180,7 +189,7 @@ class CustomerValueScorer:
 
     def with_tiers(self, figures: pd.DataFrame, as_text: bool = True) -> pd.DataFrame:
         """``figures`` plus ``tier`` and ``action``: text, or (``as_text=False``) categoricals."""
-        tiers_frame = value_math.assign_tiers(figures["predicted_clv"], self.tiers, method="absolute")
+        tiers_frame = assign_tiers(figures["predicted_clv"], self.tiers, method="absolute")
         if not as_text:
             return figures.assign(tier=tiers_frame["tier"], action=tiers_frame["action"])
         return figures.assign(tier=tiers_frame["tier"].astype(str), action=tiers_frame["action"].astype(str))
@@ -215,7 +224,7 @@ def build_scorer(
     value: ValueSettings,
     segments: SegmentSettings,
     period: PeriodSettings,
-) -> tuple[CustomerValueScorer, value_math.HistoricalCLV, pd.DataFrame]:
+) -> tuple[CustomerValueScorer, HistoricalCLV, pd.DataFrame]:
     """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
 
     Returns the scorer, the historical CLV and the scores of ``features`` (computed once; tier
@@ -229,7 +238,7 @@ def build_scorer(
         period_resolution=period.resolution,
         days_per_unit=period.days_per_unit,
         horizon_periods=horizon_periods(value, period),
-        discount_rate_per_period=value_math.discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),
+        discount_rate_per_period=discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),
         default_margin_rate=value.margin_rate,
         acquisition_cost_constant=value.acquisition_cost.constant,
         acquisition_cost_per_channel=value.acquisition_cost.per_channel,
@@ -241,10 +250,10 @@ def build_scorer(
         margin, cost = scorer._margin_rate(features), scorer._acquisition_cost(features)
         historical = scorer._historical(features, margin, cost)
         scorer.lifespan_years = historical.lifespan_years
-        configured = [value_math.Tier(t.name, t.cut, t.action) for t in segments.tiers]
+        configured = [Tier(t.name, t.cut, t.action) for t in segments.tiers]
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
         figures = scorer.figures(features, customer_terms=(margin, cost, historical.per_customer))
-        thresholds = value_math.tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
+        thresholds = tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
     except ValueError as exc:
         # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
         message = str(exc).replace("shorten churn_inactivity_days or give lifespan_years",
@@ -264,10 +273,10 @@ def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataF
     tiers_frame = customers[["tier", "action"]].assign(
         tier=pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True)
     )
-    return value_math.tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+    return tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
 
 
-def value_summary(customers: pd.DataFrame, historical: value_math.HistoricalCLV, tiers: pd.DataFrame) -> dict[str, Any]:
+def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.DataFrame) -> dict[str, Any]:
     """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`)."""
     predicted = customers["predicted_clv"]
     per_customer_historical = customers["historical_clv"]
