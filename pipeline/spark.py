@@ -47,14 +47,12 @@ from pipeline.config import (
     resolve_input_path,
 )
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.input_rules import future_rows_message, margin_above_amount_message
 from pipeline.io import detect_format
 from pipeline.stages.features import FEATURE_COLUMNS, FeaturesResult, resolve_calibration_end
 from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
-from pipeline.transactions import (
-    LogSummary, check_freshness, future_rows_message, latest_possible_date, margin_above_amount_message,
-    warn_margin_above_amount,
-)
+from pipeline.transactions import LogSummary, check_freshness, latest_possible_date, warn_margin_above_amount
 
 # The DuckDB engine sums CAST(x AS DECIMAL(18, 6)); DuckDB computes that cast as
 # round-half-away-from-zero of x * 1e6 in double arithmetic, which differs from Spark's own
