@@ -108,10 +108,13 @@ def column(name: str) -> Expr:
 
 
 def literal(value: float | dt.date) -> Expr:
+    """A number or a date."""
     if isinstance(value, dt.date):
         sql = f"DATE '{value.isoformat()}'"
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        sql = repr(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        sql = str(value)
+    elif isinstance(value, float):  # numpy's float64 too, whose repr is not SQL
+        sql = repr(float(value))
     else:
         raise TypeError(f"no literal for {value!r}")
     return Expr(sql, lambda: _spark_functions().lit(value))
