@@ -1,6 +1,7 @@
 """The Spark engine (``engine: spark``): the transaction log, features and batch scoring on PySpark.
 
-The definitions are the DuckDB engine's, column for column: the boundary checks of
+The definitions are the DuckDB engine's, column for column: the input rules of
+``pipeline/input_rules.py`` (one table both engines compile), the typed log of
 ``pipeline/transactions.py`` and the features of ``pipeline/stages/sorted_log.py`` (there
 numpy reductions over a log DuckDB sorted; here Spark aggregates over a window per customer).
 Amounts are summed as exact DECIMAL(18, 6) values there, and so they are here, so both engines
@@ -47,14 +48,15 @@ from pipeline.config import (
     resolve_input_path,
 )
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.input_rules import (
+    MARGIN_ABOVE_AMOUNT, RAW_FIELDS, Check, RuleContext, after_observation_end_check, checks, configured_columns,
+    dated_after,
+)
 from pipeline.io import detect_format
 from pipeline.stages.features import FEATURE_COLUMNS, FeaturesResult, resolve_calibration_end
 from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
-from pipeline.transactions import (
-    LogSummary, check_freshness, future_rows_message, latest_possible_date, margin_above_amount_message,
-    warn_margin_above_amount,
-)
+from pipeline.transactions import LogSummary, check_freshness, latest_possible_date, warn_margin_above_amount
 
 # The DuckDB engine sums CAST(x AS DECIMAL(18, 6)); DuckDB computes that cast as
 # round-half-away-from-zero of x * 1e6 in double arithmetic, which differs from Spark's own
@@ -63,8 +65,6 @@ from pipeline.transactions import (
 # rounding) and scaling the integer back gives DuckDB's decimal exactly.
 EXACT = T.DecimalType(18, 6)
 _MICROS = 1_000_000
-# DuckDB refuses DECIMAL(18, 6) values of 1e12 and more; say so at the boundary instead.
-_EXACT_LIMIT_MICROS = 1e18
 
 _EPOCH = dt.date(1970, 1, 1)
 _EPOCH_MONDAY = dt.date(1970, 1, 5)
@@ -296,21 +296,6 @@ def _date(column: Column, data_type: T.DataType, date_format: str | None) -> Col
     return text.try_cast("date")
 
 
-def _not_finite(column: Column) -> Column:
-    return column.isNull() | F.isnan(column) | (F.abs(column) == float("inf"))
-
-
-def _too_large(column: Column) -> Column:
-    return F.abs(F.round(column * float(_MICROS))) >= _EXACT_LIMIT_MICROS
-
-
-@dataclasses.dataclass(frozen=True)
-class _Check:
-    condition: Column
-    column: str | None
-    describe: Callable[[dict[str, Any]], str]
-
-
 def _typed(raw: DataFrame, settings: InputSettings, keep: tuple[str, ...] = ()) -> tuple[DataFrame, str | None]:
     """The typed log (``load_transactions``' view) and the column margins come from, if any."""
     types = {field.name: field.dataType for field in raw.schema.fields}
@@ -348,74 +333,11 @@ def _typed(raw: DataFrame, settings: InputSettings, keep: tuple[str, ...] = ()) 
     return typed, margin_source
 
 
-def _checks(settings: InputSettings, validation: ValidationSettings, margin_source: str | None,
-            expected_fields: int | None, latest: dt.date) -> list[_Check]:
-    mapping = settings.columns
-    col = F.col
-    checks = [
-        _Check(
-            col("field_count").isNotNull() & (col("field_count") != F.lit(expected_fields or 0)),
-            None,
-            lambda r: f"has {r['field_count']} fields, expected {expected_fields}",
-        ),
-        _Check(col("customer_id").isNull(), mapping.customer_id, lambda r: "customer id is empty"),
-        _Check(
-            col("order_date").isNull(),
-            mapping.date,
-            lambda r: (
-                "date is empty" if r["raw_date"] is None
-                else f"'{r['raw_date']}' is not a date (format {settings.date_format})"
-            ),
-        ),
-        _Check(
-            _not_finite(col("amount")),
-            mapping.amount,
-            lambda r: "amount is empty" if r["raw_amount"] is None else f"'{r['raw_amount']}' is not a finite number",
-        ),
-        _Check(
-            _too_large(col("amount")),
-            mapping.amount,
-            lambda r: f"'{r['raw_amount']}' is too large to sum exactly (amounts must be below 1e12)",
-        ),
-    ]
-    if margin_source:
-        checks.append(_Check(_not_finite(col("margin")), margin_source,
-                             lambda r: "margin/cost is empty or not a finite number"))
-        checks.append(_Check(_too_large(col("margin")), margin_source,
-                             lambda r: "margin is too large to sum exactly (margins must be below 1e12)"))
-    if mapping.acquisition_cost:
-        checks.append(
-            _Check(
-                (col("acquisition_cost") < 0) | F.isnan(col("acquisition_cost"))
-                | (F.abs(col("acquisition_cost")) == float("inf")),
-                mapping.acquisition_cost,
-                lambda r: "acquisition cost is negative or not a finite number",
-            )
-        )
-    if validation.negative_amounts == "fail":
-        checks.append(
-            _Check(
-                col("amount") < 0,
-                mapping.amount,
-                lambda r: (
-                    f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)"
-                ),
-            )
-        )
-    if margin_source and validation.margin_above_amount == "fail":
-        checks.append(_Check(col("margin") > col("amount"), margin_source,
-                             lambda r: margin_above_amount_message(bool(mapping.cost))))
-    if validation.future_dates == "fail":
-        checks.append(_Check(col("order_date") > F.lit(latest), mapping.date,
-                             lambda r: future_rows_message(r["raw_date"], latest)))
-    return checks
-
-
 def _count_where(condition: Column) -> Column:
     return F.count(F.when(condition, F.lit(1)))
 
 
-def _row_error(raw: DataFrame, settings: InputSettings, label: str, check: _Check, bad_count: int) -> str:
+def _row_error(raw: DataFrame, settings: InputSettings, label: str, check: Check, bad_count: int) -> str:
     """Describe the first offending row in file order in one line.
 
     Spark has no line numbers; monotonically_increasing_id grows with the partition index and the
@@ -424,14 +346,12 @@ def _row_error(raw: DataFrame, settings: InputSettings, label: str, check: _Chec
     """
     typed, _ = _typed(raw.withColumn(_POSITION, F.monotonically_increasing_id()), settings, keep=(_POSITION,))
     first = (
-        typed.where(check.condition)
-        .select(F.min_by(F.struct("raw_date", "raw_amount", "field_count"), F.col(_POSITION)).alias("row"))
+        typed.where(check.spark_condition())
+        .select(F.min_by(F.struct(*RAW_FIELDS), F.col(_POSITION)).alias("row"))
         .head()["row"]
         .asDict()
     )
-    column_part = f"column '{check.column}': " if check.column else ""
-    more = f" ({bad_count} such rows)" if bad_count > 1 else ""
-    return f"{label}: {column_part}{check.describe(first)}{more}"
+    return check.error(label, first, bad_count)
 
 
 def read_transactions(
@@ -471,12 +391,7 @@ def read_transactions(
     raw, label, _ = _read_raw(spark, source, settings)
     columns = raw.columns
     mapping = settings.columns
-    wanted = {
-        "customer_id": mapping.customer_id, "date": mapping.date, "amount": mapping.amount,
-        "margin": mapping.margin, "cost": mapping.cost, "channel": mapping.channel,
-        "acquisition_cost": mapping.acquisition_cost,
-    }
-    for role, name in wanted.items():
+    for role, name in configured_columns(settings).items():
         if name is not None and name not in columns:
             available = ", ".join(c for c in columns if c != _FIELD_COUNT)
             raise InputDataError(
@@ -484,18 +399,16 @@ def read_transactions(
             )
 
     typed, margin_source = _typed(raw, settings)
-    expected_fields = len(settings.names) if settings.names else None
-    if _FIELD_COUNT in columns and expected_fields is None:
-        expected_fields = len([c for c in columns if c != _FIELD_COUNT])
     latest = latest_possible_date()
-    checks = _checks(settings, validation, margin_source, expected_fields, latest)
+    data_columns = [c for c in columns if c != _FIELD_COUNT]
+    rules = checks(RuleContext.for_source(settings, validation, latest, data_columns, _FIELD_COUNT in columns))
     col = F.col
     drop_negative = validation.negative_amounts == "drop"
     # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
-    present = col("order_date") <= F.lit(latest)
+    present = ~dated_after(latest).spark()
     aggregates = [
         F.count(F.lit(1)).alias("rows"),
-        *[_count_where(check.condition).alias(f"check_{i}") for i, check in enumerate(checks)],
+        *[_count_where(check.spark_condition()).alias(f"check_{i}") for i, check in enumerate(rules)],
         _count_where(~present).alias("future"),
         F.min(F.when(present, col("order_date"))).alias("first_date"),
         F.max(F.when(present, col("order_date"))).alias("last_date"),
@@ -510,7 +423,7 @@ def read_transactions(
         F.max(F.when(in_window, col("order_date"))).alias("window_last_date"),
         _count_where(usable).alias("used"),
         F.count_distinct(F.when(usable, col("customer_id"))).alias("customers"),
-        _count_where(present & (col("margin") > col("amount")) if margin_source else F.lit(False)).alias(
+        _count_where(present & MARGIN_ABOVE_AMOUNT.spark() if margin_source else F.lit(False)).alias(
             "margin_above"
         ),
     ]
@@ -520,7 +433,7 @@ def read_transactions(
         raise InputDataError(f"{label}: cannot read: {_first_message_line(exc)}") from None
     if stats["rows"] == 0:
         raise InputDataError(f"{label}: the log has no rows")
-    for i, check in enumerate(checks):
+    for i, check in enumerate(rules):
         if stats[f"check_{i}"]:
             raise InputDataError(_row_error(raw, settings, label, check, stats[f"check_{i}"]))
 
@@ -538,11 +451,7 @@ def read_transactions(
             f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
         )
     if after_end and validation.rows_after_observation_end == "fail":
-        check = _Check(
-            col("order_date") > F.lit(observation_end),
-            mapping.date,
-            lambda r: f"'{r['raw_date']}' is after observation_end {observation_end}",
-        )
+        check = after_observation_end_check(settings, observation_end)
         raise InputDataError(_row_error(raw, settings, label, check, after_end))
     if used == 0 or last_date is None:
         raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")

@@ -18,11 +18,13 @@ import pandas as pd
 
 from pipeline.config import InputSettings, ValidationSettings
 from pipeline.errors import DataQualityWarning, InputDataError
+from pipeline.input_rules import (
+    MARGIN_ABOVE_AMOUNT, Check, RuleContext, after_observation_end_check, checks, configured_columns, dated_after,
+)
 from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
 
 TYPED_VIEW = "typed_transactions"
 TYPED_ROWS = "typed_transaction_rows"
-MAX_AMOUNT = 1e12
 TRANSACTIONS_VIEW = "transactions"
 
 _TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
@@ -59,19 +61,6 @@ def latest_possible_date() -> dt.date:
     """The latest date a real transaction can carry now: today in the earliest time zone (UTC+14),
     so a shop's local date is never taken for the future, wherever the job runs."""
     return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=14)).date()
-
-
-# The date and margin rules of the input boundary, shared by the DuckDB and Spark engines so
-# both report the same first problem for the same file.
-
-def future_rows_message(raw_date: str, latest: dt.date) -> str:
-    return (f"'{raw_date}' is in the future (after {latest}, today's date in the earliest time zone); fix the row "
-            "or set validation.future_dates: drop to drop such rows")
-
-
-def margin_above_amount_message(margin_source_is_cost: bool) -> str:
-    problem = "cost is negative" if margin_source_is_cost else "margin is above the amount"
-    return f"{problem} (set validation.margin_above_amount: warn to keep such rows with a warning)"
 
 
 def warn_margin_above_amount(label: str, rows: int, margin_source_is_cost: bool) -> None:
@@ -133,10 +122,6 @@ def _number_expression(column: str, type_name: str) -> str:
     return f"TRY_CAST(trim(CAST({column} AS VARCHAR)) AS DOUBLE)"
 
 
-def _bad_number(alias: str) -> str:
-    return f"({alias} IS NULL OR isnan({alias}) OR isinf({alias}))"
-
-
 def load_transactions(
     con: duckdb.DuckDBPyConnection,
     source: str | Path | pd.DataFrame,
@@ -151,16 +136,7 @@ def load_transactions(
     except duckdb.Error as exc:
         raise InputDataError(f"{label}: cannot read: {first_line(exc)}") from None
     mapping = settings.columns
-    wanted = {
-        "customer_id": mapping.customer_id,
-        "date": mapping.date,
-        "amount": mapping.amount,
-        "margin": mapping.margin,
-        "cost": mapping.cost,
-        "channel": mapping.channel,
-        "acquisition_cost": mapping.acquisition_cost,
-    }
-    for role, name in wanted.items():
+    for role, name in configured_columns(settings).items():
         if name is not None and name not in types:
             available = ", ".join(c for c in types if c != "__field_count")
             raise InputDataError(
@@ -200,69 +176,11 @@ def load_transactions(
         FROM {RAW_VIEW}"""
     )
 
-    expected_fields = len(settings.names) if settings.names else None
-    if field_count != "NULL::INTEGER" and expected_fields is None:
-        expected_fields = len([c for c in types if c != "__field_count"])
-    checks = [
-        # (condition, column, describe(raw_row) -> message)
-        (
-            f"field_count IS NOT NULL AND field_count <> {expected_fields or 0}",
-            None,
-            lambda r: f"has {r['field_count']} fields, expected {expected_fields}",
-        ),
-        ("customer_id IS NULL", cid, lambda r: "customer id is empty"),
-        (
-            "order_date IS NULL",
-            date_col,
-            lambda r: (
-                "date is empty" if r["raw_date"] is None
-                else f"'{r['raw_date']}' is not a date (format {settings.date_format})"
-            ),
-        ),
-        (
-            _bad_number("amount"),
-            amount_col,
-            lambda r: (
-                "amount is empty" if r["raw_amount"] is None
-                else f"'{r['raw_amount']}' is not a finite number"
-            ),
-        ),
-    ]
-    if margin_source:
-        checks.append(
-            (_bad_number("margin"), margin_source, lambda r: "margin/cost is empty or not a finite number")
-        )
-    if mapping.acquisition_cost:
-        checks.append(
-            (
-                "acquisition_cost < 0 OR isnan(acquisition_cost) OR isinf(acquisition_cost)",
-                mapping.acquisition_cost,
-                lambda r: "acquisition cost is negative or not a finite number",
-            )
-        )
-    # Amounts are summed as DECIMAL(18, 6) (exact, order-free): larger values cannot be held.
-    checks.append(
-        (
-            f"abs(amount) >= {MAX_AMOUNT:.0f}" + (f" OR abs(margin) >= {MAX_AMOUNT:.0f}" if margin_source else ""),
-            amount_col,
-            lambda r: f"{r['raw_amount']} is too large (amounts must be below {MAX_AMOUNT:,.0f})",
-        )
-    )
-    if validation.negative_amounts == "fail":
-        checks.append(
-            (
-                "amount < 0",
-                amount_col,
-                lambda r: f"negative amount {r['raw_amount']} (set validation.negative_amounts: drop to drop such rows)",
-            )
-        )
-    margin_above = "margin > amount"
-    if margin_source and validation.margin_above_amount == "fail":
-        checks.append((margin_above, margin_source, lambda r: margin_above_amount_message(bool(mapping.cost))))
     latest = latest_possible_date()
-    future = f"order_date > {_date_literal(latest)}"
-    if validation.future_dates == "fail":
-        checks.append((future, date_col, lambda r: future_rows_message(r["raw_date"], latest)))
+    data_columns = [c for c in types if c != "__field_count"]
+    rules = checks(RuleContext.for_source(settings, validation, latest, data_columns, "__field_count" in types))
+    future = dated_after(latest).sql
+    margin_above = MARGIN_ABOVE_AMOUNT.sql
 
     checked = TYPED_VIEW
     if "__field_count" in types or _is_text_source(con):
@@ -275,7 +193,7 @@ def load_transactions(
                 FROM {TYPED_VIEW}"""
         )
         checked = TYPED_ROWS
-    count_columns = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _, _ in checks)
+    count_columns = ", ".join(f"count(*) FILTER (WHERE {check.duckdb_condition()})" for check in rules)
     # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
     present = f"NOT ({future})"
     # Without an as-of date the window ends at the last present date: every present row is in it.
@@ -297,11 +215,11 @@ def load_transactions(
     rows_read = stats[0]
     if rows_read == 0:
         raise InputDataError(f"{label}: the log has no rows")
-    for (condition, column, describe), bad_count in zip(checks, stats[1 : 1 + len(checks)]):
+    for check, bad_count in zip(rules, stats[1 : 1 + len(rules)]):
         if bad_count:
-            raise InputDataError(_row_error(con, label, settings, condition, column, describe, bad_count))
+            raise InputDataError(_row_error(con, label, settings, check, bad_count))
     (future_rows, first_date, last_present_date, after_end, negative_kept_rows, last_date,
-     margin_above_rows) = stats[1 + len(checks):]
+     margin_above_rows) = stats[1 + len(rules):]
     if observation_end is None:
         observation_end = last_present_date
     if first_date is None:
@@ -313,14 +231,8 @@ def load_transactions(
             f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
         )
     if after_end and validation.rows_after_observation_end == "fail":
-        condition = f"order_date > DATE '{observation_end.isoformat()}'"
-        raise InputDataError(
-            _row_error(
-                con, label, settings, condition, date_col,
-                lambda r: f"'{r['raw_date']}' is after observation_end {observation_end}",
-                after_end,
-            )
-        )
+        check = after_observation_end_check(settings, observation_end)
+        raise InputDataError(_row_error(con, label, settings, check, after_end))
     if last_date is None:
         raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
     check_freshness(label, last_date, observation_end, validation)
@@ -356,7 +268,7 @@ def _date_literal(value: dt.date) -> str:
     return f"DATE '{value.isoformat()}'"
 
 
-def _row_error(con, label, settings, condition, column, describe, bad_count) -> str:
+def _row_error(con, label: str, settings: InputSettings, check: Check, bad_count: int) -> str:
     """Locate the first offending row in file order and describe it in one line."""
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
     # One thread keeps the scan in file order, so row numbers match the file's lines.
@@ -364,7 +276,7 @@ def _row_error(con, label, settings, condition, column, describe, bad_count) -> 
     try:
         cursor = con.execute(
             f"""SELECT * FROM (SELECT row_number() OVER () AS row_number, * FROM {TYPED_VIEW})
-                WHERE {condition} ORDER BY row_number LIMIT 1"""
+                WHERE {check.duckdb_condition()} ORDER BY row_number LIMIT 1"""
         )
         names = [d[0] for d in cursor.description]
         row = dict(zip(names, cursor.fetchall()[0]))
@@ -374,6 +286,4 @@ def _row_error(con, label, settings, condition, column, describe, bad_count) -> 
     if label != "input DataFrame":
         line = row["row_number"] + (1 if settings.header else 0)
         where = f"line {line}"
-    column_part = f"column '{column}', " if column else ""
-    more = f" ({bad_count} such rows)" if bad_count > 1 else ""
-    return f"{label}: {column_part}{where}: {describe(row)}{more}"
+    return check.error(label, row, bad_count, where)

@@ -44,6 +44,16 @@ CASES = [
         r"after_observation_end\.csv: column 'date', line 3: '2024-03-03' is after observation_end 2024-02-01",
     ),
     ("huge_amount.csv", {}, r"huge_amount\.csv: column 'amount', line 3: 2000000000000 is too large"),
+    (
+        "huge_margin.csv", {"input": {"columns": {"margin": "margin"}}},
+        r"huge_margin\.csv: column 'margin', line 3: margin is too large \(margins must be below 1,000,000,000,000\)$",
+    ),
+    # The first rule in the table's order wins, not the first bad line: a margin that is not a
+    # number (line 4) is reported before an amount too large (line 2) or negative (line 3).
+    (
+        "several_problems.csv", {"input": {"columns": {"margin": "margin"}}},
+        r"several_problems\.csv: column 'margin', line 4: margin/cost is empty or not a finite number$",
+    ),
     ("empty.csv", {}, r"empty\.csv: the file is empty"),
     ("header_only.csv", {}, r"header_only\.csv: the log has no rows"),
     (
