@@ -209,8 +209,8 @@ class MaximumLikelihoodEstimator(BaseEstimator):
         negative definite, an overall ``converged`` flag, and what the model adds.
     """
 
-    model_name = None
-    parameter_names = ()
+    model_name: str | None = None
+    parameter_names: tuple[str, ...] = ()
 
     def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None):
         self.penalizer = penalizer

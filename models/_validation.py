@@ -211,9 +211,9 @@ def check_feature_column(features, column):
 # nothing can change them through numpy, and the entry's reference to them keeps their memory
 # from being reused for other data. Writable arrays are always regrouped.
 _GROUPINGS_KEPT = 2
-_groupings = collections.OrderedDict()
+_groupings: collections.OrderedDict = collections.OrderedDict()
 # Integer columns converted to float once, by the same rule (see _as_float).
-_conversions = collections.OrderedDict()
+_conversions: collections.OrderedDict = collections.OrderedDict()
 
 
 def _as_float(series):

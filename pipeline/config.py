@@ -184,7 +184,9 @@ class PurchaseModelSettings(_Settings):
 
     def max_iter_of(self, name: str) -> int | None:
         """The iteration limit of candidate ``name``."""
-        return self.max_iter.get(name) if isinstance(self.max_iter, dict) else self.max_iter
+        if isinstance(self.max_iter, dict):
+            return self.max_iter.get(name)  # type: ignore[call-overload]  # a str names a model here
+        return self.max_iter
 
     @field_validator("candidates")
     @classmethod

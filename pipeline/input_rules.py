@@ -328,11 +328,15 @@ class Check:
         return f"{label}: {place + ': ' if place else ''}{self.describe(row)}{more}"
 
 
+def _describer(rule: Rule, context: RuleContext) -> Callable[[Mapping[str, Any]], str]:
+    """The message of ``rule`` for a raw row, in this run's context."""
+    return lambda row: rule.message(row, context)
+
+
 def checks(context: RuleContext) -> list[Check]:
     """The rules that apply to this run, in the order they are checked."""
     return [
-        Check(rule.name, context.column_of(rule.reports), rule.condition(context),
-              lambda row, rule=rule: rule.message(row, context))
+        Check(rule.name, context.column_of(rule.reports), rule.condition(context), _describer(rule, context))
         for rule in RULES
         if rule.applies(context)
     ]

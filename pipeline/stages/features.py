@@ -270,7 +270,7 @@ def compute_features(
     validation: ValidationSettings | None = None,
     threads: int | None = None,
     calibration_path: Path | None = None,
-    keep_calibration_columns: list[str] = (),
+    keep_calibration_columns: tuple[str, ...] | list[str] = (),
     holdout_purchases: bool = False,
 ) -> FeaturesResult:
     """Features of a log given as a path (CSV/Parquet/text) or a DataFrame: the Python API.
@@ -309,7 +309,7 @@ def compute_features(
 
 def features_from_config(
     config: Config, source: str | Path | pd.DataFrame | None = None, calibration_path: Path | None = None,
-    keep_calibration_columns: list[str] = (),
+    keep_calibration_columns: tuple[str, ...] | list[str] = (),
 ) -> FeaturesResult:
     """Features for a whole config (its input unless ``source`` is given)."""
     return compute_features(

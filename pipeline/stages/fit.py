@@ -135,7 +135,8 @@ def fit_models(
     candidate fails is that an error, one line listing each reason. The first candidate that
     fitted is the provisional selection; the backtest picks the winner.
     """
-    purchase, failed = {}, {}
+    purchase: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     for name in settings.purchase.candidates:
         if progress:
             progress(f"fitting {PURCHASE_MODEL_TITLES[name]}")

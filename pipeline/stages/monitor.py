@@ -91,7 +91,7 @@ def forecast_vs_actual(calibration: pd.DataFrame, scorer: Any) -> dict[str, Any]
         "total": _totals(frame),
         # Tiers in the scorer's order, highest first, as the run's report lists them.
         "by_tier": {tier: _totals(groups.get_group(tier)) for tier in scorer.tier_names if tier in groups.groups},
-        "by_decile": {int(decile): _totals(group) for decile, group in frame.groupby("decile")},
+        "by_decile": {int(str(decile)): _totals(group) for decile, group in frame.groupby("decile")},
         "alive_customers": float(alive.sum()),
         "alive_share_bought": float(bought[alive].mean()) if alive.any() else float("nan"),
         "dead_share_bought": float(bought[~alive].mean()) if (~alive).any() else float("nan"),

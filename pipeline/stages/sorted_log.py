@@ -63,7 +63,7 @@ class _Customers:
         counter = np.int32 if self.rows < 2**31 else np.int64
         # The customer number of every row.
         self.owner = np.cumsum(new_customer.view(np.int8), dtype=counter)
-        self.owner -= 1
+        np.subtract(self.owner, 1, out=self.owner)
         self._running = np.empty(self.rows, dtype=counter)
         self._scratch: np.ndarray | None = None
 
@@ -74,7 +74,7 @@ class _Customers:
         """Rows per customer where ``mask`` holds (a running sum read at the range ends)."""
         running = np.cumsum(mask.view(np.int8), dtype=self._running.dtype, out=self._running)
         counts = running[self.last_row].astype(np.int64)
-        counts -= running[self.first_row]
+        np.subtract(counts, running[self.first_row], out=counts)
         counts += mask[self.first_row]
         return counts
 
@@ -290,6 +290,7 @@ def _arrow_column(name: str, values: np.ndarray, log: _Log) -> pa.Array:
     if name == "first_purchase_date":
         return pa.array(values, type=pa.int32()).view(pa.date32())
     if name == "first_channel":
+        assert log.channel is not None  # the column is only computed when the log has channels
         return log.channel.take(pa.array(values, mask=values < 0))
     if name == "acquisition_cost":
         return pa.array(values, mask=np.isnan(values))
@@ -367,7 +368,7 @@ def summarize_sorted_log(
         chunk = _Chunk(log, start, stop, new_customer[start:stop], period, observation_end)
         columns = chunk.features()
         full.store(columns, first_customer, stop_customer)
-        if calibration_day is not None:
+        if calibration_end is not None and calibration_day is not None:
             in_calibration = chunk.days <= calibration_day
             calibration_columns = chunk.features(calibration_end, in_calibration)
             calibration_columns.update(chunk.holdout(calibration_end, in_calibration, calibration_columns))
