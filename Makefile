@@ -21,6 +21,8 @@ run: $(VENV)/.installed
 	$(BIN)/clv run
 
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

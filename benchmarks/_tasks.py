@@ -23,6 +23,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the task processes import pyarrow when they need it
+    import pyarrow as pa
 
 # numpy and pyarrow are imported where used: the ``clv`` task must start like the console
 # script, which sets their memory options before importing them (a child that imported them
