@@ -14,12 +14,14 @@ from pipeline.stages.features import fetch_sorted_log
 from pipeline.stages.sorted_log import summarize_sorted_log
 from pipeline.stages.score import (
     BATCH_ROWS,
+    HISTORY_ROW,
     OPTIONAL_FEATURES,
     REQUIRED_FEATURES,
     check_feature_columns,
     output_format,
     write_scores,
 )
+from pipeline.stages.value import history_figures
 from pipeline.transactions import load_transactions
 
 
@@ -39,14 +41,17 @@ def _features_file_query(con, path: Path) -> str:
 
 
 def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None, materialize: bool = True):
-    """Features (the result of ``features_query``) with the purchase model's figures joined from
-    one evaluation per unique history.
+    """Features (the result of ``features_query``) as record batches, each row with its
+    :data:`HISTORY_ROW` among the unique histories, and the purchase figures of those histories.
 
     The purchase figures (P(alive), expected purchases, discounted purchases) depend only on
     (frequency, recency, T); evaluated per batch they would be recomputed for the same
-    histories in every batch, which dominated scoring time at 18M customers.
+    histories in every batch, which dominated scoring time at 18M customers. They are
+    evaluated once here and each batch takes its rows' by position
+    (:func:`pipeline.stages.value.score_customers`); the join and sort carry that one integer
+    rather than the figures.
     """
-    import pandas as pd
+    import numpy as np
 
     # Read twice (histories, then the join): a file is loaded once into a table; an Arrow table
     # already in memory (``materialize=False``) is scanned where it is, not copied into
@@ -56,15 +61,16 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
     if on_total:
         on_total(con.execute("SELECT count(*) FROM score_features").fetchall()[0][0])
     histories = con.sql("SELECT DISTINCT frequency, recency, T FROM score_features").df()
-    figures = pd.concat([histories, scorer.purchase_figures(histories)], axis=1)
-    con.register("purchase_figures", figures)
-    return arrow_batches(
+    per_history = history_figures(scorer, histories)
+    con.register("histories", histories.assign(**{HISTORY_ROW: np.arange(len(histories), dtype=np.int32)}))
+    batches = arrow_batches(
         con,
-        """SELECT f.*, p.* EXCLUDE (frequency, recency, T)
-           FROM score_features f JOIN purchase_figures p USING (frequency, recency, T)
-           ORDER BY f.customer_id""",
+        f"""SELECT f.*, h.{HISTORY_ROW}
+            FROM score_features f JOIN histories h USING (frequency, recency, T)
+            ORDER BY f.customer_id""",
         batch_rows,
     )
+    return batches, per_history
 
 
 def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, features_path, scored_at):
@@ -135,7 +141,8 @@ def score_log(
     con = connect()
     try:
         if features_path is not None:
-            batches = _joined_batches(con, _features_file_query(con, Path(features_path)), scorer, batch_rows)
+            query = _features_file_query(con, Path(features_path))
+            batches, per_history = _joined_batches(con, query, scorer, batch_rows)
             if as_of is None:
                 raise InputDataError("--as-of is required with --features (the date the features describe)")
             extra = {"input": str(features_path), "input_kind": "features"}
@@ -156,14 +163,16 @@ def score_log(
             # Only what scoring reads: every column carried through the join is sorted with it.
             wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in features.column_names]
             select = ", ".join(duckdb_identifier(c) for c in wanted)
-            batches = _joined_batches(
+            batches, per_history = _joined_batches(
                 con, f"SELECT {select} FROM computed_features", scorer, batch_rows, on_total, materialize=False
             )
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))
         if resolved.is_file():
             extra["input_sha256"] = file_sha256(resolved)
-        return write_scores(batches, scorer, identity, as_of, scored_at, Path(output), extra, on_batch=on_batch)
+        return write_scores(
+            batches, scorer, identity, as_of, scored_at, Path(output), extra, on_batch=on_batch, per_history=per_history
+        )
     finally:
         con.close()
 
