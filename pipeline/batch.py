@@ -7,11 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, PeriodSettings
+from pipeline.config import Config, FeatureSettings, PeriodSettings
 from pipeline.errors import InputDataError
 from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
-from pipeline.stages.features import fetch_sorted_log
-from pipeline.stages.sorted_log import summarize_sorted_log
+from pipeline.stages.features import compute_features
 from pipeline.stages.score import (
     BATCH_ROWS,
     HISTORY_ROW,
@@ -22,7 +21,6 @@ from pipeline.stages.score import (
     write_scores,
 )
 from pipeline.stages.value import history_figures
-from pipeline.transactions import load_transactions
 
 
 def _features_file_query(con, path: Path) -> str:
@@ -80,7 +78,6 @@ def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, f
     import pyarrow.dataset as ds
 
     from pipeline import spark as spark_engine
-    from pipeline.config import FeatureSettings
     from pipeline.io import write_json
 
     if output_format(output) != "parquet":
@@ -138,6 +135,17 @@ def score_log(
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if config.engine == "spark":
         return _score_on_spark(config, scorer, identity, Path(output), as_of, input_path, features_path, scored_at)
+    if features_path is None:
+        # The model's own period settings, so features mean what they meant in training.
+        period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
+        # The features stage closes its DuckDB connection (which keeps the sort's memory, 1.7 GB
+        # at 50M rows) before the numpy reductions; the join below gets a fresh one.
+        computed = compute_features(
+            input_path or config.input.path, config.input, FeatureSettings(period=period, observation_end=as_of),
+            config.validation,
+        )
+        features, log, as_of = computed.features, computed.log, computed.observation_end
+        del computed
     con = connect()
     try:
         if features_path is not None:
@@ -147,18 +155,6 @@ def score_log(
                 raise InputDataError("--as-of is required with --features (the date the features describe)")
             extra = {"input": str(features_path), "input_kind": "features"}
         else:
-            log = load_transactions(con, input_path or config.input.path, config.input, config.validation, as_of)
-            as_of = log.observation_end
-            # The model's own period settings, so features mean what they meant in training.
-            period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
-            sorted_log = fetch_sorted_log(con, log)
-            # DuckDB keeps the sort's memory (1.7 GB at 50M rows) until its connection closes;
-            # the join below gets a fresh one.
-            con.close()
-            con = connect()
-            sorted_log = sorted_log.combine_chunks()
-            features = summarize_sorted_log(sorted_log, period, as_of)[0]
-            del sorted_log
             con.register("computed_features", features)
             # Only what scoring reads: every column carried through the join is sorted with it.
             wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in features.column_names]
@@ -175,4 +171,3 @@ def score_log(
         )
     finally:
         con.close()
-
