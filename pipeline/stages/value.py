@@ -13,14 +13,14 @@ The scoring core, which every command and engine goes through, is two functions:
   under a million histories, so the models are evaluated once per history.
 * :func:`score_customers`: the one join back to customers: each customer's history figures,
   then the customer-level terms (expected spend, margin rate, acquisition cost, historical
-  CLV), predicted CLV, tier and action, i.e. :data:`SCORE_COLUMNS`.
+  CLV), predicted CLV, tier and action: :data:`SCORE_COLUMNS`, in that order.
 
 The value stage (:func:`build_scorer`) calls them on all customers at once; ``clv score`` on
 DuckDB (``pipeline/batch.py``) finds the histories in SQL, evaluates them once and joins each
 batch to them by row number; on Spark (``pipeline/spark.py``) each ``mapInPandas`` batch is
 scored on the executors; ``CustomerValueScorer.score`` (the MLflow model, the monitor) is the
-same call on any frame. A new per-customer figure is added to one of the two functions and to
-:data:`SCORE_COLUMNS`, and reaches every output.
+same call on any frame. A new per-customer figure is computed in one of the two functions and
+placed in :data:`FIGURE_COLUMNS`; every output then has it.
 """
 
 from __future__ import annotations
@@ -40,16 +40,9 @@ from pipeline.stages.backtest import rank_correlation
 
 DAYS_PER_MONTH = value_math.DAYS_PER_YEAR / 12
 HISTORY_COLUMNS = list(PURCHASE_COLUMNS)
-# What the purchase model says of a history (:func:`history_figures`).
-HISTORY_FIGURES = [
-    "probability_alive",
-    "churn_probability",
-    "expected_purchases",
-    "probability_no_purchases",
-    "discounted_expected_purchases",
-]
 
-SCORE_COLUMNS = [
+# Every per-customer figure, in the order of customers.parquet and the exports (tier and action follow).
+FIGURE_COLUMNS = [
     "probability_alive",
     "churn_probability",
     "expected_purchases",
@@ -60,9 +53,8 @@ SCORE_COLUMNS = [
     "discounted_expected_purchases",
     "predicted_clv",
     "historical_clv",
-    "tier",
-    "action",
 ]
+SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
 
 def _one_for_everyone(value: float, index: pd.Index) -> pd.Series:
@@ -136,7 +128,8 @@ def unique_histories(features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.DataFrame:
-    """The purchase model's figures (:data:`HISTORY_FIGURES`) for each row of ``histories``.
+    """The purchase model's figures for each row of ``histories``: P(alive), churn, expected
+    purchases and P(no purchase) over the horizon, discounted expected purchases.
 
     Parameters
     ----------
@@ -224,31 +217,24 @@ def score_customers(
     if per_history is None:
         histories, history_of = unique_histories(features)
         per_history = history_figures(scorer, histories)
-    # Column by column, without copies: at 18M customers each is 144 MB.
-    purchase = {
-        name: pd.Series(per_history[name].to_numpy()[history_of], index=features.index, copy=False)
-        for name in HISTORY_FIGURES
+    # Each customer's history figures, column by column without copies: at 18M customers each is 144 MB.
+    columns = {
+        name: pd.Series(values.to_numpy()[history_of], index=features.index, copy=False)
+        for name, values in per_history.items()
     }
     spend = scorer.spend_model.expected_spend(features)
     if terms is None:
         terms = customer_terms(scorer, features, scorer.lifespan_years)
-    discounted = purchase["discounted_expected_purchases"]
-    figures = pd.DataFrame(
-        {
-            "probability_alive": purchase["probability_alive"],
-            "churn_probability": purchase["churn_probability"],
-            "expected_purchases": purchase["expected_purchases"],
-            "probability_no_purchases": purchase["probability_no_purchases"],
-            "expected_spend": spend,
-            "margin_rate": terms.margin_rate,
-            "acquisition_cost": terms.acquisition_cost,
-            "discounted_expected_purchases": discounted,
-            "predicted_clv": value_math.predicted_clv(discounted, spend, terms.margin_rate, terms.acquisition_cost),
-            "historical_clv": terms.historical.per_customer,
-        },
-        index=features.index,
-        copy=False,
+    columns.update(
+        expected_spend=spend,
+        margin_rate=terms.margin_rate,
+        acquisition_cost=terms.acquisition_cost,
+        predicted_clv=value_math.predicted_clv(
+            columns["discounted_expected_purchases"], spend, terms.margin_rate, terms.acquisition_cost
+        ),
+        historical_clv=terms.historical.per_customer,
     )
+    figures = pd.DataFrame({name: columns[name] for name in FIGURE_COLUMNS}, index=features.index, copy=False)
     return figures if tiers is None else with_tiers(scorer, figures, as_text=tiers == "text")
 
 
