@@ -7,20 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, PeriodSettings
+from pipeline.config import Config, FeatureSettings, PeriodSettings
 from pipeline.errors import InputDataError
 from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
-from pipeline.stages.features import fetch_sorted_log
-from pipeline.stages.sorted_log import summarize_sorted_log
+from pipeline.stages.features import compute_features
 from pipeline.stages.score import (
     BATCH_ROWS,
+    HISTORY_ROW,
     OPTIONAL_FEATURES,
     REQUIRED_FEATURES,
     check_feature_columns,
     output_format,
     write_scores,
 )
-from pipeline.transactions import load_transactions
+from pipeline.stages.value import history_figures
 
 
 def _features_file_query(con, path: Path) -> str:
@@ -39,14 +39,17 @@ def _features_file_query(con, path: Path) -> str:
 
 
 def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_total=None, materialize: bool = True):
-    """Features (the result of ``features_query``) with the purchase model's figures joined from
-    one evaluation per unique history.
+    """Features (the result of ``features_query``) as record batches, each row with its
+    :data:`HISTORY_ROW` among the unique histories, and the purchase figures of those histories.
 
     The purchase figures (P(alive), expected purchases, discounted purchases) depend only on
     (frequency, recency, T); evaluated per batch they would be recomputed for the same
-    histories in every batch, which dominated scoring time at 18M customers.
+    histories in every batch, which dominated scoring time at 18M customers. They are
+    evaluated once here and each batch takes its rows' by position
+    (:func:`pipeline.stages.value.score_customers`); the join and sort carry that one integer
+    rather than the figures.
     """
-    import pandas as pd
+    import numpy as np
 
     # Read twice (histories, then the join): a file is loaded once into a table; an Arrow table
     # already in memory (``materialize=False``) is scanned where it is, not copied into
@@ -56,15 +59,16 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
     if on_total:
         on_total(con.execute("SELECT count(*) FROM score_features").fetchall()[0][0])
     histories = con.sql("SELECT DISTINCT frequency, recency, T FROM score_features").df()
-    figures = pd.concat([histories, scorer.purchase_figures(histories)], axis=1)
-    con.register("purchase_figures", figures)
-    return arrow_batches(
+    per_history = history_figures(scorer, histories)
+    con.register("histories", histories.assign(**{HISTORY_ROW: np.arange(len(histories), dtype=np.int32)}))
+    batches = arrow_batches(
         con,
-        """SELECT f.*, p.* EXCLUDE (frequency, recency, T)
-           FROM score_features f JOIN purchase_figures p USING (frequency, recency, T)
-           ORDER BY f.customer_id""",
+        f"""SELECT f.*, h.{HISTORY_ROW}
+            FROM score_features f JOIN histories h USING (frequency, recency, T)
+            ORDER BY f.customer_id""",
         batch_rows,
     )
+    return batches, per_history
 
 
 def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, features_path, scored_at):
@@ -74,7 +78,6 @@ def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, f
     import pyarrow.dataset as ds
 
     from pipeline import spark as spark_engine
-    from pipeline.config import FeatureSettings
     from pipeline.io import write_json
 
     if output_format(output) != "parquet":
@@ -132,38 +135,39 @@ def score_log(
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if config.engine == "spark":
         return _score_on_spark(config, scorer, identity, Path(output), as_of, input_path, features_path, scored_at)
+    if features_path is None:
+        # The model's own period settings, so features mean what they meant in training.
+        period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
+        # The features stage closes its DuckDB connection (which keeps the sort's memory, 1.7 GB
+        # at 50M rows) before the numpy reductions; the join below gets a fresh one.
+        computed = compute_features(
+            input_path or config.input.path, config.input, FeatureSettings(period=period, observation_end=as_of),
+            config.validation,
+        )
+        features, log, as_of = computed.features, computed.log, computed.observation_end
+        del computed
     con = connect()
     try:
         if features_path is not None:
-            batches = _joined_batches(con, _features_file_query(con, Path(features_path)), scorer, batch_rows)
+            query = _features_file_query(con, Path(features_path))
+            batches, per_history = _joined_batches(con, query, scorer, batch_rows)
             if as_of is None:
                 raise InputDataError("--as-of is required with --features (the date the features describe)")
             extra = {"input": str(features_path), "input_kind": "features"}
         else:
-            log = load_transactions(con, input_path or config.input.path, config.input, config.validation, as_of)
-            as_of = log.observation_end
-            # The model's own period settings, so features mean what they meant in training.
-            period = PeriodSettings(unit=scorer.period_unit, resolution=scorer.period_resolution)
-            sorted_log = fetch_sorted_log(con, log)
-            # DuckDB keeps the sort's memory (1.7 GB at 50M rows) until its connection closes;
-            # the join below gets a fresh one.
-            con.close()
-            con = connect()
-            sorted_log = sorted_log.combine_chunks()
-            features = summarize_sorted_log(sorted_log, period, as_of)[0]
-            del sorted_log
             con.register("computed_features", features)
             # Only what scoring reads: every column carried through the join is sorted with it.
             wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in features.column_names]
             select = ", ".join(duckdb_identifier(c) for c in wanted)
-            batches = _joined_batches(
+            batches, per_history = _joined_batches(
                 con, f"SELECT {select} FROM computed_features", scorer, batch_rows, on_total, materialize=False
             )
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))
         if resolved.is_file():
             extra["input_sha256"] = file_sha256(resolved)
-        return write_scores(batches, scorer, identity, as_of, scored_at, Path(output), extra, on_batch=on_batch)
+        return write_scores(
+            batches, scorer, identity, as_of, scored_at, Path(output), extra, on_batch=on_batch, per_history=per_history
+        )
     finally:
         con.close()
-

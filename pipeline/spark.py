@@ -11,8 +11,8 @@ What stays on one machine: the model fit. The purchase models depend on a custom
 the unique ``(frequency, recency, T)`` rows, which stay small at any scale
 (:func:`unique_statistics`); Gamma-Gamma needs the repeat customers' ``(frequency,
 monetary_value)`` (:func:`spend_fit_frame`). Scoring goes back to the cluster: a fitted
-:class:`~pipeline.stages.value.CustomerValueScorer` is broadcast and applied to every partition
-(:func:`score`).
+:class:`~pipeline.stages.value.CustomerValueScorer` is broadcast and every partition's batches
+go through the scoring core, :func:`pipeline.stages.value.score_customers` (:func:`score`).
 """
 
 from __future__ import annotations
@@ -845,6 +845,8 @@ def score(
     Path
         ``output_dir``.
     """
+    from pipeline.stages.value import score_customers
+
     check_feature_columns(features_df.columns, "features")
     # Only what the scorer reads crosses to Python.
     needed = features_df.select(*[c for c in REQUIRED_FEATURES + OPTIONAL_FEATURES if c in features_df.columns])
@@ -858,7 +860,8 @@ def score(
             if batch.empty:
                 continue
             frame = batch.set_index("customer_id")
-            yield frame[FEATURE_COLUMNS].join(model.score(frame)).reset_index()[names]
+            # The scoring core on the batch's own unique histories: nothing leaves the executor.
+            yield frame[FEATURE_COLUMNS].join(score_customers(model, frame)).reset_index()[names]
 
     scored = needed.mapInPandas(score_batches, schema)
     for name, value in (constant_columns or {}).items():

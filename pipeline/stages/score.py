@@ -23,12 +23,14 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputDataError
 from pipeline.io import atomic_path, write_json
+from pipeline.stages.value import score_customers
 
 FEATURE_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
 REQUIRED_FEATURES = ["customer_id", *FEATURE_COLUMNS, "n_transactions", "total_amount"]
 OPTIONAL_FEATURES = ["total_margin", "acquisition_cost", "first_channel"]
 BATCH_ROWS = 1 << 20
-PURCHASE_FIGURES = ["probability_alive", "expected_purchases", "probability_no_purchases", "discounted_expected_purchases"]
+# Each row's position among the unique histories whose figures the batches share (see pipeline.batch).
+HISTORY_ROW = "history_row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +53,18 @@ def check_feature_columns(columns: list[str], label: str) -> None:
 
 
 def score_batch(
-    batch: pa.RecordBatch, scorer: Any, model: ModelIdentity, as_of: dt.date, scored_at: dt.datetime
+    batch: pa.RecordBatch, scorer: Any, model: ModelIdentity, as_of: dt.date, scored_at: dt.datetime,
+    per_history: pd.DataFrame | None = None,
 ) -> pa.Table:
-    """Score one batch of features; the row order and customer ids are kept."""
+    """Score one batch of features; the row order and customer ids are kept.
+
+    With ``per_history`` (:func:`pipeline.stages.value.history_figures` of unique histories)
+    each row's column :data:`HISTORY_ROW` says which of them is its own; without it the
+    batch's histories are evaluated here.
+    """
     features = batch.to_pandas().set_index("customer_id")
-    purchase = None
-    if all(column in features.columns for column in PURCHASE_FIGURES):
-        # Joined in SQL from figures computed once per unique history (see pipeline.batch).
-        purchase = features[PURCHASE_FIGURES]
-    scores = scorer.with_tiers(scorer.figures(features, purchase=purchase))
+    history_of = None if per_history is None else features[HISTORY_ROW].to_numpy()
+    scores = score_customers(scorer, features, per_history, history_of)
     frame = features[FEATURE_COLUMNS].join(scores).reset_index()
     frame["model_name"] = model.name
     frame["model_version"] = model.version
@@ -117,8 +122,13 @@ def write_scores(
     output: Path,
     manifest_extra: dict[str, Any],
     on_batch: Callable[[int], None] | None = None,
+    per_history: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Score every batch into ``output`` (atomically) and write ``<output>.manifest.json``."""
+    """Score every batch into ``output`` (atomically) and write ``<output>.manifest.json``.
+
+    ``per_history``: the figures of the histories the batches' :data:`HISTORY_ROW` points to
+    (see :func:`score_batch`).
+    """
     output = Path(output)
     fmt = output_format(output)
     manifest_path = output.with_name(output.name + ".manifest.json")
@@ -130,7 +140,7 @@ def write_scores(
         writer = None
         try:
             for batch in batches:
-                table = score_batch(batch, scorer, model, as_of, scored_at)
+                table = score_batch(batch, scorer, model, as_of, scored_at, per_history)
                 if writer is None:
                     columns = table.column_names
                     writer = _writer(tmp, table.schema, fmt)

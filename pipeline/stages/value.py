@@ -1,15 +1,33 @@
-"""Value stage: per-customer churn, expected purchases and spend, predicted and historical CLV, tiers.
+"""Value stage and the scoring core: per-customer churn, expected purchases and spend, predicted
+and historical CLV, tiers.
 
 ``CustomerValueScorer`` is the trained artefact: fitted models plus the value settings and the
 tier cuts frozen as amounts, so a customer scored later (batch export, the MLflow pyfunc)
 gets exactly the numbers the run wrote to ``customers.parquet``.
+
+The scoring core, which every command and engine goes through, is two functions:
+
+* :func:`history_figures`: the purchase model's figures (P(alive), churn, expected and
+  discounted purchases, P(no purchase)) of a table of unique histories ``(frequency, recency,
+  T)``. A customer's purchase figures depend on nothing else, and 18M customers share well
+  under a million histories, so the models are evaluated once per history.
+* :func:`score_customers`: the one join back to customers: each customer's history figures,
+  then the customer-level terms (expected spend, margin rate, acquisition cost, historical
+  CLV), predicted CLV, tier and action: :data:`SCORE_COLUMNS`, in that order.
+
+The value stage (:func:`build_scorer`) calls them on all customers at once; ``clv score`` on
+DuckDB (``pipeline/batch.py``) finds the histories in SQL, evaluates them once and joins each
+batch to them by row number; on Spark (``pipeline/spark.py``) each ``mapInPandas`` batch is
+scored on the executors; ``CustomerValueScorer.score`` (the MLflow model, the monitor) is the
+same call on any frame. A new per-customer figure is computed in one of the two functions and
+placed in :data:`FIGURE_COLUMNS`; every output then has it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,7 +50,8 @@ from pipeline.stages.backtest import rank_correlation
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 HISTORY_COLUMNS = list(PURCHASE_COLUMNS)
 
-SCORE_COLUMNS = [
+# Every per-customer figure, in the order of customers.parquet and the exports (tier and action follow).
+FIGURE_COLUMNS = [
     "probability_alive",
     "churn_probability",
     "expected_purchases",
@@ -43,9 +62,8 @@ SCORE_COLUMNS = [
     "discounted_expected_purchases",
     "predicted_clv",
     "historical_clv",
-    "tier",
-    "action",
 ]
+SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
 
 def _one_for_everyone(value: float, index: pd.Index) -> pd.Series:
@@ -84,119 +102,9 @@ class CustomerValueScorer:
     def tiers(self) -> list[Tier]:
         return [Tier(n, c, a) for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)]
 
-    def _margin_rate(self, features: pd.DataFrame) -> pd.Series:
-        if "total_margin" in features.columns:
-            return customer_margin_rate(
-                features["total_margin"], features["total_amount"], self.default_margin_rate
-            )
-        return _one_for_everyone(self.default_margin_rate, features.index)
-
-    def _acquisition_cost(self, features: pd.DataFrame) -> pd.Series:
-        if "acquisition_cost" in features.columns:
-            return acquisition_cost_per_customer(
-                features.index, column=features["acquisition_cost"].fillna(self.acquisition_cost_constant)
-            )
-        if self.acquisition_cost_per_channel is not None:
-            if "first_channel" not in features.columns:
-                raise InputDataError(
-                    "value.acquisition_cost.per_channel needs a channel: set input.columns.channel"
-                )
-            try:
-                return acquisition_cost_per_customer(
-                    features.index, per_channel=self.acquisition_cost_per_channel, channel=features["first_channel"]
-                )
-            except ValueError as exc:
-                raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
-        # The checks any CAC gets (finite, not negative), made on one row.
-        acquisition_cost_per_customer(features.index[:1], constant=self.acquisition_cost_constant)
-        return _one_for_everyone(self.acquisition_cost_constant, features.index)
-
-    def _historical(self, features: pd.DataFrame, margin, cost, lifespan_years: float | None = None):
-        """Historical CLV of ``features``; the lifespan is estimated from them unless given."""
-        return historical_clv(
-            features,
-            self.days_per_unit,
-            churn_inactivity_days=self.churn_inactivity_days,
-            margin_rate=margin,
-            acquisition_cost=cost,
-            lifespan_years=lifespan_years,
-        )
-
-    def purchase_figures(self, histories: pd.DataFrame) -> pd.DataFrame:
-        """The purchase model's figures for each row of ``histories`` (frequency, recency, T).
-
-        Call it on unique histories: everything here depends on nothing else, and at scale
-        18M customers share well under a million histories.
-        """
-        model = self.purchase_model
-        horizon = float(self.horizon_periods)
-        return pd.DataFrame(
-            {
-                "probability_alive": model.probability_alive(histories),
-                "expected_purchases": model.expected_purchases(histories, horizon),
-                "probability_no_purchases": model.probability_of_purchases(histories, 0, horizon),
-                "discounted_expected_purchases": discounted_expected_purchases(
-                    model, histories, self.horizon_periods, 1.0, self.discount_rate_per_period
-                ),
-            },
-            index=histories.index,
-        )
-
-    def figures(
-        self, features: pd.DataFrame, purchase: pd.DataFrame | None = None, customer_terms: tuple | None = None
-    ) -> pd.DataFrame:
-        """Every per-customer figure except the tier (which needs the frozen cuts).
-
-        ``purchase`` may carry :meth:`purchase_figures` already joined to ``features`` (as
-        batch scoring does in SQL); otherwise they are computed once per unique history.
-        ``customer_terms`` are this scorer's margin rates, acquisition costs and historical CLV
-        of ``features`` when the caller has them already (:func:`build_scorer`).
-        """
-        if purchase is None:
-            # check_features gives the float columns the fit grouped, so that grouping is reused.
-            columns = check_features(features, HISTORY_COLUMNS)
-            unique, inverse, _ = unique_rows([columns[name] for name in HISTORY_COLUMNS])
-            per_history = self.purchase_figures(pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique))))
-            # Column by column, without copies: at 18M customers each is 144 MB.
-            purchase = pd.DataFrame(
-                {name: per_history[name].to_numpy()[inverse] for name in per_history.columns},
-                index=features.index, copy=False,
-            )
-        probability_alive = purchase["probability_alive"]
-        discounted = purchase["discounted_expected_purchases"]
-        spend = self.spend_model.expected_spend(features)
-        if customer_terms is None:
-            margin, cost = self._margin_rate(features), self._acquisition_cost(features)
-            historical = self._historical(features, margin, cost, self.lifespan_years).per_customer
-        else:
-            margin, cost, historical = customer_terms
-        return pd.DataFrame(
-            {
-                "probability_alive": probability_alive,
-                "churn_probability": 1.0 - probability_alive,
-                "expected_purchases": purchase["expected_purchases"],
-                "probability_no_purchases": purchase["probability_no_purchases"],
-                "expected_spend": spend,
-                "margin_rate": margin,
-                "acquisition_cost": cost,
-                "discounted_expected_purchases": discounted,
-                "predicted_clv": predicted_clv(discounted, spend, margin, cost),
-                "historical_clv": historical,
-            },
-            index=features.index,
-            copy=False,
-        )
-
-    def with_tiers(self, figures: pd.DataFrame, as_text: bool = True) -> pd.DataFrame:
-        """``figures`` plus ``tier`` and ``action``: text, or (``as_text=False``) categoricals."""
-        tiers_frame = assign_tiers(figures["predicted_clv"], self.tiers, method="absolute")
-        if not as_text:
-            return figures.assign(tier=tiers_frame["tier"], action=tiers_frame["action"])
-        return figures.assign(tier=tiers_frame["tier"].astype(str), action=tiers_frame["action"].astype(str))
-
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
-        """One row per customer of ``features`` with every figure of :data:`SCORE_COLUMNS`."""
-        return self.with_tiers(self.figures(features))
+        """One row per customer of ``features`` with every figure of :data:`SCORE_COLUMNS`: :func:`score_customers`."""
+        return score_customers(self, features)
 
     def settings_summary(self) -> dict[str, Any]:
         return {
@@ -214,6 +122,168 @@ class CustomerValueScorer:
                 for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)
             ],
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# The scoring core
+
+
+def unique_histories(features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The unique histories ``(frequency, recency, T)`` of ``features`` and each customer's row among them."""
+    # check_features gives the float columns the fit grouped, so that grouping is reused.
+    columns = check_features(features, HISTORY_COLUMNS)
+    unique, inverse, _ = unique_rows([columns[name] for name in HISTORY_COLUMNS])
+    return pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique))), inverse
+
+
+def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.DataFrame:
+    """The purchase model's figures for each row of ``histories``: P(alive), churn, expected
+    purchases and P(no purchase) over the horizon, discounted expected purchases.
+
+    Parameters
+    ----------
+    scorer : CustomerValueScorer
+        Its purchase model, horizon and discount rate are used.
+    histories : pandas.DataFrame
+        Columns ``frequency``, ``recency``, ``T``; call it on unique rows (:func:`unique_histories`):
+        every figure here depends on nothing else.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed like ``histories``.
+    """
+    model = scorer.purchase_model
+    horizon = float(scorer.horizon_periods)
+    probability_alive = model.probability_alive(histories)
+    return pd.DataFrame(
+        {
+            "probability_alive": probability_alive,
+            "churn_probability": 1.0 - probability_alive,
+            "expected_purchases": model.expected_purchases(histories, horizon),
+            "probability_no_purchases": model.probability_of_purchases(histories, 0, horizon),
+            "discounted_expected_purchases": discounted_expected_purchases(
+                model, histories, scorer.horizon_periods, 1.0, scorer.discount_rate_per_period
+            ),
+        },
+        index=histories.index,
+    )
+
+
+class CustomerTerms(NamedTuple):
+    """What a customer's value takes beyond the models: margin rate, acquisition cost and the
+    historical CLV (whose ``per_customer`` is each customer's)."""
+
+    margin_rate: pd.Series
+    acquisition_cost: pd.Series
+    historical: HistoricalCLV
+
+
+def customer_terms(
+    scorer: CustomerValueScorer, features: pd.DataFrame, lifespan_years: float | None = None
+) -> CustomerTerms:
+    """The :class:`CustomerTerms` of ``features``; the lifespan is estimated from them unless given."""
+    margin, cost = _margin_rate(scorer, features), _acquisition_cost(scorer, features)
+    historical = historical_clv(
+        features,
+        scorer.days_per_unit,
+        churn_inactivity_days=scorer.churn_inactivity_days,
+        margin_rate=margin,
+        acquisition_cost=cost,
+        lifespan_years=lifespan_years,
+    )
+    return CustomerTerms(margin, cost, historical)
+
+
+def score_customers(
+    scorer: CustomerValueScorer,
+    features: pd.DataFrame,
+    per_history: pd.DataFrame | None = None,
+    history_of: np.ndarray | None = None,
+    terms: CustomerTerms | None = None,
+    tiers: Literal["text", "categories"] | None = "text",
+) -> pd.DataFrame:
+    """Every figure of :data:`SCORE_COLUMNS` for each customer of ``features``, indexed like it.
+
+    Parameters
+    ----------
+    scorer : CustomerValueScorer
+    features : pandas.DataFrame
+        One row per customer: ``frequency``, ``recency``, ``T``, ``monetary_value``,
+        ``n_transactions``, ``total_amount`` and, when the log has them, ``total_margin``,
+        ``acquisition_cost``, ``first_channel``.
+    per_history, history_of : pandas.DataFrame and numpy.ndarray, optional
+        :func:`history_figures` of unique histories and, for each customer, the position of
+        theirs among them, when the caller has them (batch scoring finds the histories of
+        every batch at once); by default the histories of ``features``.
+    terms : CustomerTerms, optional
+        The customers' :func:`customer_terms`, when the caller has them; by default with the
+        scorer's frozen lifespan.
+    tiers : {"text", "categories"} or None
+        Tier and action as text, as categoricals (far cheaper at 18M customers), or left out
+        (when the cuts are not known yet).
+    """
+    if per_history is None:
+        histories, history_of = unique_histories(features)
+        per_history = history_figures(scorer, histories)
+    # Each customer's history figures, column by column without copies: at 18M customers each is 144 MB.
+    columns = {
+        name: pd.Series(values.to_numpy()[history_of], index=features.index, copy=False)
+        for name, values in per_history.items()
+    }
+    spend = scorer.spend_model.expected_spend(features)
+    if terms is None:
+        terms = customer_terms(scorer, features, scorer.lifespan_years)
+    columns.update(
+        expected_spend=spend,
+        margin_rate=terms.margin_rate,
+        acquisition_cost=terms.acquisition_cost,
+        predicted_clv=predicted_clv(
+            columns["discounted_expected_purchases"], spend, terms.margin_rate, terms.acquisition_cost
+        ),
+        historical_clv=terms.historical.per_customer,
+    )
+    figures = pd.DataFrame({name: columns[name] for name in FIGURE_COLUMNS}, index=features.index, copy=False)
+    return figures if tiers is None else with_tiers(scorer, figures, as_text=tiers == "text")
+
+
+def with_tiers(scorer: CustomerValueScorer, figures: pd.DataFrame, as_text: bool = True) -> pd.DataFrame:
+    """``figures`` plus ``tier`` and ``action`` by the frozen cuts: text, or (``as_text=False``) categoricals."""
+    tiers_frame = assign_tiers(figures["predicted_clv"], scorer.tiers, method="absolute")
+    if not as_text:
+        return figures.assign(tier=tiers_frame["tier"], action=tiers_frame["action"])
+    return figures.assign(tier=tiers_frame["tier"].astype(str), action=tiers_frame["action"].astype(str))
+
+
+def _margin_rate(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd.Series:
+    if "total_margin" in features.columns:
+        return customer_margin_rate(
+            features["total_margin"], features["total_amount"], scorer.default_margin_rate
+        )
+    return _one_for_everyone(scorer.default_margin_rate, features.index)
+
+
+def _acquisition_cost(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd.Series:
+    if "acquisition_cost" in features.columns:
+        return acquisition_cost_per_customer(
+            features.index, column=features["acquisition_cost"].fillna(scorer.acquisition_cost_constant)
+        )
+    if scorer.acquisition_cost_per_channel is not None:
+        if "first_channel" not in features.columns:
+            raise InputDataError("value.acquisition_cost.per_channel needs a channel: set input.columns.channel")
+        try:
+            return acquisition_cost_per_customer(
+                features.index, per_channel=scorer.acquisition_cost_per_channel, channel=features["first_channel"]
+            )
+        except ValueError as exc:
+            raise InputDataError(f"value.acquisition_cost.per_channel: {exc}") from None
+    # The checks any CAC gets (finite, not negative), made on one row.
+    acquisition_cost_per_customer(features.index[:1], constant=scorer.acquisition_cost_constant)
+    return _one_for_everyone(scorer.acquisition_cost_constant, features.index)
+
+
+# ---------------------------------------------------------------------------------------------
+# The value stage
 
 
 def build_scorer(
@@ -247,12 +317,11 @@ def build_scorer(
         tier_names=[], tier_cuts=[], tier_actions=[],
     )
     try:
-        margin, cost = scorer._margin_rate(features), scorer._acquisition_cost(features)
-        historical = scorer._historical(features, margin, cost)
-        scorer.lifespan_years = historical.lifespan_years
+        terms = customer_terms(scorer, features)
+        scorer.lifespan_years = terms.historical.lifespan_years
         configured = [Tier(t.name, t.cut, t.action) for t in segments.tiers]
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
-        figures = scorer.figures(features, customer_terms=(margin, cost, historical.per_customer))
+        figures = score_customers(scorer, features, terms=terms, tiers=None)
         thresholds = tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
     except ValueError as exc:
         # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
@@ -265,7 +334,7 @@ def build_scorer(
     scorer.tier_names = [t.name for t in configured]
     scorer.tier_cuts = cuts
     scorer.tier_actions = [t.action for t in configured]
-    return scorer, historical, scorer.with_tiers(figures, as_text=False)
+    return scorer, terms.historical, with_tiers(scorer, figures, as_text=False)
 
 
 def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataFrame:

@@ -135,3 +135,26 @@ def test_interrupted_scoring_leaves_nothing(champion, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_scores(batches(), scorer, identity, dt.date(1998, 6, 30), dt.datetime.now(dt.timezone.utc), out, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shared_history_figures_give_what_each_batch_computes_alone(champion):
+    # Batch scoring evaluates every history once and hands each batch its rows' positions;
+    # a batch of customers must get exactly what scoring it on its own gives.
+    import joblib
+    import numpy as np
+
+    from pipeline.stages.value import history_figures, score_customers, unique_histories
+
+    _, _, run_dir = champion
+    scorer = joblib.load(run_dir / "model" / "scorer.joblib")
+    features = pd.read_parquet(run_dir / "features.parquet").set_index("customer_id")
+    histories, _ = unique_histories(features)
+    # In another order than any batch meets them, as SELECT DISTINCT gives them.
+    histories = histories.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    per_history = history_figures(scorer, histories)
+    row = {key: i for i, key in enumerate(histories.itertuples(index=False, name=None))}
+    batch = features.iloc[700:1400]
+    history_of = np.array([row[key] for key in batch[["frequency", "recency", "T"]].itertuples(index=False, name=None)])
+    shared = score_customers(scorer, batch, per_history, history_of)
+    pd.testing.assert_frame_equal(shared, score_customers(scorer, batch), check_exact=True)
+    assert len(per_history) > batch[["frequency", "recency", "T"]].drop_duplicates().shape[0]

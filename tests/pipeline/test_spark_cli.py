@@ -41,17 +41,37 @@ def test_spark_run_equals_duckdb_run(runs):
     pd.testing.assert_frame_equal(customers(root, "spark"), customers(root, "duckdb"), check_exact=True)
 
 
-def test_spark_scoring_equals_duckdb_scoring(runs, tmp_path):
+@pytest.fixture(scope="module")
+def exports(runs, tmp_path_factory):
+    """`clv score` of the champion (the DuckDB run's model) on each engine, as of the log's end."""
     _, common = runs
+    out = tmp_path_factory.mktemp("spark_cli_scores")
     stamp = ["--as-of", "1998-06-30", "--scored-at", "2026-01-01T00:00:00+00:00"]
     for engine in ("duckdb", "spark"):
         result = runner.invoke(app, ["score", "-q", *common, "--set", f"engine={engine}", *stamp,
-                                     "--out", str(tmp_path / engine / "scores.parquet")])
+                                     "--out", str(out / engine / "scores.parquet")])
         assert result.exit_code == 0, result.stderr
-    duck = pd.read_parquet(tmp_path / "duckdb" / "scores.parquet")
+    duck = pd.read_parquet(out / "duckdb" / "scores.parquet")
     duck = duck.astype({c: "str" for c in duck.select_dtypes("category").columns}).set_index("customer_id")
-    spark = pd.read_parquet(tmp_path / "spark" / "scores.parquet").set_index("customer_id").sort_index()
+    spark = pd.read_parquet(out / "spark" / "scores.parquet").set_index("customer_id").sort_index()
+    return out, duck, spark
+
+
+def test_spark_scoring_equals_duckdb_scoring(exports):
+    out, duck, spark = exports
     spark = spark[duck.columns]
     pd.testing.assert_frame_equal(spark.drop(columns=["as_of_date", "scored_at"]),
                                   duck.drop(columns=["as_of_date", "scored_at"]), check_exact=True, check_dtype=False)
-    assert (tmp_path / "spark" / "scores.parquet.manifest.json").is_file()
+    assert (out / "spark" / "scores.parquet.manifest.json").is_file()
+
+
+def test_the_run_and_both_exports_give_identical_rows(runs, exports):
+    # The three entry points of the scoring core: the value stage of `clv run` (customers.parquet),
+    # `clv score` on DuckDB and `clv score` on Spark, with the same model, log and date.
+    root, _ = runs
+    _, duck, spark = exports
+    run = customers(root, "duckdb").set_index("customer_id")
+    assert len(run) == len(duck) == len(spark) == 2357
+    for export in (duck, spark):
+        rows = export[run.columns].sort_index()
+        pd.testing.assert_frame_equal(rows, run.sort_index(), check_exact=True)
