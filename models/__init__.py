@@ -5,8 +5,8 @@ pipeline does that around these estimators.
 """
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
-from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
 from ._validation import forget_groupings
+from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
 from .spend import GammaGammaModel
 
 __all__ = [

@@ -71,8 +71,8 @@ import io
 import warnings
 
 import numpy as np
-from scipy.special import gammaln
 import pandas as pd
+from scipy.special import gammaln
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
 from ._validation import unique_rows

@@ -34,7 +34,6 @@ from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, unique_rows
 
 
-
 class _PurchaseModel(MaximumLikelihoodEstimator):
     """Shared fitting, validation and prediction for the purchase-count models.
 

@@ -21,7 +21,6 @@ from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, MaximumLik
 from ._validation import SPEND_COLUMNS, check_features, unique_rows
 
 
-
 class _SpendStatistics:
     """The repeat customers' data reduced to what the Gamma-Gamma likelihood needs.
 

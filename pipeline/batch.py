@@ -126,7 +126,6 @@ def score_log(
 ) -> dict[str, Any]:
     """Score every customer of a raw log (features at ``as_of``) or of a features file."""
     from pipeline import tracking
-
     from pipeline.stages.score import check_writable
 
     output_format(Path(output))

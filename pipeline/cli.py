@@ -210,10 +210,9 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
 @user_errors
 def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debug: DebugOption = False) -> None:
     """Compute per-customer RFM features (and the calibration/holdout split) into a new run directory."""
+    from pipeline import tracking
     from pipeline.runner import run_features
     from pipeline.runs import staged_run_dir
-
-    from pipeline import tracking
 
     settings = _load(config, set_)
     with tracking.tracked_run(settings, "features", config_path=config) as tracker:

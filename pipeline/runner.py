@@ -17,7 +17,12 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import InputDataError
 from pipeline.io import (
-    BackgroundWrites, atomic_path, read_features, release_freed_memory, write_json, write_parquet,
+    BackgroundWrites,
+    atomic_path,
+    read_features,
+    release_freed_memory,
+    write_json,
+    write_parquet,
 )
 from pipeline.stages.features import FeaturesResult, features_from_config, read_features_frame
 
@@ -192,7 +197,11 @@ def stage_fit(
     """
     from pipeline.stages.backtest import rank_models
     from pipeline.stages.fit import (
-        PURCHASE_MODEL_TITLES, CandidateFailedError, all_candidates_failed, fit_purchase_model, fit_spend_model,
+        PURCHASE_MODEL_TITLES,
+        CandidateFailedError,
+        all_candidates_failed,
+        fit_purchase_model,
+        fit_spend_model,
     )
 
     run_dir = Path(run_dir)
@@ -273,7 +282,6 @@ def stage_value(
     With ``writes`` the customers table is written in the background.
     """
     import pandas as pd
-    import pyarrow as pa
 
     from pipeline.stages.value import build_scorer, tier_table, value_summary
 

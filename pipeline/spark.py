@@ -49,7 +49,13 @@ from pipeline.config import (
 )
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.input_rules import (
-    MARGIN_ABOVE_AMOUNT, RAW_FIELDS, Check, RuleContext, after_observation_end_check, checks, configured_columns,
+    MARGIN_ABOVE_AMOUNT,
+    RAW_FIELDS,
+    Check,
+    RuleContext,
+    after_observation_end_check,
+    checks,
+    configured_columns,
     dated_after,
 )
 from pipeline.io import detect_format

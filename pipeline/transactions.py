@@ -19,7 +19,13 @@ import pandas as pd
 from pipeline.config import InputSettings, ValidationSettings
 from pipeline.errors import DataQualityWarning, InputDataError
 from pipeline.input_rules import (
-    MARGIN_ABOVE_AMOUNT, Check, RuleContext, after_observation_end_check, checks, configured_columns, dated_after,
+    MARGIN_ABOVE_AMOUNT,
+    Check,
+    RuleContext,
+    after_observation_end_check,
+    checks,
+    configured_columns,
+    dated_after,
 )
 from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
 

@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "compare_runs.ipynb"
 SAMPLE = str(REPO_ROOT / "configs" / "cdnow_sample.yaml")

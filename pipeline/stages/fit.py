@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from sklearn.exceptions import ConvergenceWarning
 
 from models import RELATIVE_GRADIENT_WARNING, ConvergenceError

@@ -15,11 +15,30 @@ package records the verdict.
 from pipeline.config import resolve_input_path
 from pipeline.tracking.model import PYFUNC_INPUT_COLUMNS, load_scorer, log_model, model_example
 from pipeline.tracking.registry import (
-    CHALLENGER, CHAMPION, champion_version, compare_runs, log_pipeline_end, promote, register_model,
+    CHALLENGER,
+    CHAMPION,
+    champion_version,
+    compare_runs,
+    log_pipeline_end,
+    promote,
+    register_model,
 )
 from pipeline.tracking.runs import (
-    RUN_KIND_TAG, data_fingerprint, end_failed, error_line, flatten, input_file_sha256, log_backtest,
-    log_candidates, log_config, log_data, log_fit, log_model_summaries, log_monitor, log_outputs, log_value,
+    RUN_KIND_TAG,
+    data_fingerprint,
+    end_failed,
+    error_line,
+    flatten,
+    input_file_sha256,
+    log_backtest,
+    log_candidates,
+    log_config,
+    log_data,
+    log_fit,
+    log_model_summaries,
+    log_monitor,
+    log_outputs,
+    log_value,
     open_run,
 )
 from pipeline.tracking.store import DEFAULT_URI, check_store, code_version, connect, tracking_uri

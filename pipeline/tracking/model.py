@@ -13,7 +13,6 @@ from pipeline.errors import InputDataError
 from pipeline.tracking.runs import _Run
 from pipeline.tracking.store import connect
 
-
 MODEL_ARTIFACT = "model"
 
 

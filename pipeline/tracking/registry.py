@@ -10,10 +10,15 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import InputDataError
 from pipeline.tracking.runs import (
-    _PARAM_LIMIT, RUN_KIND_TAG, _Run, data_fingerprint, log_data, log_outputs, log_value,
+    _PARAM_LIMIT,
+    RUN_KIND_TAG,
+    _Run,
+    data_fingerprint,
+    log_data,
+    log_outputs,
+    log_value,
 )
 from pipeline.tracking.store import connect
-
 
 CHAMPION = "champion"
 

@@ -17,7 +17,6 @@ from pipeline.config import Config, resolve_input_path
 from pipeline.io import file_sha256
 from pipeline.tracking.store import code_version
 
-
 RUN_KIND_TAG = "clv.run_kind"
 
 

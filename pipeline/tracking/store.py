@@ -8,10 +8,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
-
 from pipeline.config import TrackingSettings
 from pipeline.errors import TrackingError
-
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 

@@ -11,10 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lifetimes.utils import calibration_and_holdout_data, summary_data_from_transaction_data
 
-from pipeline.config import ColumnMap, FeatureSettings, InputSettings, PeriodSettings
+from pipeline.config import ColumnMap, FeatureSettings, InputSettings, PeriodSettings, load_config
 from pipeline.errors import InputDataError
 from pipeline.stages.features import compute_features
-from pipeline.config import load_config
 from tests.conftest import CONFIGS, sample_config
 
 FRAME_INPUT = InputSettings(

@@ -9,10 +9,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.errors import InputDataError
 from pipeline.runner import run_backtest, stage_fit
 from pipeline.stages.features import features_from_config
 from pipeline.stages.fit import CandidateFailedError, fit_models, fit_purchase_model
-from pipeline.errors import InputDataError
 from tests.conftest import CONFIGS, sample_config
 
 runner = CliRunner()

@@ -4,9 +4,8 @@ import threading
 
 import pandas as pd
 import pyarrow as pa
-import pytest
-
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.io import BackgroundWrites, ParquetChunks, read_features, write_parquet
 

@@ -22,6 +22,9 @@ from pipeline.cli import app
 from pipeline.stages import monitor
 from tests.conftest import CONFIGS
 
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 CHAMPION_AS_OF, AS_OF = pd.Timestamp("1998-03-31"), pd.Timestamp("1998-06-30")
 

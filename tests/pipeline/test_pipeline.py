@@ -74,7 +74,7 @@ def test_pickled_scorer_reproduces_customers(sample_run):
 
 def test_a_second_run_gives_identical_numbers(sample_run, tmp_path):
     _, run_dir = sample_run
-    again = run_pipeline(sample_config("models.purchase.candidates=[bgnbd, paretonbd]"), tmp_path)
+    run_pipeline(sample_config("models.purchase.candidates=[bgnbd, paretonbd]"), tmp_path)
     first = pd.read_parquet(run_dir / "customers.parquet")
     second = pd.read_parquet(tmp_path / "customers.parquet")
     pd.testing.assert_frame_equal(first, second, check_exact=True)

@@ -11,6 +11,9 @@ from pipeline.cli import app
 from pipeline.retrain import LOCK_FILE
 from tests.conftest import CONFIGS
 
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 SAMPLE = str(CONFIGS / "cdnow_sample.yaml")
 FAST = ["--set", "models.purchase.candidates=[bgnbd]"]

@@ -82,10 +82,10 @@ def test_same_day_rows_form_one_period_and_holdout_counts_its_own_periods():
 
 
 def test_chunks_of_a_few_rows_give_the_same_tables_as_one_chunk(cdnow_sample_transactions):
+    from pipeline.config import ValidationSettings
     from pipeline.io import connect
     from pipeline.stages.features import fetch_sorted_log
     from pipeline.transactions import load_transactions
-    from pipeline.config import ValidationSettings
 
     log = cdnow_sample_transactions.assign(
         cost=cdnow_sample_transactions["amount"] * 0.6,

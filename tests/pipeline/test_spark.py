@@ -45,6 +45,9 @@ from tests.conftest import DATA, sample_config  # noqa: E402
 from tests.pipeline.test_bad_input import BAD, write_config  # noqa: E402
 from tests.pipeline.test_bad_input import CASES as BAD_INPUT_CASES  # noqa: E402
 
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def spark():

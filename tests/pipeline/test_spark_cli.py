@@ -9,6 +9,9 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from tests.conftest import CONFIGS
 
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("pyspark")
 runner = CliRunner()
 SAMPLE = str(CONFIGS / "cdnow_sample.yaml")

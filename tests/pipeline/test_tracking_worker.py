@@ -3,9 +3,8 @@ process itself fails. Real SQLite stores in temp dirs, a real child process."""
 
 from __future__ import annotations
 
-import re
-
 import contextlib
+import re
 import sqlite3
 
 import pytest
@@ -16,6 +15,9 @@ from pipeline.cli import app
 from pipeline.errors import TrackingError
 from pipeline.tracking.background import BackgroundRun
 from tests.conftest import CONFIGS, sample_config
+
+# End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 SAMPLE = str(CONFIGS / "cdnow_sample.yaml")
