@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from pipeline.config import ReleaseSettings
-from pipeline.stages.backtest import _SELECTION_KEYS
+from pipeline.stages.backtest import SELECTION_KEYS
 from pipeline.stages.fit import convergence_problem
 
 
@@ -80,7 +80,7 @@ def release_checks(
         checks["spend_model_converged"] = _converged("spend", fit.spend_model, settings.parameter_bounds)
     backtest = fit.backtest.get(fit.selected) if fit.backtest else None
     if backtest is not None and settings.beat_baseline:
-        key = _SELECTION_KEYS[selection_metric]
+        key = SELECTION_KEYS[selection_metric]
         ours, baseline = abs(backtest[key]), abs(fit.backtest["historical_baseline"][key])
         checks["beats_historical_baseline"] = Check(
             bool(ours < baseline), f"holdout {selection_metric} {ours:.4g} vs historical baseline {baseline:.4g}"

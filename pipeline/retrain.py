@@ -43,13 +43,6 @@ MONITOR_FILE = "monitor.json"
 MONITOR_PLOT = "plots/champion_forecast.png"
 # A retrain's holdout may take at most this share of the observed history unless the config says otherwise.
 DEFAULT_MAX_HOLDOUT_SHARE = 0.5
-_METRIC_KEYS = {
-    "purchases_rmse": "purchases_rmse",
-    "purchases_mae": "purchases_mae",
-    "total_purchases_error": "purchases_total_error_pct",
-    "revenue_rmse": "revenue_rmse",
-    "revenue_mae": "revenue_mae",
-}
 
 
 @dataclasses.dataclass
@@ -71,12 +64,12 @@ class RetrainDecision:
 def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config) -> float:
     import numpy as np
 
-    from pipeline.stages.backtest import backtest_model
+    from pipeline.stages.backtest import SELECTION_KEYS, backtest_model
 
     with np.errstate(all="ignore"):
         purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(calibration)
         spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
-        return abs(backtest_model(calibration, purchase, spend)[_METRIC_KEYS[config.models.selection_metric]])
+        return abs(backtest_model(calibration, purchase, spend)[SELECTION_KEYS[config.models.selection_metric]])
 
 
 def rolling_config(config: Config, as_of: dt.date) -> Config:
@@ -107,12 +100,14 @@ def decide(
     checks_passed: bool = True, champion_view: ChampionView | None = None,
 ) -> dict[str, Any]:
     """Compare the new challenger with the champion on the same holdout window."""
+    from pipeline.stages.backtest import SELECTION_KEYS
+
     champion = tracker.champion()
     metric = config.models.selection_metric
     fit = result.fit
     challenger_metric = None
     if fit.backtest:
-        challenger_metric = abs(fit.backtest[fit.selected][_METRIC_KEYS[metric]])
+        challenger_metric = abs(fit.backtest[fit.selected][SELECTION_KEYS[metric]])
     decision = {"metric": metric, "challenger_metric": challenger_metric, "champion_metric": None,
                 "champion_version_before": None if champion is None else str(champion.version)}
     if not checks_passed:

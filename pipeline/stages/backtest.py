@@ -29,7 +29,7 @@ def rank_correlation(first: np.ndarray, second: np.ndarray, seed: int = 0) -> fl
     return float(spearmanr(first, second).statistic)
 
 # Lower is better for every selection metric; the total error is compared in absolute value.
-_SELECTION_KEYS = {
+SELECTION_KEYS = {
     "purchases_rmse": "purchases_rmse",
     "purchases_mae": "purchases_mae",
     "total_purchases_error": "purchases_total_error_pct",
@@ -124,14 +124,14 @@ def backtest_model(calibration: pd.DataFrame, purchase_model: Any, spend_model: 
 def rank_models(metrics_by_model: dict[str, dict[str, float]], metric: str) -> list[str]:
     """Candidates from best to worst on holdout ``metric`` (ties and non-finite scores keep the
     candidates' order, non-finite ones last)."""
-    key = _SELECTION_KEYS[metric]
+    key = SELECTION_KEYS[metric]
     scores = {name: abs(values[key]) for name, values in metrics_by_model.items()}
     return sorted(scores, key=lambda name: (not np.isfinite(scores[name]), scores[name] if np.isfinite(scores[name]) else 0.0))
 
 
 def select_model(metrics_by_model: dict[str, dict[str, float]], metric: str) -> tuple[str, str]:
     """The candidate with the lowest holdout ``metric``, and a sentence saying why."""
-    key = _SELECTION_KEYS[metric]
+    key = SELECTION_KEYS[metric]
     ranked = rank_models(metrics_by_model, metric)
     finite = [name for name in ranked if np.isfinite(abs(metrics_by_model[name][key]))]
     if not finite:
