@@ -253,9 +253,7 @@ def _serve(requests, reply) -> None:
 
 
 def _log_until_finished(run, config: Config, config_path: Path | None, requests) -> dict[str, Any]:
-    import tempfile
 
-    import joblib
 
     from pipeline import tracking
 
@@ -280,12 +278,7 @@ def _log_until_finished(run, config: Config, config_path: Path | None, requests)
             tracking.log_fit(run, request[1])
         elif request[0] == "log_model":
             _, scorer, example = request
-            # A copy of its own: the run's scorer file is in the staging directory, which is
-            # renamed when the run commits, perhaps while this logs.
-            with tempfile.TemporaryDirectory() as scratch:
-                scorer_path = Path(scratch) / "scorer.joblib"
-                joblib.dump(scorer, scorer_path)
-                logged_model = tracking.log_model(run, scorer_path, example, scorer)
+            logged_model = tracking.log_model(run, example, scorer)
         elif request[0] == "finish":
             if logged_model is None:
                 raise RuntimeError("the run finished before its model was logged")

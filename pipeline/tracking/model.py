@@ -70,12 +70,20 @@ def model_example(features: pd.DataFrame) -> pd.DataFrame:
     return features.head(5).reset_index()[PYFUNC_INPUT_COLUMNS + optional]
 
 
-def log_model(run: _Run, scorer_path: Path, example: pd.DataFrame, scorer: Any) -> Any:
-    """Log the pyfunc model (signature and input ``example``, see :func:`model_example`) in the run."""
+def log_model(run: _Run, example: pd.DataFrame, scorer: Any) -> Any:
+    """Log the pyfunc model of ``scorer`` (signature and input ``example``, see :func:`model_example`) in the run."""
+    import tempfile
+
+    import joblib
     from mlflow.models import infer_signature
 
     output = scorer.score(example.set_index("customer_id")).reset_index()
-    return _log_pyfunc(example, infer_signature(example, output), scorer_path, scorer)
+    # A copy of its own: the run's scorer file is in the staging directory, which is renamed
+    # when the run commits, perhaps while this logs.
+    with tempfile.TemporaryDirectory() as scratch:
+        scorer_path = Path(scratch) / "scorer.joblib"
+        joblib.dump(scorer, scorer_path)
+        return _log_pyfunc(example, infer_signature(example, output), scorer_path, scorer)
 
 
 def load_scorer(config: Config, model_uri: str) -> tuple[Any, Any]:

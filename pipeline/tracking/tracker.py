@@ -8,7 +8,6 @@ implementation in :mod:`pipeline.tracking.background`, which does the same from 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,16 +40,7 @@ class InProcessTracker:
 
     def log_model(self, scorer: Any, features: Any) -> None:
         """Log (not yet register) the pyfunc model of ``scorer``, with an input example from ``features``."""
-        import joblib
-
-        # A copy of its own, as the background tracker makes: the run's scorer file sits in a
-        # staging directory that is renamed when the run commits.
-        with tempfile.TemporaryDirectory() as scratch:
-            scorer_path = Path(scratch) / "scorer.joblib"
-            joblib.dump(scorer, scorer_path)
-            self._logged_model = model_logging.log_model(
-                self.run, scorer_path, model_logging.model_example(features), scorer
-            )
+        self._logged_model = model_logging.log_model(self.run, model_logging.model_example(features), scorer)
         self._scorer = scorer
 
     def finish(self, run_dir: Path, summary: dict[str, Any], checks: dict[str, Any], source: Any = None) -> dict[str, Any]:
