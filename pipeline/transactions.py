@@ -26,6 +26,7 @@ from pipeline.input_rules import (
     checks,
     configured_columns,
     dated_after,
+    literal,
 )
 from pipeline.io import RAW_VIEW, duckdb_identifier, first_line, register_transactions
 
@@ -203,7 +204,7 @@ def load_transactions(
     # Future rows (when dropped) take no part: not in the dates, the counts or the as-of date.
     present = f"NOT ({future})"
     # Without an as-of date the window ends at the last present date: every present row is in it.
-    in_window = present if observation_end is None else f"{present} AND order_date <= {_date_literal(observation_end)}"
+    in_window = present if observation_end is None else f"{present} AND order_date <= {literal(observation_end).sql}"
     try:
         stats = con.execute(
             f"""SELECT count(*), {count_columns},
@@ -247,7 +248,7 @@ def load_transactions(
         f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
             SELECT customer_id, order_date, amount, margin, channel, acquisition_cost
             FROM {checked}
-            WHERE order_date <= {_date_literal(observation_end)} AND {present}{drop_negative}"""
+            WHERE order_date <= {literal(observation_end).sql} AND {present}{drop_negative}"""
     )
     used = rows_read - future_rows - after_end - (negative_kept_rows if drop_negative else 0)
     if used == 0:
@@ -268,10 +269,6 @@ def load_transactions(
         future_rows_dropped=future_rows,
         margin_above_amount_rows=margin_above_rows,
     )
-
-
-def _date_literal(value: dt.date) -> str:
-    return f"DATE '{value.isoformat()}'"
 
 
 def _row_error(con, label: str, settings: InputSettings, check: Check, bad_count: int) -> str:
