@@ -38,7 +38,7 @@ SUMMARY_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
 def run_ours(log: Path, threads: int | None) -> tuple[float, pa.Table, dict]:
     """Our features stage through its Python API, as a user of the library calls it."""
     from pipeline.config import ColumnMap, FeatureSettings, InputSettings, PeriodSettings
-    from pipeline.stages.features import compute_features
+    from pipeline.duckdb_engine import compute_features
 
     input_settings = InputSettings(
         path=str(log),

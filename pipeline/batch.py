@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, FeatureSettings, PeriodSettings
+from pipeline.duckdb_engine import compute_features
 from pipeline.errors import InputDataError
 from pipeline.io import arrow_batches, connect, duckdb_identifier, file_sha256, first_line
-from pipeline.stages.features import compute_features
 from pipeline.stages.score import (
     BATCH_ROWS,
     HISTORY_ROW,

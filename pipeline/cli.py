@@ -211,33 +211,32 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def features(config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, debug: DebugOption = False) -> None:
     """Compute per-customer RFM features (and the calibration/holdout split) into a new run directory."""
     from pipeline import tracking
-    from pipeline.runner import run_features
-    from pipeline.runs import staged_run_dir
+    from pipeline.runner import features_alone
 
     settings = _load(config, set_)
     with tracking.tracked_run(settings, "features", config_path=config) as tracker:
-        with staged_run_dir(settings.output_dir) as run:
-            _, summary = run_features(settings, run.staging, final_dir=run.final)
+        directory, summary = features_alone(settings, settings.output_dir)
         if tracker:
             tracker.log_config()
             tracker.log_features(summary)
-            tracker.log_outputs(run.final)
+            tracker.log_outputs(directory)
     console.print(_summary_table("Features", summary))
 
 
 def _run_stage_alone(config: Path, overrides: list[str] | None, run_dir: Path | None, kind: str, stage, log):
-    """A stage on an existing run directory, as its own MLflow run; ``log(tracker, outputs)`` logs it."""
+    """A stage on a finished run (staged, swapped in whole on success), as its own MLflow run;
+    ``log(tracker, outputs, directory)`` logs it."""
     from pipeline import tracking
-    from pipeline.runs import resolve_run_dir
+    from pipeline.catalog import RunCatalog
 
     settings = _load(config, overrides)
-    directory = resolve_run_dir(settings.output_dir, run_dir)
+    run = RunCatalog.previous(settings.output_dir, run_dir)
     with tracking.tracked_run(settings, kind, config_path=config) as tracker:
-        outputs = stage(settings, directory, progress=_progress_printer())
+        outputs = stage(settings, run, progress=_progress_printer())
         if tracker:
             tracker.log_config()
-            log(tracker, outputs, directory)
-    return outputs, directory
+            log(tracker, outputs, run.directory)
+    return outputs, run.directory
 
 
 @app.command()
@@ -246,12 +245,12 @@ def fit(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Backtest the candidate purchase models, select one and fit it with Gamma-Gamma (reads a features run)."""
-    from pipeline.runner import stage_fit
+    from pipeline.runner import fit_alone
 
     def log(tracker, outputs, _):
         tracker.log_fit(outputs)
 
-    outputs, directory = _run_stage_alone(config, set_, run_dir, "fit", stage_fit, log)
+    outputs, directory = _run_stage_alone(config, set_, run_dir, "fit", fit_alone, log)
     console.print(f"selected {outputs.selected}: {outputs.selection_reason}; models in {directory / 'model'}")
 
 
@@ -261,14 +260,15 @@ def value(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
     """Value every customer with the fitted models: CLV, churn, historical CLV, tiers (reads a fit run)."""
-    from pipeline.runner import stage_value
+    from pipeline.catalog import CUSTOMERS_FILE
+    from pipeline.runner import value_alone
 
     def log(tracker, outputs, directory):
         tracker.log_value(outputs.summary)
         tracker.log_outputs(directory)
 
-    outputs, directory = _run_stage_alone(config, set_, run_dir, "value", stage_value, log)
-    console.print(f"valued {len(outputs.customers):,} customers into {directory / 'customers.parquet'}")
+    outputs, directory = _run_stage_alone(config, set_, run_dir, "value", value_alone, log)
+    console.print(f"valued {len(outputs.customers):,} customers into {directory / CUSTOMERS_FILE}")
 
 
 @app.command()
@@ -276,11 +276,11 @@ def value(
 def report(
     config: ConfigOption = DEFAULT_CONFIG, set_: SetOption = None, run_dir: RunDirOption = None, debug: DebugOption = False
 ) -> None:
-    """Draw the plots and write summary.json for a run (reads its fit and value outputs)."""
-    from pipeline.runner import stage_report
+    """Draw the plots and write summary.json for a run (reads its fit and value outputs; changes neither)."""
+    from pipeline.runner import report_alone
 
     summary, directory = _run_stage_alone(
-        config, set_, run_dir, "report", stage_report, lambda tracker, _, d: tracker.log_outputs(d)
+        config, set_, run_dir, "report", report_alone, lambda tracker, _, d: tracker.log_outputs(d)
     )
     print_run_summary(summary, directory)
 
@@ -294,9 +294,9 @@ def run(
     debug: DebugOption = False,
 ) -> None:
     """Run the whole pipeline (features → fit → value → report) on the configured log."""
+    from pipeline.catalog import RunCatalog
     from pipeline.release import release_checks
     from pipeline.runner import run_pipeline
-    from pipeline.runs import staged_run_dir
     from pipeline.tracking.background import background_run
 
     settings = _load(config, set_)
@@ -310,23 +310,23 @@ def run(
                 tracker.check()
             _progress(progress, message)
 
-        with staged_run_dir(settings.output_dir) as run_paths:
+        with RunCatalog.create(settings.output_dir) as catalog:
             result = run_pipeline(
-                settings, run_paths.staging, final_dir=run_paths.final, progress=progress_and_tracking,
+                settings, catalog, progress=progress_and_tracking,
                 on_fit=tracker.log_fit if tracker else None, on_scorer=tracker.log_model if tracker else None,
             )
             if tracker:
                 tracker.wait_until_started()  # a store found unusable only now still leaves nothing behind
-        result.run_dir = run_paths.final
+        run_dir = catalog.final
         registered = None
         if tracker:
             _progress(progress, "logging to MLflow")
             value = result.summary["value"]
             checks = release_checks(result.fit, value, settings.release, settings.models.selection_metric,
                                     clv_total=value["predicted_clv_total"])
-            tracker.send_finish(run_paths.final, result.summary, checks)
+            tracker.send_finish(run_dir, result.summary, checks)
         # Printed while the tracking process finishes the MLflow run.
-        print_run_summary(result.summary, run_paths.final)
+        print_run_summary(result.summary, run_dir)
         if tracker:
             registered = tracker.finish()
     if registered:

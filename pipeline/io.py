@@ -161,11 +161,13 @@ class ParquetChunks:
 
     For tables too large to hold whole beside everything else: at 18M customers the
     calibration features are 1.7 GB. Use as a context manager; the file appears under its
-    name only when the block succeeds. ``rows`` counts the rows written.
+    name only when the block succeeds. ``rows`` counts the rows written. ``optional``: a block
+    that wrote nothing leaves no file (else that is an error: an empty file is not Parquet).
     """
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, optional: bool = False) -> None:
         self.target = Path(target)
+        self.optional = optional
         self.rows = 0
         self._atomic = atomic_path(self.target)
         self._tmp: Path | None = None
@@ -186,6 +188,9 @@ class ParquetChunks:
     def __exit__(self, kind, error, traceback) -> bool | None:
         if self._writer is not None:
             self._writer.close()
+        elif kind is None and self.optional:
+            self._atomic.__exit__(RuntimeError, RuntimeError("nothing written"), None)  # removes the temp file
+            return None
         elif kind is None:  # an empty file would not even be Parquet
             kind, error = ValueError, ValueError(f"{self.target}: no table was written")
             self._atomic.__exit__(kind, error, None)
@@ -264,25 +269,6 @@ def write_json(payload: Any, target: Path) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     return Path(target)
-
-
-def read_features(path: Path, indexed: bool = True, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a features Parquet written by the features stage, indexed by customer id.
-
-    ``indexed=False`` keeps ``customer_id`` as a column with rows aligned by position (what
-    the stages use, see ``pipeline.stages.features._frame``); ``columns`` reads only those.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"{path}: features file not found (run `clv features` first)")
-    if columns is not None and indexed and "customer_id" not in columns:
-        columns = ["customer_id", *columns]
-    # A column read from Parquet has a chunk per row group, so pandas gets a copy: self_destruct
-    # frees each Arrow column once copied, so the table is never there twice (1.2 GB at 18M customers).
-    frame = pq.read_table(path, columns=columns).to_pandas(split_blocks=True, self_destruct=True, date_as_object=False)
-    if indexed and "customer_id" in frame.columns:
-        frame = frame.set_index("customer_id")
-    return frame
 
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:

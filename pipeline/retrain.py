@@ -35,12 +35,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import RunCatalog
 from pipeline.config import Config, FeatureSettings, PeriodSettings, config_digest
 from pipeline.errors import ConfigError, LockHeldError, ReleaseRejectedError, TrackingError
 
 LOCK_FILE = ".retrain.lock"
-MONITOR_FILE = "monitor.json"
-MONITOR_PLOT = "plots/champion_forecast.png"
+MONITOR_PLOT = "champion_forecast"
 # A retrain's holdout may take at most this share of the observed history unless the config says otherwise.
 DEFAULT_MAX_HOLDOUT_SHARE = 0.5
 
@@ -69,7 +69,7 @@ def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config
     with np.errstate(all="ignore"):
         purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(calibration)
         spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
-        return abs(backtest_model(calibration, purchase, spend)[SELECTION_KEYS[config.models.selection_metric]])
+        return abs(backtest_model(calibration, purchase, spend, config.seed)[SELECTION_KEYS[config.models.selection_metric]])
 
 
 def rolling_config(config: Config, as_of: dt.date) -> Config:
@@ -161,7 +161,7 @@ class ChampionView:
     note: str | None = None  # what could not be done, or the monitor's alert
 
 
-def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, staging: Path,
+def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, catalog: RunCatalog,
                    accept_shift: bool, progress=None) -> ChampionView | None:
     """Load the champion and judge it: each part that fails is a stated note, never the end of the run."""
     from pipeline import tracking
@@ -189,7 +189,7 @@ def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, st
     if progress:
         progress("checking the champion's forecast against the log since its as-of date")
     try:
-        view.monitor, note = _monitor(config, view, as_of, staging)
+        view.monitor, note = _monitor(config, view, as_of, catalog)
         if note:
             notes.append(note)
     except Exception as exc:  # noqa: BLE001
@@ -198,12 +198,12 @@ def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, st
     return view
 
 
-def _monitor(config: Config, view: ChampionView, as_of: dt.date, staging: Path) -> tuple[dict | None, str | None]:
-    """The champion's forecast vs the log since its as-of date: written to ``staging``; (report, note)."""
+def _monitor(config: Config, view: ChampionView, as_of: dt.date, catalog: RunCatalog) -> tuple[dict | None, str | None]:
+    """The champion's forecast vs the log since its as-of date: written to ``catalog``; (report, note)."""
     from pipeline import plots
-    from pipeline.io import write_json
+    from pipeline.catalog import MONITOR_FILE
+    from pipeline.duckdb_engine import compute_features
     from pipeline.stages import monitor
-    from pipeline.stages.features import compute_features
 
     if view.as_of is None:
         return None, "the champion has no as-of date (clv.as_of tag): its forecast cannot be checked"
@@ -229,9 +229,9 @@ def _monitor(config: Config, view: ChampionView, as_of: dt.date, staging: Path) 
     report |= {"champion_version": view.version, "champion_as_of": view.as_of.isoformat(), "as_of": as_of.isoformat()}
     alert = monitor.alert(report, config.monitor.alert_error_pct)
     report["alert"] = alert
-    write_json(report, staging / MONITOR_FILE)
+    catalog.write_json(MONITOR_FILE, report)
     plots.plot_champion_forecast(
-        curve, staging / MONITOR_PLOT, f"champion v{view.version} ({scorer.purchase_model_name})"
+        curve, catalog.plot_path(MONITOR_PLOT), f"champion v{view.version} ({scorer.purchase_model_name})"
     )
     return report, alert
 
@@ -253,7 +253,6 @@ def retrain(
     from pipeline.errors import DataQualityWarning
     from pipeline.release import release_checks
     from pipeline.runner import run_pipeline
-    from pipeline.runs import staged_run_dir
     from pipeline.stages import monitor
     from pipeline.transactions import today_utc
 
@@ -274,18 +273,17 @@ def retrain(
                 raise TrackingError("retrain needs a reachable tracking store to compare with the champion")
             tracker.set_tags({"clv.trigger": "retrain", "clv.retrain.accept_shift": str(accept_shift).lower()})
             tracker.log_config()
-            with staged_run_dir(config.output_dir) as paths:
-                result = run_pipeline(config, paths.staging, final_dir=paths.final, progress=progress,
+            with RunCatalog.create(config.output_dir) as catalog:
+                result = run_pipeline(config, catalog, progress=progress,
                                       on_fit=tracker.log_fit, on_scorer=tracker.log_model)
-                champion_view = _champion_view(config, tracker, as_of, result, paths.staging, accept_shift, progress)
-            result.run_dir = paths.final
+                champion_view = _champion_view(config, tracker, as_of, result, catalog, accept_shift, progress)
             value = result.summary["value"]
             checks = release_checks(
                 result.fit, value, config.release, config.models.selection_metric,
                 clv_total=value["predicted_clv_total"],
                 champion_clv_total=None if champion_view is None else champion_view.clv_total,
             )
-            registered = tracker.finish(paths.final, result.summary, checks)
+            registered = tracker.finish(catalog.final, result.summary, checks)
             if champion_view is not None and champion_view.monitor is not None:
                 tracker.log_monitor(monitor.monitor_metrics(champion_view.monitor), champion_view.monitor["alert"])
             if champion_view is not None and champion_view.note:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import Config, load_config, resolve_input_path
-from pipeline.stages.features import features_from_config
+from pipeline.duckdb_engine import features_from_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"

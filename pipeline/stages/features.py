@@ -14,40 +14,30 @@ In the holdout, ``frequency_holdout`` counts periods with a purchase and
 (not of period totals); ``revenue_holdout / frequency_holdout`` gives the period-total mean
 that is comparable with Gamma-Gamma's expected spend.
 
-The features are sums over each customer's rows of the log, sorted by DuckDB (which spills to disk when
-memory runs short) and reduced in numpy (``pipeline/stages/sorted_log.py``).
+The features are sums over each customer's rows of the log, sorted by the engine (DuckDB, which
+spills to disk when memory runs short: ``pipeline/duckdb_engine.py``) and reduced in numpy
+(``pipeline/stages/sorted_log.py``). This module takes and returns tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from pathlib import Path
+from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.config import Config, FeatureSettings, InputSettings, PeriodSettings, ValidationSettings
+from pipeline.config import FeatureSettings, PeriodSettings
 from pipeline.errors import InputDataError
-from pipeline.io import ParquetChunks, connect, fetch_arrow, read_features, release_freed_memory
-from pipeline.stages.sorted_log import MICRO_UNITS, summarize_sorted_log
-from pipeline.transactions import TRANSACTIONS_VIEW, LogSummary, load_transactions
+from pipeline.stages.sorted_log import summarize_sorted_log
+from pipeline.transactions import LogSummary
 
 # The purchase models' inputs (models' PURCHASE_COLUMNS, not imported: that would load scikit-learn
 # and lifetimes into every features run).
 HISTORY_COLUMNS = ["frequency", "recency", "T"]
 FEATURE_COLUMNS = [*HISTORY_COLUMNS, "monetary_value"]
-
-# Amounts are summed as fixed-point decimals of this type (1e-6 resolution), as integer
-# micro-units: exact, so a rerun or another engine cannot differ in the last bits.
-EXACT = "DECIMAL(18, 6)"
-
-
-def _date_literal(value: dt.date) -> str:
-    return f"DATE '{value.isoformat()}'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +56,7 @@ class FeaturesResult:
     log: LogSummary
     observation_end: dt.date
     calibration_end: dt.date | None
-    # Set instead of ``calibration`` when the calibration table went straight to a file.
+    # Set instead of ``calibration`` when the calibration table went straight to a writer.
     calibration_file: WrittenTable | None = None
 
     @property
@@ -83,52 +73,28 @@ class FeaturesResult:
 
     def features_frame(self, indexed: bool = True) -> pd.DataFrame:
         """The features as pandas, indexed by customer id (``indexed=False``: a column, see ``_frame``)."""
-        return _frame(self.features, indexed)
+        return pipeline_frame(self.features, indexed)
 
     def calibration_frame(self, indexed: bool = True, columns: list[str] | None = None) -> pd.DataFrame:
         """The calibration features (only ``columns`` when given, plus the id when indexed)."""
-        if self.calibration_file is not None:
-            kept = self.calibration_file.kept
-            if not indexed and columns is not None and set(columns) <= set(kept):
-                return pd.DataFrame({name: kept[name] for name in columns}, copy=False)
-            return read_features(self.calibration_file.path, indexed=indexed, columns=columns)
         if self.calibration is None:
-            raise ValueError("no calibration_end was set, so there are no calibration features")
+            raise ValueError("no calibration table in memory: no calibration_end was set, or it went to a writer")
         table = self.calibration
         if columns is not None:
             table = table.select([*(["customer_id"] if indexed and "customer_id" not in columns else []), *columns])
-        return _frame(table, indexed)
+        return pipeline_frame(table, indexed)
 
 
 @dataclasses.dataclass(frozen=True)
 class WrittenTable:
-    """A table the stage wrote to a file rather than kept whole (see :class:`pipeline.io.ParquetChunks`),
-    with the few columns asked to be kept in memory."""
+    """A table the stage handed to a writer rather than kept whole (see
+    :meth:`pipeline.catalog.RunCatalog.calibration_writer`)."""
 
-    path: Path
     rows: int
     repeat_customers: int
-    kept: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def _read_columns(path: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Columns of a Parquet file as numpy arrays, read one at a time (so the file's Arrow
-    buffers are never there beside more than one copied column)."""
-    file = pq.ParquetFile(path)
-    arrays = {}
-    for name in names:
-        values = file.read(columns=[name]).column(0).to_numpy()
-        if name == "duration_holdout" and len(values):
-            # The holdout's length, the same for every customer: a read-only view of one
-            # number rather than 144 MB at 18M customers.
-            values = np.broadcast_to(values[0], len(values))
-        # Read-only like the Arrow-backed columns, so the models may cache their grouping.
-        values.flags.writeable = False
-        arrays[name] = values
-    return arrays
-
-
-def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
+def pipeline_frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
     if not indexed:
         # The history columns as one contiguous chunk each, which pandas wraps without copying
         # (the copy happens here instead of in to_pandas): read-only, so the models can reuse
@@ -147,15 +113,6 @@ def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
     # Python objects (gigabytes, seconds each). The pipeline works this way; people and tests
     # get the customer index.
     return frame.set_index("customer_id") if indexed else frame
-
-
-def read_features_frame(path: Path, without: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A features file as the pipeline's frame (unindexed, the history columns read-only: see
-    :func:`_frame`), without the columns named in ``without``."""
-    if not Path(path).is_file():
-        raise InputDataError(f"{path}: features file not found (run `clv features` first)")
-    names = [name for name in pq.read_schema(path).names if name not in without]
-    return _frame(pq.read_table(path, columns=names), indexed=False)
 
 
 def resolve_calibration_end(
@@ -187,67 +144,32 @@ def resolve_calibration_end(
     return calibration_end
 
 
-def sorted_log_sql(
-    observation_end: dt.date,
-    with_margin: bool = False,
-    with_channel: bool = False,
-    with_acquisition_cost: bool = False,
-    source: str = TRANSACTIONS_VIEW,
-) -> str:
-    """SQL of the log up to ``observation_end`` sorted by customer and date, what
-    :func:`pipeline.stages.sorted_log.summarize_sorted_log` reads.
-
-    Amounts (and margins) become integer micro-units of :data:`EXACT`. Within a day rows sort
-    by channel, missing ones last, so the first row with a channel is the first purchase's.
-    """
-    columns = ["customer_id", "order_date", f"CAST(CAST(amount AS {EXACT}) * {MICRO_UNITS} AS BIGINT) AS amount_micro"]
-    order = ["customer_id", "order_date"]
-    if with_margin:
-        columns.append(f"CAST(CAST(margin AS {EXACT}) * {MICRO_UNITS} AS BIGINT) AS margin_micro")
-    if with_channel:
-        columns.append("channel")
-        order.append("channel NULLS LAST")
-    if with_acquisition_cost:
-        columns.append("acquisition_cost")
-    return (
-        f"SELECT {', '.join(columns)} FROM {source} "
-        f"WHERE order_date <= {_date_literal(observation_end)} ORDER BY {', '.join(order)}"
-    )
-
-
-def fetch_sorted_log(con: duckdb.DuckDBPyConnection, log: LogSummary) -> pa.Table:
-    """The validated ``transactions`` view sorted by customer and date (see :func:`sorted_log_sql`)."""
-    sql = sorted_log_sql(
-        log.observation_end, with_margin=log.has_margin, with_channel=log.has_channel,
-        with_acquisition_cost=log.has_acquisition_cost,
-    )
-    return fetch_arrow(con, sql)
-
-
 def features_of_sorted_log(
     sorted_log: pa.Table, log: LogSummary, period: PeriodSettings, calibration_end: dt.date | None,
-    calibration_path: Path | None = None, holdout_purchases: bool = False,
+    calibration_writer: Any = None, holdout_purchases: bool = False,
 ) -> FeaturesResult:
-    """The stage's tables from the sorted log (see :func:`fetch_sorted_log`).
+    """The stage's tables from the log sorted by customer and date (see
+    :func:`pipeline.duckdb_engine.sorted_log_sql`).
 
-    With ``calibration_path`` the calibration table is written there as it is computed
-    (atomically) and the result holds its :class:`WrittenTable` instead of the table.
+    With ``calibration_writer`` (an open writer with ``write(table)``, from the run catalog) the
+    calibration table goes to it as it is computed, and the result holds a :class:`WrittenTable`
+    describing it instead of the table.
     """
     written = None
-    if calibration_path is not None and calibration_end is not None:
-        repeat_customers = 0
+    if calibration_writer is not None and calibration_end is not None:
+        rows = repeat_customers = 0
 
         def sink(table: pa.Table) -> None:
-            nonlocal repeat_customers
-            file.write(table)
+            nonlocal rows, repeat_customers
+            calibration_writer.write(table)
+            rows += table.num_rows
             repeat_customers += int(np.count_nonzero(table["frequency"].to_numpy() > 0))
 
-        with ParquetChunks(calibration_path) as file:
-            features, _, repeat_purchases = summarize_sorted_log(
-                sorted_log, period, log.observation_end, calibration_end, calibration_sink=sink
-            )
+        features, _, repeat_purchases = summarize_sorted_log(
+            sorted_log, period, log.observation_end, calibration_end, calibration_sink=sink
+        )
         calibration = None
-        written = WrittenTable(Path(calibration_path), file.rows, repeat_customers)
+        written = WrittenTable(rows, repeat_customers)
     else:
         features, calibration, repeat_purchases = summarize_sorted_log(
             sorted_log, period, log.observation_end, calibration_end, holdout_purchases=holdout_purchases
@@ -260,63 +182,4 @@ def features_of_sorted_log(
         observation_end=log.observation_end,
         calibration_end=calibration_end,
         calibration_file=written,
-    )
-
-
-def compute_features(
-    transactions: str | Path | pd.DataFrame,
-    input_settings: InputSettings,
-    settings: FeatureSettings,
-    validation: ValidationSettings | None = None,
-    threads: int | None = None,
-    calibration_path: Path | None = None,
-    keep_calibration_columns: tuple[str, ...] | list[str] = (),
-    holdout_purchases: bool = False,
-) -> FeaturesResult:
-    """Features of a log given as a path (CSV/Parquet/text) or a DataFrame: the Python API.
-
-    ``calibration_path``: write the calibration features there instead of returning them,
-    keeping ``keep_calibration_columns`` (see :func:`features_of_sorted_log`).
-    ``holdout_purchases``: count the holdout purchases per day too (see
-    :func:`pipeline.stages.sorted_log.summarize_sorted_log`).
-    """
-    con = connect(threads=threads)
-    try:
-        log = load_transactions(
-            con, transactions, input_settings, validation or ValidationSettings(), settings.observation_end
-        )
-        calibration_end = resolve_calibration_end(
-            settings, log.first_date, log.observation_end, (validation or ValidationSettings()).max_holdout_share
-        )
-        sorted_log = fetch_sorted_log(con, log)
-    finally:
-        # DuckDB keeps the sort's memory (1.7 GB at 50M rows) until its connection closes.
-        con.close()
-    # One chunk per column, so the numpy views need no copy; the chunked result is freed here.
-    sorted_log = sorted_log.combine_chunks()
-    result = features_of_sorted_log(
-        sorted_log, log, settings.period, calibration_end, calibration_path, holdout_purchases=holdout_purchases
-    )
-    if result.calibration_file is not None and keep_calibration_columns:
-        # Read back only now that the sorted log is gone: kept while it was there they made
-        # the stage's peak (4.4 GB at 50M rows).
-        del sorted_log
-        release_freed_memory()
-        kept = _read_columns(result.calibration_file.path, list(keep_calibration_columns))
-        result = dataclasses.replace(result, calibration_file=dataclasses.replace(result.calibration_file, kept=kept))
-    return result
-
-
-def features_from_config(
-    config: Config, source: str | Path | pd.DataFrame | None = None, calibration_path: Path | None = None,
-    keep_calibration_columns: tuple[str, ...] | list[str] = (),
-) -> FeaturesResult:
-    """Features for a whole config (its input unless ``source`` is given)."""
-    return compute_features(
-        source if source is not None else config.input.path,
-        config.input,
-        config.features,
-        config.validation,
-        calibration_path=calibration_path,
-        keep_calibration_columns=keep_calibration_columns,
     )

@@ -165,3 +165,126 @@ def all_candidates_failed(failed: dict[str, str]) -> InputDataError:
         return InputDataError(f"features: no purchase model can be fitted ({', '.join(failed)}): {causes.pop()}")
     reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
     return InputDataError(f"features: every purchase model failed to fit ({reasons})")
+
+
+@dataclasses.dataclass
+class FitOutputs:
+    """The fit stage's result: calibration fits with their backtest, and the production models.
+
+    ``failed_candidates``: purchase models left out, name → one line saying where (calibration
+    or all data) and why.
+    """
+
+    selected: str
+    selection_reason: str
+    calibration_models: FittedModels | None  # None without a holdout
+    backtest: dict[str, dict[str, float]]
+    purchase_model: Any
+    spend_model: Any
+    failed_candidates: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "selected_purchase_model": self.selected,
+            "selection_reason": self.selection_reason,
+            "failed_candidates": dict(self.failed_candidates),
+            "final": {"purchase": self.purchase_model.summary(), "spend": self.spend_model.summary()},
+            "calibration": None if self.calibration_models is None else self.calibration_models.summary(),
+        }
+
+
+@dataclasses.dataclass
+class Backtest:
+    """The candidates fitted on the calibration period, scored on the holdout (with the naive
+    baseline's ``historical_baseline`` row), and the one selected."""
+
+    fitted: FittedModels
+    metrics: dict[str, dict[str, float]]
+    selected: str
+    reason: str
+
+
+def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, settings: ModelSettings,
+                        seed: int = 0) -> Backtest:
+    """Score every candidate of ``fitted`` (see :func:`fit_models`) and the naive baseline on the
+    holdout and pick the best on ``settings.selection_metric``; a candidate that cannot predict
+    is left out as one that cannot fit."""
+    from models.historical import naive_holdout_forecast
+    from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
+
+    metrics = {}
+    for name, model in list(fitted.purchase.items()):
+        try:
+            with np.errstate(all="ignore"):
+                metrics[name] = backtest_model(calibration, model, fitted.spend, seed)
+        except Exception as exc:  # noqa: BLE001 - see above
+            fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
+            del fitted.purchase[name]
+    if not metrics:
+        raise all_candidates_failed(fitted.failed)
+    selected, reason = select_model(metrics, settings.selection_metric)
+    fitted.selected = selected
+    naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
+    metrics["historical_baseline"] = holdout_metrics(
+        calibration, naive["predicted_purchases"], naive["predicted_revenue"], seed=seed
+    )
+    return Backtest(fitted, metrics, selected, reason)
+
+
+def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtest | None = None,
+              progress: Any = None) -> FitOutputs:
+    """The production models: the backtest's selection (without one, the first candidate)
+    refitted on all of ``features``, with Gamma-Gamma.
+
+    A model can fail on all data and not on the calibration period: then the next best that
+    fits is used, and the selection reason says so.
+    """
+    from pipeline.stages.backtest import rank_models
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    calibration_models, metrics = (None, {}) if backtest is None else (backtest.fitted, backtest.metrics)
+    selected: str
+    order: list[str]
+    if backtest is None:
+        selected, reason = settings.purchase.candidates[0], "no holdout (no calibration_end): the first candidate is used"
+        order = list(settings.purchase.candidates)
+        failed: dict[str, str] = {}
+    else:
+        selected, reason = backtest.selected, backtest.reason
+        ranked = rank_models({name: metrics[name] for name in backtest.fitted.purchase}, settings.selection_metric)
+        order = [selected] + [name for name in ranked if name != selected]
+        failed = {name: f"calibration fit: {why}" for name, why in backtest.fitted.failed.items()}
+    purchase_model = None
+    for name in order:
+        say(f"fitting {PURCHASE_MODEL_TITLES[name]} on all data")
+        try:
+            # Started from the calibration fit's maximum, which lies close to the all-data one:
+            # fewer optimiser steps (the refit took twice as long as the calibration fit).
+            purchase_model = fit_purchase_model(
+                name, features, settings,
+                initial_params=None if calibration_models is None else dict(calibration_models.purchase[name].params_),
+            )
+        except CandidateFailedError as exc:
+            failed[name] = f"all-data fit: {exc}"
+            say(f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+            continue
+        if name != selected:
+            next_one = "the next best" if calibration_models is not None else "the next candidate"
+            reason += f"; {selected} failed ({failed[selected]}), so {name}, {next_one}, is used"
+            selected = name
+        break
+    if purchase_model is None:
+        raise all_candidates_failed(failed)
+    say("fitting Gamma-Gamma on all data")
+    return FitOutputs(
+        selected=selected,
+        selection_reason=reason,
+        calibration_models=calibration_models,
+        backtest=metrics,
+        purchase_model=purchase_model,
+        spend_model=fit_spend_model(features, settings),
+        failed_candidates=failed,
+    )

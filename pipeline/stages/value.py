@@ -345,8 +345,11 @@ def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataF
     return tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
 
 
-def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.DataFrame) -> dict[str, Any]:
-    """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`)."""
+def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.DataFrame,
+                  seed: int = 0) -> dict[str, Any]:
+    """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`); ``seed``:
+    the sample their rank correlation is estimated on at scale (see
+    :func:`pipeline.stages.backtest.rank_correlation`)."""
     predicted = customers["predicted_clv"]
     per_customer_historical = customers["historical_clv"]
     return {
@@ -358,7 +361,9 @@ def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.
         "historical_clv_customer_mean": float(per_customer_historical.mean()),
         "historical_clv_customer_median": float(per_customer_historical.median()),
         "predicted_minus_historical_mean": float(predicted.mean() - per_customer_historical.mean()),
-        "predicted_historical_spearman": rank_correlation(predicted.to_numpy(), per_customer_historical.to_numpy()),
+        "predicted_historical_spearman": rank_correlation(
+            predicted.to_numpy(), per_customer_historical.to_numpy(), seed
+        ),
         "historical_method": historical.method,
         "historical_lifespan_years": float(historical.lifespan_years),
         "historical_churn_rate_annual": float(historical.churn_rate_annual),
@@ -371,3 +376,29 @@ def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.
             for name, row in tiers.iterrows()
         },
     }
+
+
+@dataclasses.dataclass
+class ValueOutputs:
+    """The value stage's result: the frozen scorer, every customer's figures (the features'
+    history columns, then :data:`SCORE_COLUMNS`, tier and action as categoricals), the tier
+    table and the summary."""
+
+    scorer: CustomerValueScorer
+    customers: pd.DataFrame
+    tier_table: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def value_stage(features: pd.DataFrame, fit: Any, config: Any) -> ValueOutputs:
+    """Value every customer of ``features`` (positional rows, ``customer_id`` a column) with
+    the fit stage's models (:class:`pipeline.stages.fit.FitOutputs`) and a run's settings."""
+    scorer, historical, scores = build_scorer(
+        features, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments,
+        config.features.period,
+    )
+    # Rows of ``scores`` are those of ``features`` in order.
+    customers = pd.concat([features[["customer_id", *HISTORY_COLUMNS, "monetary_value"]], scores], axis=1)
+    tiers = tier_table(customers, scorer)
+    return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers,
+                        summary=value_summary(customers, historical, tiers, config.seed))

@@ -248,13 +248,14 @@ def log_outputs(run: _Run, run_dir: Path) -> None:
     """The run directory's plots, customers table, summaries — everything but the staging temp files."""
     import mlflow
 
+    from pipeline.catalog import ARTIFACT_FILES, PLOTS_DIR
+
     run_dir = Path(run_dir)
-    for name in ("customers.parquet", "summary.json", "features_summary.json", "backtest.json", "value.json",
-                 "monitor.json"):
+    for name in ARTIFACT_FILES:
         if (run_dir / name).is_file():
             mlflow.log_artifact(str(run_dir / name))
-    if (run_dir / "plots").is_dir():
-        mlflow.log_artifacts(str(run_dir / "plots"), artifact_path="plots")
+    if (run_dir / PLOTS_DIR).is_dir():
+        mlflow.log_artifacts(str(run_dir / PLOTS_DIR), artifact_path=PLOTS_DIR)
 
 
 def log_monitor(run: _Run, metrics: dict[str, float], alert: str | None) -> None:

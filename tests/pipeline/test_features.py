@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from lifetimes.utils import calibration_and_holdout_data, summary_data_from_transaction_data
 
 from pipeline.config import ColumnMap, FeatureSettings, InputSettings, PeriodSettings, load_config
+from pipeline.duckdb_engine import compute_features
 from pipeline.errors import InputDataError
-from pipeline.stages.features import compute_features
 from tests.conftest import CONFIGS, sample_config
 
 FRAME_INPUT = InputSettings(

@@ -9,10 +9,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.duckdb_engine import features_from_config
 from pipeline.errors import InputDataError
-from pipeline.runner import run_backtest, stage_fit
-from pipeline.stages.features import features_from_config
-from pipeline.stages.fit import CandidateFailedError, fit_models, fit_purchase_model
+from pipeline.runner import run_backtest
+from pipeline.stages.fit import CandidateFailedError, fit_models, fit_purchase_model, fit_stage
 from tests.conftest import CONFIGS, sample_config
 
 runner = CliRunner()
@@ -66,11 +66,11 @@ def test_selected_model_failing_on_all_data_falls_back_to_the_next_best(tmp_path
     features = features_from_config(config)
     calibration = features.calibration_frame(indexed=False)
     backtest = run_backtest(calibration, config)
-    _, metrics, selected, _ = backtest
-    assert selected == "paretonbd"  # the published CDNOW sample result: Pareto/NBD wins its holdout
+    metrics = backtest.metrics
+    assert backtest.selected == "paretonbd"  # the published CDNOW sample result: Pareto/NBD wins its holdout
     # The same backtest, then the all-data fit of the winner limited to one iteration.
     limited = sample_config("models.purchase.max_iter={paretonbd: 1}")
-    fit = stage_fit(limited, tmp_path, full=features.features_frame(indexed=False), backtest_result=backtest)
+    fit = fit_stage(features.features_frame(indexed=False), limited.models, backtest)
     ranked = sorted((name for name in metrics if name != "historical_baseline"),
                     key=lambda name: metrics[name]["purchases_rmse"])
     assert fit.selected == ranked[1]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import BackgroundWrites, ParquetChunks, read_features, write_parquet
+from pipeline.io import BackgroundWrites, ParquetChunks, write_parquet
 
 
 def test_background_writes_land_before_the_block_ends(tmp_path):
@@ -57,8 +57,16 @@ def test_a_table_written_in_chunks_is_one_file_with_a_row_group_per_chunk(tmp_pa
     assert file.rows == 3
     assert pq.ParquetFile(target).num_row_groups == 2
     assert pq.read_table(target).equals(pa.concat_tables(parts))
-    # Read back with only some columns, indexed by customer id.
-    assert read_features(target, columns=["frequency"]).to_dict() == {"frequency": {1: 0, 2: 3, 3: 2}}
+
+
+def test_an_optional_chunked_file_with_nothing_written_is_not_created(tmp_path):
+    target = tmp_path / "calibration.parquet"
+    with ParquetChunks(target, optional=True) as file:
+        pass
+    assert file.rows == 0 and not target.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="no table was written"), ParquetChunks(target):
+        pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_chunked_write_that_fails_or_gets_nothing_leaves_no_file(tmp_path):

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.catalog import RunCatalog
 from pipeline.cli import app
 from pipeline.runner import run_pipeline
 from tests.conftest import CONFIGS, sample_config
@@ -18,11 +19,16 @@ from tests.conftest import CONFIGS, sample_config
 runner = CliRunner()
 
 
+def run_into(config, output_dir):
+    """A whole run into a new run directory under ``output_dir``: (result, its directory)."""
+    with RunCatalog.create(output_dir) as catalog:
+        result = run_pipeline(config, catalog)
+    return result, catalog.final
+
+
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    config = sample_config("models.purchase.candidates=[bgnbd, paretonbd]")
-    return run_pipeline(config, run_dir), run_dir
+    return run_into(sample_config("models.purchase.candidates=[bgnbd, paretonbd]"), tmp_path_factory.mktemp("run"))
 
 
 def test_run_writes_every_output(sample_run):
@@ -74,9 +80,9 @@ def test_pickled_scorer_reproduces_customers(sample_run):
 
 def test_a_second_run_gives_identical_numbers(sample_run, tmp_path):
     _, run_dir = sample_run
-    run_pipeline(sample_config("models.purchase.candidates=[bgnbd, paretonbd]"), tmp_path)
+    _, second_dir = run_into(sample_config("models.purchase.candidates=[bgnbd, paretonbd]"), tmp_path)
     first = pd.read_parquet(run_dir / "customers.parquet")
-    second = pd.read_parquet(tmp_path / "customers.parquet")
+    second = pd.read_parquet(second_dir / "customers.parquet")
     pd.testing.assert_frame_equal(first, second, check_exact=True)
 
 
@@ -97,7 +103,7 @@ def test_stages_alone_equal_the_whole_run(sample_run, tmp_path):
 def test_calibration_file_is_the_calibration_features(sample_run):
     # The run writes the calibration split as it computes it; the file must be exactly the
     # table the features stage returns in memory.
-    from pipeline.stages.features import features_from_config
+    from pipeline.duckdb_engine import features_from_config
 
     result, run_dir = sample_run
     expected = features_from_config(sample_config()).calibration
@@ -120,3 +126,72 @@ def test_too_few_repeat_customers_is_a_clear_error(tmp_path):
     assert "cannot fit Gamma-Gamma" in result.stderr and "5000" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _contents(directory):
+    """Every file under ``directory``: relative path → (inode, bytes)."""
+    return {
+        str(path.relative_to(directory)): (path.stat().st_ino, path.read_bytes())
+        for path in sorted(directory.rglob("*")) if path.is_file()
+    }
+
+
+@pytest.fixture()
+def finished_run(sample_run, tmp_path):
+    """A copy of the sample run in its own output directory, as `clv run` leaves it (LATEST set)."""
+    import shutil
+
+    from pipeline.catalog import mark_latest
+
+    _, run_dir = sample_run
+    copy = tmp_path / "outputs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    mark_latest(copy)
+    return copy
+
+
+def test_report_alone_reads_the_value_outputs_and_rewrites_neither(finished_run):
+    before = _contents(finished_run)
+    common = ["-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"output_dir={finished_run.parent}"]
+    result = runner.invoke(app, ["report", *common])
+    assert result.exit_code == 0, result.output
+    after = _contents(finished_run)
+    for name in ("customers.parquet", "model/scorer.joblib", "model/fitted.joblib", "value.json", "features.parquet"):
+        assert after[name] == before[name], name  # same bytes, and the same file (hard-linked through the update)
+    assert after["summary.json"][0] != before["summary.json"][0]  # rewritten, by replacement
+    assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failing_stage_alone_leaves_the_run_as_it_was(finished_run):
+    before = _contents(finished_run)
+    common = ["-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"output_dir={finished_run.parent}"]
+    result = runner.invoke(app, ["fit", *common, "--set", "models.spend.min_repeat_customers=5000"])
+    assert result.exit_code == 2 and "cannot fit Gamma-Gamma" in result.stderr, result.output
+    assert _contents(finished_run) == before
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == sorted(["LATEST", finished_run.name])
+
+
+def test_a_stage_alone_replaces_its_own_outputs_and_keeps_the_others(finished_run):
+    before = _contents(finished_run)
+    common = ["-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"output_dir={finished_run.parent}",
+              "--set", "models.purchase.candidates=[bgnbd]"]
+    result = runner.invoke(app, ["fit", *common])
+    assert result.exit_code == 0, result.output
+    after = _contents(finished_run)
+    assert json.loads((finished_run / "model/models.json").read_text())["selected_purchase_model"] == "bgnbd"
+    assert after["model/fitted.joblib"] != before["model/fitted.joblib"]
+    assert after["customers.parquet"] == before["customers.parquet"]  # the value stage's, untouched
+    assert sorted(after) == sorted(before)
+
+
+def test_a_stage_alone_before_its_inputs_names_the_command_to_run(tmp_path):
+    common = ["-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"output_dir={tmp_path}"]
+    assert runner.invoke(app, ["features", *common]).exit_code == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    before = _contents(run_dir)
+    for command, needed in (("value", "fit"), ("report", "fit")):
+        result = runner.invoke(app, [command, *common])
+        assert result.exit_code == 2, result.output
+        assert f"run `clv {needed}` for this run directory first" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert _contents(run_dir) == before

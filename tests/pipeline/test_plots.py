@@ -11,6 +11,7 @@ from matplotlib import image as mpimg
 from scipy.special import hyp2f1
 
 from models.purchase import BetaGeoModel
+from pipeline.duckdb_engine import features_from_config
 from pipeline.plots import (
     calibration_vs_holdout_data,
     cumulative_tracking_data,
@@ -21,7 +22,6 @@ from pipeline.plots import (
     plot_probability_alive_matrix,
     probability_alive_matrix_data,
 )
-from pipeline.stages.features import features_from_config
 from tests.conftest import sample_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import ColumnMap, FeatureSettings, InputSettings, PeriodSettings
+from pipeline.duckdb_engine import compute_features
 from pipeline.errors import InputDataError
-from pipeline.stages.features import compute_features
 from pipeline.stages.sorted_log import MICRO_UNITS, day_number, period_index, summarize_sorted_log
 
 FRAME_INPUT = InputSettings(
@@ -83,8 +83,8 @@ def test_same_day_rows_form_one_period_and_holdout_counts_its_own_periods():
 
 def test_chunks_of_a_few_rows_give_the_same_tables_as_one_chunk(cdnow_sample_transactions):
     from pipeline.config import ValidationSettings
+    from pipeline.duckdb_engine import fetch_sorted_log
     from pipeline.io import connect
-    from pipeline.stages.features import fetch_sorted_log
     from pipeline.transactions import load_transactions
 
     log = cdnow_sample_transactions.assign(

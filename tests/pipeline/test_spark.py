@@ -32,13 +32,9 @@ from pipeline.config import (  # noqa: E402
     config_from_dict,
     load_config,
 )
+from pipeline.duckdb_engine import compute_features, features_from_config  # noqa: E402
 from pipeline.errors import ConfigError, InputDataError  # noqa: E402
-from pipeline.stages.features import (  # noqa: E402
-    FEATURE_COLUMNS,
-    compute_features,
-    features_from_config,
-    resolve_calibration_end,
-)
+from pipeline.stages.features import FEATURE_COLUMNS, resolve_calibration_end  # noqa: E402
 from pipeline.stages.fit import fit_purchase_model, fit_spend_model  # noqa: E402
 from pipeline.stages.value import SCORE_COLUMNS, build_scorer  # noqa: E402
 from tests.conftest import DATA, sample_config  # noqa: E402
@@ -296,7 +292,7 @@ def test_every_bad_file_gives_duckdbs_message(spark, tmp_path, file_name, sectio
 
 
 def test_future_rows_dropped_and_margins_counted_as_duckdb_does(spark):
-    from pipeline.stages.features import features_from_config as duckdb_features
+    from pipeline.duckdb_engine import features_from_config as duckdb_features
 
     config = config_from_dict({"input": {"path": str(DATA / "bad" / "future_date.csv")},
                                "features": {"calibration_end": None}, "validation": {"future_dates": "drop"}})

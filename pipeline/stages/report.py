@@ -1,0 +1,71 @@
+"""Report stage: what the run's plots draw and what ``summary.json`` says, from the other
+stages' outputs (drawing and writing them is the runner's, through the run catalog)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.stages.fit import PURCHASE_MODEL_TITLES, FitOutputs
+from pipeline.stages.value import ValueOutputs
+
+
+def backtest_plot_data(
+    model: Any,
+    calibration: pd.DataFrame,
+    first_purchase_date: pd.Series,
+    repeat_purchases: pd.DataFrame,
+    days_per_unit: float,
+    observation_end: dt.date,
+    calibration_end: dt.date,
+) -> dict[str, Any]:
+    """The small tables the two backtest plots draw for the purchase ``model`` fitted on the
+    calibration period (a whole run computes them right after the backtest, so the calibration
+    features can go)."""
+    from pipeline import plots
+
+    horizon = float(calibration["duration_holdout"].iloc[0])
+    return {
+        "calibration_vs_holdout": plots.calibration_vs_holdout_data(
+            calibration, model.expected_purchases(calibration, horizon)
+        ),
+        "cumulative_tracking": plots.cumulative_tracking_data(
+            repeat_purchases, first_purchase_date, model, days_per_unit, observation_end
+        ),
+        "calibration_end": calibration_end,
+        "title": f"{PURCHASE_MODEL_TITLES[_name_of(model)]} (calibration fit)",
+    }
+
+
+def _name_of(model: Any) -> str:
+    return model.model_name
+
+
+def run_summary(
+    config: Config, features_summary: dict[str, Any], fit: FitOutputs, value: ValueOutputs,
+    plot_paths: dict[str, str],
+) -> dict[str, Any]:
+    """``summary.json``: the features, the model and why it was selected, predicted vs
+    historical CLV side by side, tiers, backtest, and where the plots are."""
+    purchase = fit.purchase_model.summary()
+    return {
+        "features": features_summary,
+        "model": {
+            "selected_purchase_model": fit.selected,
+            "selection_metric": config.models.selection_metric,
+            "selection_reason": fit.selection_reason,
+            "failed_candidates": dict(fit.failed_candidates),
+            "purchase_params": purchase["params"],
+            "purchase_standard_errors": purchase["standard_errors"],
+            "purchase_log_likelihood": purchase["log_likelihood"],
+            "spend_params": fit.spend_model.summary()["params"],
+            "spend_frequency_monetary_correlation": float(fit.spend_model.frequency_monetary_correlation_),
+        },
+        "value_settings": value.scorer.settings_summary(),
+        "value": value.summary,
+        "backtest": fit.backtest,
+        "plots": dict(plot_paths),
+    }
