@@ -295,11 +295,6 @@ def stage_value(
     scorer, historical, scores = build_scorer(
         full, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments, config.features.period
     )
-    from models import forget_groupings
-
-    # Every per-customer model figure is computed: the models' grouping of these customers
-    # (300 MB at 18M) would otherwise sit under the summaries, the export and the plots.
-    forget_groupings()
     release_freed_memory()
     # Rows of ``scores`` are those of ``full`` in order (positional frames, customer_id a column).
     customers = pd.concat([full[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
@@ -501,9 +496,6 @@ def run_pipeline(
                 run_dir, config, fitted.purchase[selected], calibration, first_purchase_date, repeat_purchases
             )
             del calibration, fitted, first_purchase_date
-            from models import forget_groupings
-
-            forget_groupings()  # the models' cache would keep the calibration columns alive
             release_freed_memory()
             writes.wait()  # the features file is complete
             # First purchase dates were for the backtest plots only.
