@@ -122,23 +122,13 @@ def _read_columns(path: Path, names: list[str]) -> dict[str, np.ndarray]:
             # The holdout's length, the same for every customer: a read-only view of one
             # number rather than 144 MB at 18M customers.
             values = np.broadcast_to(values[0], len(values))
-        # Read-only like the Arrow-backed columns, so the models may cache their grouping.
+        # Read-only like the Arrow-backed columns: the frames built on them share them.
         values.flags.writeable = False
         arrays[name] = values
     return arrays
 
 
 def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
-    if not indexed:
-        # The history columns as one contiguous chunk each, which pandas wraps without copying
-        # (the copy happens here instead of in to_pandas): read-only, so the models can reuse
-        # their grouping of customers into histories across a run's calls
-        # (models._validation.unique_rows). Only these three: combining every column cost 6 s
-        # at 18M customers.
-        for name in HISTORY_COLUMNS:
-            if name in table.column_names and table[name].num_chunks != 1:
-                position = table.schema.get_field_index(name)
-                table = table.set_column(position, name, pa.chunked_array([table[name].combine_chunks()]))
     # split_blocks avoids consolidating columns into one 2-D block (a second full copy);
     # dates as datetime64, not a Python date object per customer (about 1 GB at 18M).
     frame = table.to_pandas(split_blocks=True, date_as_object=False)
@@ -150,8 +140,8 @@ def _frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
 
 
 def read_features_frame(path: Path, without: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A features file as the pipeline's frame (unindexed, the history columns read-only: see
-    :func:`_frame`), without the columns named in ``without``."""
+    """A features file as the pipeline's frame (unindexed: see :func:`_frame`), without the
+    columns named in ``without``."""
     if not Path(path).is_file():
         raise InputDataError(f"{path}: features file not found (run `clv features` first)")
     names = [name for name in pq.read_schema(path).names if name not in without]
