@@ -5,7 +5,7 @@ pipeline does that around these estimators.
 """
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
-from ._validation import forget_groupings
+from .histories import CustomerHistories, group_histories
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
 from .spend import GammaGammaModel
 
@@ -14,8 +14,9 @@ __all__ = [
     "RELATIVE_GRADIENT_WARNING",
     "BetaGeoModel",
     "ConvergenceError",
+    "CustomerHistories",
     "GammaGammaModel",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
-    "forget_groupings",
+    "group_histories",
 ]

@@ -35,17 +35,15 @@ import numpy as np
 import pandas as pd
 
 from ._validation import (
-    PURCHASE_COLUMNS,
     aligned,
-    check_features,
     check_positive_int,
     check_positive_real,
     check_real,
     finite_values,
     reindexed,
     rows,
-    unique_rows,
 )
+from .histories import as_histories
 
 DAYS_PER_YEAR = 365.25
 
@@ -87,19 +85,13 @@ def discount_rate_per_period(discount_rate_annual, days_per_period):
 UNIQUE_ROWS_PER_BLOCK = 1 << 16
 
 
-def _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_periods):
-    """Per-step expected purchases on the unique (frequency, recency, T) rows, and the map back."""
-    n_steps = check_positive_int(n_steps, "n_steps")
-    step_periods = check_positive_real(step_periods, "step_periods")
-    columns = check_features(features, PURCHASE_COLUMNS)
-    if len(features) == 0:
-        return np.zeros((0, n_steps)), np.zeros(0, dtype=np.intp)
+def _expected_purchases_by_step_of_rows(purchase_model, unique_features, n_steps, step_periods):
+    """Per-step expected purchases of each row of ``unique_features``, distinct histories."""
     # A purchase model's prediction depends on a customer only through
     # (frequency, recency, T): a whole number and two ages on a daily grid,
     # so tens of millions of customers share far fewer distinct rows. Each
-    # horizon is evaluated on those once and the result joined back.
-    unique, inverse, _ = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
-    unique_features = pd.DataFrame(dict(zip(PURCHASE_COLUMNS, unique)))
+    # horizon is evaluated on those once and the result joined back. The model
+    # is given a features table: any model with expected_purchases will do.
     cumulative = np.zeros((len(unique_features), n_steps + 1))
     horizons = [step * step_periods for step in range(1, n_steps + 1)]
     if hasattr(purchase_model, "expected_purchases_by_horizon"):
@@ -109,7 +101,7 @@ def _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_p
             cumulative[:, step] = np.asarray(purchase_model.expected_purchases(unique_features, horizon), dtype=np.float64)
     # The models give the cumulative E[X(T, T + t)]; a step's purchases are
     # the increments, as in lifetimes' customer_lifetime_value [2].
-    return np.diff(cumulative, axis=1), inverse
+    return np.diff(cumulative, axis=1)
 
 
 def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
@@ -121,9 +113,10 @@ def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
         Anything with ``expected_purchases(features, horizon)`` returning the
         conditional expected purchases in (T, T + horizon] (``BetaGeoModel``,
         ``ModifiedBetaGeoModel``, ``ParetoNBDModel``).
-    features : pandas.DataFrame
+    features : pandas.DataFrame or CustomerHistories
         Columns ``frequency``, ``recency``, ``T`` (model periods), indexed by
-        customer id.
+        customer id, or those customers grouped
+        (:func:`~models.histories.group_histories`).
     n_steps : int
         Number of future steps.
     step_periods : float
@@ -135,11 +128,17 @@ def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
     pandas.DataFrame
         Customers x steps: column ``k`` (1 to ``n_steps``) holds the expected
         purchases in (T + (k - 1) * step_periods, T + k * step_periods],
-        indexed like ``features``.
+        indexed like ``features`` (a CustomerHistories' ``index``).
     """
-    by_step, inverse = _expected_purchases_by_step_unique(purchase_model, features, n_steps, step_periods)
-    columns = pd.RangeIndex(1, by_step.shape[1] + 1, name="step")
-    return pd.DataFrame(by_step[inverse], index=features.index, columns=columns)
+    n_steps = check_positive_int(n_steps, "n_steps")
+    step_periods = check_positive_real(step_periods, "step_periods")
+    histories = as_histories(features)
+    by_step = (
+        np.zeros((0, n_steps)) if len(histories) == 0
+        else _expected_purchases_by_step_of_rows(purchase_model, histories.unique, n_steps, step_periods)
+    )
+    columns = pd.RangeIndex(1, n_steps + 1, name="step")
+    return pd.DataFrame(by_step[histories.inverse], index=histories.index, columns=columns)
 
 
 def discounted_expected_purchases(purchase_model, features, n_steps, step_periods, discount_rate_per_step):
@@ -150,9 +149,10 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     purchase_model : fitted purchase model
         Anything with ``expected_purchases(features, horizon)``, as in
         :func:`expected_purchases_by_step`.
-    features : pandas.DataFrame
+    features : pandas.DataFrame or CustomerHistories
         Columns ``frequency``, ``recency``, ``T`` (model periods), indexed by
-        customer id.
+        customer id, or those customers grouped
+        (:func:`~models.histories.group_histories`).
     n_steps : int
         Number of future steps (12 for a year of monthly steps).
     step_periods : float
@@ -165,18 +165,19 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     -------
     pandas.Series
         ``sum_k purchases_k / (1 + discount_rate_per_step) ** k`` for
-        k = 1..n_steps, indexed like ``features``. Each step's purchases are
-        discounted from the step's end, the convention of lifetimes [2].
+        k = 1..n_steps, indexed like ``features`` (a CustomerHistories'
+        ``index``). Each step's purchases are discounted from the step's end,
+        the convention of lifetimes [2].
     """
     discount_rate_per_step = check_real(discount_rate_per_step, "discount_rate_per_step")
     if discount_rate_per_step <= -1:
         raise ValueError(f"discount_rate_per_step must be above -1, got {discount_rate_per_step}")
     n_steps = check_positive_int(n_steps, "n_steps")
     step_periods = check_positive_real(step_periods, "step_periods")
-    columns = check_features(features, PURCHASE_COLUMNS)
-    unique, inverse, _ = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
+    histories = as_histories(features)
+    unique = histories.unique
     discount_factors = (1.0 + discount_rate_per_step) ** -np.arange(1, n_steps + 1, dtype=np.float64)
-    discounted = np.zeros(len(unique[0]))
+    discounted = np.zeros(len(unique))
     # Discount on the unique rows, then join back: one float per customer instead of an
     # n_customers x n_steps matrix. The unique rows go a block at a time: their
     # n_steps-wide matrices were gigabytes at 18M customers (~1M distinct histories).
@@ -184,16 +185,12 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     # (BLAS blocking) depends on the number of rows: a customer must get the same bits
     # whether scored alone, in a batch, in a Spark partition or in any block.
     for start in range(0, len(discounted), UNIQUE_ROWS_PER_BLOCK):
-        # Copies, so the models do not cache a grouping of each block.
-        block = pd.DataFrame({
-            name: np.array(values[start:start + UNIQUE_ROWS_PER_BLOCK]) for name, values in zip(PURCHASE_COLUMNS, unique)
-        })
-        by_step, block_inverse = _expected_purchases_by_step_unique(purchase_model, block, n_steps, step_periods)
-        block_discounted = np.zeros(by_step.shape[0])
+        block = unique.iloc[start:start + UNIQUE_ROWS_PER_BLOCK].reset_index(drop=True)
+        by_step = _expected_purchases_by_step_of_rows(purchase_model, block, n_steps, step_periods)
+        block_discounted = discounted[start:start + len(block)]
         for step in range(by_step.shape[1]):
             block_discounted += by_step[:, step] * discount_factors[step]
-        discounted[start:start + len(block)] = block_discounted[block_inverse]
-    return pd.Series(discounted[inverse], index=features.index, name="discounted_expected_purchases")
+    return pd.Series(discounted[histories.inverse], index=histories.index, name="discounted_expected_purchases")
 
 
 def predicted_clv(discounted_purchases, expected_spend, margin_rate=1.0, acquisition_cost=0.0):

@@ -4,7 +4,9 @@ Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
 in a common time unit such as weeks) and answers questions about future
 purchases in that unit. Fitting and most closed forms come from lifetimes,
 wrapped in ``_lifetimes_compat.py``; everything is computed once per unique
-(frequency, recency, T) row and joined back to the customer index.
+(frequency, recency, T) row and joined back to the customer index. Every method
+that reads customers takes a features table or, to group the customers only once
+for many calls, their :class:`~models.histories.CustomerHistories`.
 
 References
 ----------
@@ -31,11 +33,18 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _lifetimes_compat
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
-from ._validation import PURCHASE_COLUMNS, check_count, check_features, check_horizon, unique_rows
+from ._validation import check_count, check_horizon
+from .histories import as_histories
 
 
 class _PurchaseModel(MaximumLikelihoodEstimator):
     """Shared fitting, validation and prediction for the purchase-count models.
+
+    Every method that reads customers takes a features table, checked and grouped into
+    unique histories at each call, or a :class:`~models.histories.CustomerHistories`
+    (checked and grouped once, by the caller): the same numbers either way. A Series
+    result is "indexed like ``features``": the DataFrame's index, or the
+    CustomerHistories' ``index``, which is that of the features it grouped.
 
     Parameters
     ----------
@@ -84,10 +93,11 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
 
         Parameters
         ----------
-        features : pandas.DataFrame
+        features : pandas.DataFrame or CustomerHistories
             One row per customer with columns ``frequency`` (repeat
             purchases), ``recency`` (age at the last repeat purchase) and
             ``T`` (age at the end of calibration); other columns are ignored.
+            Or those customers already grouped (:func:`~models.histories.group_histories`).
         y : None
             Ignored; present for scikit-learn compatibility.
 
@@ -96,13 +106,13 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         self
         """
         self._check_settings()
-        columns = check_features(features, PURCHASE_COLUMNS)
-        if len(features) == 0:
+        histories = as_histories(features)
+        if len(histories) == 0:
             raise ValueError("features: no rows to fit on")
-        if np.max(columns["T"]) == 0:
+        frequency, recency, age = histories.unique_arrays()
+        if np.max(age) == 0:
             raise ValueError("features: column 'T': every row is 0, so there is no time to learn purchase rates from")
-
-        (frequency, recency, age), _, counts = unique_rows([columns[name] for name in PURCHASE_COLUMNS])
+        counts = histories.counts
         params, tol_used = _lifetimes_compat.fit_purchase_model(
             self.model_name,
             frequency,
@@ -137,22 +147,26 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         return self
 
     def _per_unique_history(self, features, compute, name):
-        """Evaluate ``compute(frequency, recency, T)`` once per unique row, indexed like ``features``."""
+        """Evaluate ``compute(frequency, recency, T)`` once per unique row, one value per customer.
+
+        The Series is indexed like ``features``: a DataFrame's index, or a CustomerHistories'
+        ``index`` (that of the features it grouped).
+        """
         check_is_fitted(self)
-        columns = check_features(features, PURCHASE_COLUMNS)
-        if len(features) == 0:
-            return pd.Series([], index=features.index, name=name, dtype=np.float64)
-        unique, inverse, _ = unique_rows([columns[column] for column in PURCHASE_COLUMNS])
-        values = np.asarray(compute(*unique), dtype=np.float64)
-        return pd.Series(values[inverse], index=features.index, name=name)
+        histories = as_histories(features)
+        if len(histories) == 0:
+            return pd.Series([], index=histories.index, name=name, dtype=np.float64)
+        values = np.asarray(compute(*histories.unique_arrays()), dtype=np.float64)
+        return pd.Series(values[histories.inverse], index=histories.index, name=name)
 
     def expected_purchases(self, features, horizon):
         """Expected number of purchases in the next ``horizon`` periods, given each customer's history.
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`).
         horizon : float
             Length of the future period, in the time unit of ``recency`` and ``T``.
 
@@ -174,40 +188,40 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         """Expected purchases in (T, T + h] for each of several horizons ``h``.
 
         One pass over the unique histories for all horizons, where calling
-        :meth:`expected_purchases` per horizon would regroup the customers each time
-        (that regrouping was half the cost of a 52-week CLV at 10M rows).
+        :meth:`expected_purchases` per horizon on a features table would regroup the
+        customers each time (that regrouping was half the cost of a 52-week CLV at 10M rows).
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`).
         horizons : sequence of float
             Horizons, in the time unit of ``recency`` and ``T``.
 
         Returns
         -------
         numpy.ndarray
-            Shape (customers, horizons), rows in the order of ``features``.
+            Shape (customers, horizons), rows in the order of the customers of ``features``.
         """
         check_is_fitted(self)
         horizons = [check_horizon(h) for h in horizons]
-        columns = check_features(features, PURCHASE_COLUMNS)
-        result = np.zeros((len(features), len(horizons)))
-        if len(features) == 0:
-            return result
-        unique, inverse, _ = unique_rows([columns[column] for column in PURCHASE_COLUMNS])
+        histories = as_histories(features)
+        if len(histories) == 0:
+            return np.zeros((0, len(horizons)))
         per_unique = _lifetimes_compat.conditional_expected_purchases_by_horizon(
-            self.model_name, self.params_, horizons, *unique
+            self.model_name, self.params_, horizons, *histories.unique_arrays()
         )
-        return per_unique[inverse]
+        return per_unique[histories.inverse]
 
     def probability_alive(self, features):
         """Probability that each customer is still active at the end of calibration.
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`).
 
         Returns
         -------
@@ -227,8 +241,9 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`).
 
         Returns
         -------
@@ -242,8 +257,9 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
 
         Parameters
         ----------
-        features : pandas.DataFrame
-            Columns ``frequency``, ``recency``, ``T``, indexed by customer id.
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`).
         n_purchases : int
             Number of purchases, 0 or more.
         horizon : float

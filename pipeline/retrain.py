@@ -65,11 +65,14 @@ def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config
     import numpy as np
 
     from pipeline.stages.backtest import SELECTION_KEYS, backtest_model
+    from pipeline.stages.fit import group_customers
 
+    histories = group_customers(calibration)  # once, for the fit and the holdout prediction
     with np.errstate(all="ignore"):
-        purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(calibration)
+        purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(histories)
         spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
-        return abs(backtest_model(calibration, purchase, spend, config.seed)[SELECTION_KEYS[config.models.selection_metric]])
+        metrics = backtest_model(calibration, purchase, spend, histories, seed=config.seed)
+        return abs(metrics[SELECTION_KEYS[config.models.selection_metric]])
 
 
 def rolling_config(config: Config, as_of: dt.date) -> Config:

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.catalog import BACKTEST_COLUMNS, FEATURES_FILE, RunCatalog
 from pipeline.config import Config
 from pipeline.stages.features import FeaturesResult
-from pipeline.stages.fit import Backtest, FitOutputs, backtest_candidates, fit_models, fit_stage
+from pipeline.stages.fit import Backtest, FitOutputs, backtest_candidates, fit_models, fit_stage, group_customers
 from pipeline.stages.report import backtest_plot_data, run_summary
 from pipeline.stages.value import ValueOutputs, value_stage
 
@@ -78,11 +78,18 @@ def run_features(config: Config, catalog: RunCatalog, source=None) -> tuple[Feat
     return result, summary
 
 
-def run_backtest(calibration, config: Config, progress=None) -> Backtest:
-    """Fit every candidate on the calibration period and score them (and the naive baseline) on the holdout."""
-    fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"))
+def run_backtest(calibration, config: Config, progress=None, histories=None) -> Backtest:
+    """Fit every candidate on the calibration period and score them (and the naive baseline) on the holdout.
+
+    ``histories``: ``calibration`` grouped (:func:`pipeline.stages.fit.group_customers`), when
+    the caller has them; else they are grouped here, once for every fit and prediction.
+    """
+    if histories is None:
+        histories = group_customers(calibration)
+    fitted = fit_models(calibration, config.models, progress=lambda m: _progress(progress, m + " (calibration)"),
+                        histories=histories)
     RunCatalog.release_memory()  # the fits' work arrays, before the backtest's per-customer ones
-    return backtest_candidates(calibration, fitted, config.models, config.seed)
+    return backtest_candidates(calibration, fitted, config.models, config.seed, histories)
 
 
 def draw_plots(
@@ -121,11 +128,11 @@ def draw_plots(
 
 
 def _backtest_plot_data(catalog: RunCatalog, config: Config, model: Any, calibration, first_purchase_date,
-                        repeat_purchases) -> dict[str, Any]:
+                        repeat_purchases, histories=None) -> dict[str, Any]:
     info = catalog.features_summary()
     return backtest_plot_data(
         model, calibration, first_purchase_date, repeat_purchases, config.features.period.days_per_unit,
-        dt.date.fromisoformat(info["observation_end"]), dt.date.fromisoformat(info["calibration_end"]),
+        dt.date.fromisoformat(info["observation_end"]), dt.date.fromisoformat(info["calibration_end"]), histories,
     )
 
 
@@ -179,26 +186,31 @@ def run_pipeline(
             calibration = pd.DataFrame(catalog.calibration_columns(BACKTEST_COLUMNS), copy=False)
         # The features at the observation end are not held meanwhile (read back below):
         # beside the calibration features and the backtest's per-customer figures they
-        # made the run's memory peak (4.0 GB at 18M customers).
-        backtest = run_backtest(calibration, config, progress)
+        # made the run's memory peak (4.0 GB at 18M customers). The calibration customers
+        # are grouped into histories once, for every fit and prediction on them.
+        calibration_histories = group_customers(calibration)
+        backtest = run_backtest(calibration, config, progress, calibration_histories)
         # The backtest plots' tables now; then the calibration period is done with, so the
         # refit and the value stage run without it in memory (1.2 GB at 18M customers).
         backtest_data = _backtest_plot_data(
             catalog, config, backtest.fitted.purchase[backtest.selected], calibration, first_purchase_date,
-            repeat_purchases,
+            repeat_purchases, calibration_histories,
         )
-        del calibration, first_purchase_date
+        del calibration, calibration_histories, first_purchase_date
         catalog.release_memory()
         catalog.wait_for_writes()  # the features file is complete
         # First purchase dates were for the backtest plots only.
         full = catalog.features(without=("first_purchase_date",))
-    fit = fit_stage(full, config.models, backtest, progress)
+    # The customers grouped once for the all-data fit and the value stage, which is handed the
+    # only reference (popped) so that it frees them as soon as the customers are scored.
+    histories = [group_customers(full)]
+    fit = fit_stage(full, config.models, backtest, progress, histories[0])
     catalog.write_fit(fit)
     if on_fit is not None:
         on_fit(fit)
     _progress(progress, "valuing customers")
     catalog.release_memory()  # the refit's work arrays, before the value stage's per-customer ones
-    value = value_stage(full, fit, config)
+    value = value_stage(full, fit, config, histories.pop())
     catalog.release_memory()
     catalog.write_value(value)
     if on_scorer is not None:
@@ -224,7 +236,8 @@ def fit_alone(config: Config, run: RunCatalog, progress=None) -> FitOutputs:
         if catalog.has_calibration():
             backtest = run_backtest(catalog.calibration(), config, progress)
             catalog.release_memory()
-        fit = fit_stage(catalog.features(without=("first_purchase_date",)), config.models, backtest, progress)
+        full = catalog.features(without=("first_purchase_date",))
+        fit = fit_stage(full, config.models, backtest, progress, group_customers(full))
         catalog.write_fit(fit)
     return fit
 

@@ -305,7 +305,7 @@ def unique_statistics(features_df: DataFrame) -> pd.DataFrame:
     The purchase models depend on a customer only through these three numbers, and there are
     few distinct combinations however many customers there are (bounded by the number of
     periods cubed; tens of thousands in practice). Rows come in the order of their first
-    customer by id, which is the order ``models._validation.unique_rows`` meets them in a
+    customer by id, which is the order ``models.group_histories`` meets them in a
     features table sorted by customer id, so a fit on :func:`purchase_fit_frame` adds up the
     likelihood in the same order and gives bit-identical parameters.
 

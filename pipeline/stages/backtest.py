@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from models import CustomerHistories
+
 TOP_SHARE = 0.10
 # Spearman's rho needs two full sorts; on tens of millions of customers a fixed, seeded
 # sample of this size estimates it to about ±0.001 in a fraction of the time.
@@ -117,10 +119,17 @@ def holdout_metrics(
     return metrics
 
 
-def backtest_model(calibration: pd.DataFrame, purchase_model: Any, spend_model: Any, seed: int = 0) -> dict[str, float]:
-    """Metrics of a purchase model (with the spend model) fitted on ``calibration`` (``seed``: see :func:`holdout_metrics`)."""
+def backtest_model(
+    calibration: pd.DataFrame, purchase_model: Any, spend_model: Any, histories: CustomerHistories | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Metrics of a purchase model (with the spend model) fitted on ``calibration``.
+
+    ``histories``: ``calibration`` grouped (``models.group_histories``), when the caller has
+    them; ``seed``: see :func:`holdout_metrics`.
+    """
     horizon = float(calibration["duration_holdout"].iloc[0])
-    purchases = purchase_model.expected_purchases(calibration, horizon)
+    purchases = purchase_model.expected_purchases(calibration if histories is None else histories, horizon)
     spend = spend_model.expected_spend(calibration)
     return holdout_metrics(calibration, purchases, purchases * spend, spend, seed=seed)
 

@@ -95,16 +95,6 @@ class WrittenTable:
 
 
 def pipeline_frame(table: pa.Table, indexed: bool = True) -> pd.DataFrame:
-    if not indexed:
-        # The history columns as one contiguous chunk each, which pandas wraps without copying
-        # (the copy happens here instead of in to_pandas): read-only, so the models can reuse
-        # their grouping of customers into histories across a run's calls
-        # (models._validation.unique_rows). Only these three: combining every column cost 6 s
-        # at 18M customers.
-        for name in HISTORY_COLUMNS:
-            if name in table.column_names and table[name].num_chunks != 1:
-                position = table.schema.get_field_index(name)
-                table = table.set_column(position, name, pa.chunked_array([table[name].combine_chunks()]))
     # split_blocks avoids consolidating columns into one 2-D block (a second full copy);
     # dates as datetime64, not a Python date object per customer (about 1 GB at 18M).
     frame = table.to_pandas(split_blocks=True, date_as_object=False)

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models import group_histories
+from pipeline.stages.value import score_customers
+
 # Points of the predicted cumulative curve: each is one expectation per unique history.
 CURVE_POINTS = 40
 DECILES = 10
@@ -72,11 +75,12 @@ def forecast_vs_actual(calibration: pd.DataFrame, scorer: Any) -> dict[str, Any]
         with P(alive) ≥ 0.5 then, the share who bought since) and ``dead_share_bought``.
     """
     horizon = float(calibration["duration_holdout"].iloc[0])
-    scores = scorer.score(calibration)
+    histories = group_histories(calibration)  # once, for the scores and the holdout forecast
+    scores = score_customers(scorer, calibration, histories=histories)
     frame = pd.DataFrame({
         "frequency_holdout": calibration["frequency_holdout"].to_numpy(dtype=float),
         "revenue_holdout": calibration["revenue_holdout"].to_numpy(dtype=float),
-        "predicted_purchases": scorer.purchase_model.expected_purchases(calibration, horizon).to_numpy(dtype=float),
+        "predicted_purchases": scorer.purchase_model.expected_purchases(histories, horizon).to_numpy(dtype=float),
         "expected_spend": scores["expected_spend"].to_numpy(dtype=float),
         "probability_alive": scores["probability_alive"].to_numpy(dtype=float),
         "tier": scores["tier"].astype(str).to_numpy(),

@@ -21,27 +21,24 @@ def backtest_plot_data(
     days_per_unit: float,
     observation_end: dt.date,
     calibration_end: dt.date,
+    histories: Any = None,
 ) -> dict[str, Any]:
     """The small tables the two backtest plots draw for the purchase ``model`` fitted on the
     calibration period (a whole run computes them right after the backtest, so the calibration
-    features can go)."""
+    features can go). ``histories``: ``calibration`` grouped, when the caller has them."""
     from pipeline import plots
 
     horizon = float(calibration["duration_holdout"].iloc[0])
     return {
         "calibration_vs_holdout": plots.calibration_vs_holdout_data(
-            calibration, model.expected_purchases(calibration, horizon)
+            calibration, model.expected_purchases(calibration if histories is None else histories, horizon)
         ),
         "cumulative_tracking": plots.cumulative_tracking_data(
             repeat_purchases, first_purchase_date, model, days_per_unit, observation_end
         ),
         "calibration_end": calibration_end,
-        "title": f"{PURCHASE_MODEL_TITLES[_name_of(model)]} (calibration fit)",
+        "title": f"{PURCHASE_MODEL_TITLES[model.model_name]} (calibration fit)",
     }
-
-
-def _name_of(model: Any) -> str:
-    return model.model_name
 
 
 def run_summary(

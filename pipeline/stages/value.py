@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
-from models._validation import PURCHASE_COLUMNS, check_features, unique_rows
+from models import CustomerHistories, group_histories
 from models.discounting import (
     DAYS_PER_YEAR,
     acquisition_cost_per_customer,
@@ -48,7 +48,6 @@ from pipeline.errors import InputDataError
 from pipeline.stages.backtest import rank_correlation
 
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
-HISTORY_COLUMNS = list(PURCHASE_COLUMNS)
 
 # Every per-customer figure, in the order of customers.parquet and the exports (tier and action follow).
 FIGURE_COLUMNS = [
@@ -130,10 +129,8 @@ class CustomerValueScorer:
 
 def unique_histories(features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """The unique histories ``(frequency, recency, T)`` of ``features`` and each customer's row among them."""
-    # check_features gives the float columns the fit grouped, so that grouping is reused.
-    columns = check_features(features, HISTORY_COLUMNS)
-    unique, inverse, _ = unique_rows([columns[name] for name in HISTORY_COLUMNS])
-    return pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique))), inverse
+    histories = group_histories(features)
+    return histories.unique, histories.inverse
 
 
 def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.DataFrame:
@@ -155,15 +152,17 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.
     """
     model = scorer.purchase_model
     horizon = float(scorer.horizon_periods)
-    probability_alive = model.probability_alive(histories)
+    # Checked and grouped once for the four figures (the rows are usually distinct already).
+    grouped = group_histories(histories)
+    probability_alive = model.probability_alive(grouped)
     return pd.DataFrame(
         {
             "probability_alive": probability_alive,
             "churn_probability": 1.0 - probability_alive,
-            "expected_purchases": model.expected_purchases(histories, horizon),
-            "probability_no_purchases": model.probability_of_purchases(histories, 0, horizon),
+            "expected_purchases": model.expected_purchases(grouped, horizon),
+            "probability_no_purchases": model.probability_of_purchases(grouped, 0, horizon),
             "discounted_expected_purchases": discounted_expected_purchases(
-                model, histories, scorer.horizon_periods, 1.0, scorer.discount_rate_per_period
+                model, grouped, scorer.horizon_periods, 1.0, scorer.discount_rate_per_period
             ),
         },
         index=histories.index,
@@ -202,6 +201,7 @@ def score_customers(
     history_of: np.ndarray | None = None,
     terms: CustomerTerms | None = None,
     tiers: Literal["text", "categories"] | None = "text",
+    histories: CustomerHistories | None = None,
 ) -> pd.DataFrame:
     """Every figure of :data:`SCORE_COLUMNS` for each customer of ``features``, indexed like it.
 
@@ -215,17 +215,25 @@ def score_customers(
     per_history, history_of : pandas.DataFrame and numpy.ndarray, optional
         :func:`history_figures` of unique histories and, for each customer, the position of
         theirs among them, when the caller has them (batch scoring finds the histories of
-        every batch at once); by default the histories of ``features``.
+        every batch at once); by default the histories of ``features``: ``histories`` when
+        given, else grouped here.
     terms : CustomerTerms, optional
         The customers' :func:`customer_terms`, when the caller has them; by default with the
         scorer's frozen lifespan.
     tiers : {"text", "categories"} or None
         Tier and action as text, as categoricals (far cheaper at 18M customers), or left out
         (when the cuts are not known yet).
+    histories : models.CustomerHistories, optional
+        ``features`` grouped (``models.group_histories``), when the caller has them (the value
+        stage has them from the all-data fit).
     """
     if per_history is None:
-        histories, history_of = unique_histories(features)
-        per_history = history_figures(scorer, histories)
+        if histories is None:
+            histories = group_histories(features)
+        elif len(histories) != len(features):
+            raise ValueError(f"histories has {len(histories)} customers, features {len(features)}")
+        per_history = history_figures(scorer, histories.unique)
+        history_of = histories.inverse
     # Each customer's history figures, column by column without copies: at 18M customers each is 144 MB.
     columns = {
         name: pd.Series(values.to_numpy()[history_of], index=features.index, copy=False)
@@ -294,11 +302,13 @@ def build_scorer(
     value: ValueSettings,
     segments: SegmentSettings,
     period: PeriodSettings,
+    histories: CustomerHistories | None = None,
 ) -> tuple[CustomerValueScorer, HistoricalCLV, pd.DataFrame]:
     """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
 
     Returns the scorer, the historical CLV and the scores of ``features`` (computed once; tier
     and action as categoricals, which at 18M customers are far cheaper than text).
+    ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them.
     """
     scorer = CustomerValueScorer(
         purchase_model=purchase_model,
@@ -321,7 +331,7 @@ def build_scorer(
         scorer.lifespan_years = terms.historical.lifespan_years
         configured = [Tier(t.name, t.cut, t.action) for t in segments.tiers]
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
-        figures = score_customers(scorer, features, terms=terms, tiers=None)
+        figures = score_customers(scorer, features, terms=terms, tiers=None, histories=histories)
         thresholds = tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
     except ValueError as exc:
         # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
@@ -390,15 +400,21 @@ class ValueOutputs:
     summary: dict[str, Any]
 
 
-def value_stage(features: pd.DataFrame, fit: Any, config: Any) -> ValueOutputs:
+def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: CustomerHistories | None = None) -> ValueOutputs:
     """Value every customer of ``features`` (positional rows, ``customer_id`` a column) with
-    the fit stage's models (:class:`pipeline.stages.fit.FitOutputs`) and a run's settings."""
+    the fit stage's models (:class:`pipeline.stages.fit.FitOutputs`) and a run's settings.
+
+    ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them;
+    dropped once the customers are scored, so a caller that hands over its only reference has
+    them freed before the summaries (8 bytes a customer: 144 MB at 18M).
+    """
     scorer, historical, scores = build_scorer(
         features, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments,
-        config.features.period,
+        config.features.period, histories,
     )
+    del histories
     # Rows of ``scores`` are those of ``features`` in order.
-    customers = pd.concat([features[["customer_id", *HISTORY_COLUMNS, "monetary_value"]], scores], axis=1)
+    customers = pd.concat([features[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
     return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers,
                         summary=value_summary(customers, historical, tiers, config.seed))
