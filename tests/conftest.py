@@ -63,3 +63,29 @@ def cdnow_sample_calibration_features() -> pd.DataFrame:
 def cdnow_sample_full_features() -> pd.DataFrame:
     """Features of the whole CDNOW sample (observation end 1998-06-30, no holdout)."""
     return features_from_config(sample_config()).features_frame()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone master and one worker on 127.0.0.1 (see tests/spark_cluster.py),
+    stopped at the end of the session; skipped without pyspark or java."""
+    import os
+    import shutil
+
+    pytest.importorskip("pyspark")
+    java_home = os.environ.get("JAVA_HOME")
+    if not (shutil.which("java") or (java_home and Path(java_home, "bin", "java").is_file())):
+        pytest.skip("a Spark cluster needs java (JAVA_HOME or java on the PATH)")
+    from tests.spark_cluster import standalone_cluster
+
+    try:
+        with standalone_cluster(tmp_path_factory.mktemp("spark_cluster")) as cluster:
+            yield cluster
+            # A session of this process still on the cluster would lose its executors under it.
+            from pyspark.sql import SparkSession
+
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

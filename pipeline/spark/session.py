@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 
@@ -14,20 +15,17 @@ def spark_session(settings: SparkSettings) -> SparkSession:
     """The Spark session for ``settings`` (an existing one is reused, as ``getOrCreate`` does).
 
     Dates are computed in UTC whatever the machine's zone; local masters get few shuffle
-    partitions (Spark's default of 200 makes small logs slow) and use this interpreter for
-    their Python workers, which has the project installed.
+    partitions (Spark's default of 200 makes small logs slow). Masters whose executors run on
+    this machine use this interpreter for their Python workers, which has the project installed.
     """
-    local = settings.master.startswith("local")
     defaults = {
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": "ERROR",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
-    if local:
+    if settings.master.startswith("local"):
         defaults["spark.sql.shuffle.partitions"] = "8"
-        # PySpark starts local Python workers with $PYSPARK_PYTHON, else whatever `python3` is
-        # on the PATH, which may lack pandas or this project.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _choose_executor_python(settings)
     required = {
         "spark.sql.session.timeZone": "UTC",
         # Datetime patterns as documented for Spark 3+, never the Java 7 SimpleDateFormat ones.
@@ -41,3 +39,42 @@ def spark_session(settings: SparkSettings) -> SparkSession:
     for key, value in required.items():
         spark.conf.set(key, value)
     return spark
+
+
+def _choose_executor_python(settings: SparkSettings) -> None:
+    """Name the Python the executors start for ``mapInPandas`` (batch scoring), before the session.
+
+    A driver started as a plain ``python`` process (not through spark-submit) sends the
+    executors ``$PYSPARK_PYTHON``, else ``python3`` from their PATH, and ignores the
+    ``spark.pyspark.python`` property; so the property (``spark.conf``), which Spark documents as
+    winning over the variable, is exported to it here. Without either, executors on this
+    machine (``local[…]``, ``local-cluster[…]``, a standalone master on a loopback address)
+    get this interpreter: the ``python3`` on the PATH may lack pandas or this project, and a
+    scoring job then fails on the executors with ``No module named 'pipeline'``. A remote
+    cluster keeps PySpark's default: this interpreter's path means nothing on its workers.
+    """
+    configured = settings.conf.get("spark.pyspark.python")
+    if configured:
+        os.environ["PYSPARK_PYTHON"] = configured
+    elif _executors_on_this_machine(settings.master):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def _executors_on_this_machine(master: str) -> bool:
+    """``local[…]``/``local-cluster[…]``, or ``spark://`` masters all on loopback addresses
+    (a master bound to loopback can only have workers on this machine)."""
+    if master.startswith("local"):
+        return True
+    if not master.startswith("spark://"):
+        return False
+    hosts = [address.rsplit(":", 1)[0].strip("[]") for address in master.removeprefix("spark://").split(",")]
+    return all(_is_loopback(host) for host in hosts)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may well be another machine
+        return False
