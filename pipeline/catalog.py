@@ -1,6 +1,9 @@
 """One run directory: the name and format of every output, reading a previous run's outputs,
 and writing a run — new or updated — so that it appears whole or not at all.
 
+Tables are single Parquet files, or dataset directories of part files under the same names
+where the Spark engine wrote them on the cluster (pyarrow and pandas read both).
+
 The stages (``pipeline/stages``) take and return tables; :mod:`pipeline.runner` moves them
 between the stages and this catalog. Nothing else knows a file name of a run.
 
@@ -63,8 +66,7 @@ BACKTEST_COLUMNS = [
     "frequency", "recency", "T", "monetary_value", "total_amount",
     "frequency_holdout", "revenue_holdout", "duration_holdout",
 ]
-HISTORY_COLUMNS = ["frequency", "recency", "T"]
-# Written a slice at a time (see write_value).
+# The customers table is written a slice at a time (see _write_customers).
 CUSTOMER_ROWS_PER_WRITE = 1 << 20
 
 
@@ -236,7 +238,7 @@ class RunCatalog:
         from pipeline.stages.features import pipeline_frame
 
         path = self._require(FEATURES_FILE, "features")
-        names = [name for name in pq.read_schema(path).names if name not in without]
+        names = [name for name in _schema(path).names if name not in without]
         return pipeline_frame(pq.read_table(path, columns=names), indexed=False)
 
     def features_column(self, name: str) -> pd.Series:
@@ -260,10 +262,10 @@ class RunCatalog:
     def calibration_columns(self, names: list[str]) -> dict[str, np.ndarray]:
         """Columns of the calibration file as numpy arrays, read one at a time (so the file's
         Arrow buffers are never there beside more than one copied column)."""
-        file = pq.ParquetFile(self._require(CALIBRATION_FILE, "features"))
+        path = self._require(CALIBRATION_FILE, "features")
         arrays = {}
         for name in names:
-            values = file.read(columns=[name]).column(0).to_numpy()
+            values = pq.read_table(path, columns=[name]).column(0).to_numpy()
             if name == "duration_holdout" and len(values):
                 # The holdout's length, the same for every customer: a read-only view of one
                 # number rather than 144 MB at 18M customers.
@@ -329,6 +331,13 @@ class RunCatalog:
 
     def summary(self) -> dict[str, Any]:
         return json.loads(self._require(SUMMARY_FILE, "report").read_text())
+
+
+def _schema(path: Path) -> pa.Schema:
+    """The schema of a Parquet file, or of a dataset directory (the Spark engine writes those)."""
+    import pyarrow.dataset as ds
+
+    return pq.read_schema(path) if path.is_file() else ds.dataset(path, format="parquet").schema
 
 
 def _write_customers(customers: pd.DataFrame, target: Path) -> Path:

@@ -30,30 +30,45 @@ def _progress(callback, message: str) -> None:
         callback(message)
 
 
-def features_summary(result: FeaturesResult, config: Config, output: Path) -> dict[str, Any]:
-    """What a person wants to see about a features run (also logged as run metadata)."""
-    table = result.features
-    frequency = table.column("frequency").to_numpy()
-    calibration_customers, calibration_repeaters = result.calibration_counts() or (None, None)
+def features_summary(
+    log: Any, counts: dict[str, int | None], observation_end: dt.date, calibration_end: dt.date | None,
+    config: Config, output: Path,
+) -> dict[str, Any]:
+    """What a person wants to see about a features run (also logged as run metadata).
+
+    ``log``: the :class:`pipeline.transactions.LogSummary`; ``counts``: ``customers``,
+    ``repeat_customers``, ``calibration_customers`` and ``calibration_repeat_customers`` (the
+    last two None without a holdout), however the engine counted them.
+    """
     return {
-        "source": result.log.source,
-        "rows_read": result.log.rows_read,
-        "rows_used": result.log.rows_used,
-        "rows_after_observation_end": result.log.rows_after_observation_end,
-        "negative_amount_rows_dropped": result.log.negative_amount_rows_dropped,
-        "future_rows_dropped": result.log.future_rows_dropped,
-        "margin_above_amount_rows": result.log.margin_above_amount_rows,
-        "first_date": result.log.first_date.isoformat(),
-        "last_date": result.log.last_date.isoformat(),
-        "customers": table.num_rows,
-        "repeat_customers": int((frequency > 0).sum()),
+        "source": log.source,
+        "rows_read": log.rows_read,
+        "rows_used": log.rows_used,
+        "rows_after_observation_end": log.rows_after_observation_end,
+        "negative_amount_rows_dropped": log.negative_amount_rows_dropped,
+        "future_rows_dropped": log.future_rows_dropped,
+        "margin_above_amount_rows": log.margin_above_amount_rows,
+        "first_date": log.first_date.isoformat(),
+        "last_date": log.last_date.isoformat(),
+        "customers": counts["customers"],
+        "repeat_customers": counts["repeat_customers"],
         "period_unit": config.features.period.unit,
         "period_resolution": config.features.period.resolution,
-        "observation_end": result.observation_end.isoformat(),
-        "calibration_end": result.calibration_end.isoformat() if result.calibration_end else None,
+        "observation_end": observation_end.isoformat(),
+        "calibration_end": calibration_end.isoformat() if calibration_end else None,
+        "calibration_customers": counts["calibration_customers"],
+        "calibration_repeat_customers": counts["calibration_repeat_customers"],
+        "output": str(output),
+    }
+
+
+def _counts(result: FeaturesResult) -> dict[str, int | None]:
+    calibration_customers, calibration_repeaters = result.calibration_counts() or (None, None)
+    return {
+        "customers": result.features.num_rows,
+        "repeat_customers": int((result.features.column("frequency").to_numpy() > 0).sum()),
         "calibration_customers": calibration_customers,
         "calibration_repeat_customers": calibration_repeaters,
-        "output": str(output),
     }
 
 
@@ -73,7 +88,8 @@ def run_features(config: Config, catalog: RunCatalog, source=None) -> tuple[Feat
         # features at the observation end, they were the run's memory peak (1.7 GB at 18M customers).
         with catalog.calibration_writer() as writer:
             result = features_from_config(config, source, calibration_writer=writer)
-    summary = features_summary(result, config, catalog.final_path(FEATURES_FILE))
+    summary = features_summary(result.log, _counts(result), result.observation_end, result.calibration_end, config,
+                               catalog.final_path(FEATURES_FILE))
     catalog.write_features(result, summary)
     return result, summary
 
