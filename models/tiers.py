@@ -169,6 +169,10 @@ def assign_tiers(clv, tiers=DEFAULT_TIERS, method="quantile"):
 def tier_summary(clv, tiers_frame, historical=None):
     """Customers and predicted value per tier.
 
+    The whole table's :func:`tier_partial` finished by :func:`finish_tier_summary`: the
+    formulas an engine that reduces batches of customers goes through (every figure here is a
+    count or a sum, none needs an order statistic).
+
     Parameters
     ----------
     clv : pandas.Series
@@ -188,6 +192,32 @@ def tier_summary(clv, tiers_frame, historical=None):
         ``pipeline.plots.plot_clv_by_tier`` reads). Empty tiers are kept with
         a count of 0.
     """
+    partial = tier_partial(clv, tiers_frame, historical)
+    # An empty tier has no row to read its action from; assign_tiers leaves
+    # the full list of tiers in attrs for that.
+    actions = {tier_.name: tier_.action for tier_ in tiers_frame.attrs.get("tiers", ())}
+    actions.update(tiers_frame.drop_duplicates("tier").set_index("tier")["action"].to_dict())
+    return finish_tier_summary(partial, actions)
+
+
+def tier_partial(clv, tiers_frame, historical=None):
+    """The counts and sums per tier :func:`tier_summary` needs, of any batch of customers.
+
+    Parameters
+    ----------
+    clv, tiers_frame, historical
+        As :func:`tier_summary`, for the batch's customers; ``tiers_frame['tier']`` has the
+        same categories in every batch (:func:`assign_tiers` with the same tiers).
+
+    Returns
+    -------
+    dict
+        ``predicted_clv_total`` (float, every customer's predicted CLV) and ``per_tier``: a
+        DataFrame indexed by tier (the categorical's order, lowest first) with
+        ``n_customers`` (int), ``total_predicted_clv`` and, with ``historical``,
+        ``total_historical_clv``. Partials of batches merge by :func:`merge_tier_partials` (a
+        batch of no customers is the identity).
+    """
     values = finite_values(clv, "clv")
     if not isinstance(tiers_frame, pd.DataFrame) or not {"tier", "action"} <= set(tiers_frame.columns):
         raise ValueError("tiers_frame must be the DataFrame from assign_tiers, with columns 'tier' and 'action'")
@@ -198,23 +228,56 @@ def tier_summary(clv, tiers_frame, historical=None):
     if historical is not None:
         frame["historical"] = aligned(historical, clv.index, "historical")
     grouped = frame.groupby("tier", observed=False, sort=True)
-    summary = pd.DataFrame(
-        {
-            "n_customers": grouped.size(),
-            "total_predicted_clv": grouped["clv"].sum(),
-            "mean_predicted_clv": grouped["clv"].mean(),
-        }
-    )
-    summary["share_of_customers"] = summary["n_customers"] / max(len(frame), 1)
-    total = values.sum()
-    summary["share_of_predicted_clv"] = summary["total_predicted_clv"] / total if total != 0 else np.nan
+    per_tier = pd.DataFrame({"n_customers": grouped.size(), "total_predicted_clv": grouped["clv"].sum()})
     if historical is not None:
-        summary["mean_historical_clv"] = grouped["historical"].mean()
-    # An empty tier has no row to read its action from; assign_tiers leaves
-    # the full list of tiers in attrs for that.
-    actions = {tier_.name: tier_.action for tier_ in tiers_frame.attrs.get("tiers", ())}
-    actions.update(tiers_frame.drop_duplicates("tier").set_index("tier")["action"].to_dict())
-    summary.insert(0, "action", [actions.get(name) for name in summary.index])
+        per_tier["total_historical_clv"] = grouped["historical"].sum()
+    # The whole column's sum, not the tiers' (pandas sums groups with compensated summation,
+    # numpy a column pairwise): the total of the shares is the one value_summary reports.
+    return {"predicted_clv_total": float(values.sum()), "per_tier": per_tier}
+
+
+def merge_tier_partials(partials):
+    """The sum of :func:`tier_partial` results of batches with the same tiers.
+
+    Raises
+    ------
+    ValueError
+        When there is no partial, or their tiers or columns differ.
+    """
+    partials = list(partials)
+    if not partials:
+        raise ValueError("no tier partials to merge")
+    total = partials[0]["predicted_clv_total"]
+    per_tier = partials[0]["per_tier"].copy()
+    for partial in partials[1:]:
+        other = partial["per_tier"]
+        if not (other.index.equals(per_tier.index) and other.index.dtype == per_tier.index.dtype) or list(
+            other.columns
+        ) != list(per_tier.columns):
+            raise ValueError("tier partials of different tiers or columns cannot be merged")
+        total = total + partial["predicted_clv_total"]
+        for column in per_tier.columns:
+            per_tier[column] = per_tier[column] + other[column]
+    return {"predicted_clv_total": total, "per_tier": per_tier}
+
+
+def finish_tier_summary(partial, actions):
+    """The :func:`tier_summary` table from a (merged) :func:`tier_partial`.
+
+    Parameters
+    ----------
+    partial : dict
+        :func:`tier_partial` of all customers, or :func:`merge_tier_partials` of batches.
+    actions : mapping of str to str
+        Each tier's action, by tier name (``Tier.action``).
+    """
+    per_tier = partial["per_tier"]
+    summary = per_tier[["n_customers", "total_predicted_clv"]].copy()
+    # pandas' group mean is its group sum divided by the count: the same bits.
+    summary["mean_predicted_clv"] = summary["total_predicted_clv"] / summary["n_customers"]
+    summary["share_of_customers"] = summary["n_customers"] / max(int(summary["n_customers"].sum()), 1)
+    total = partial["predicted_clv_total"]
+    summary["share_of_predicted_clv"] = summary["total_predicted_clv"] / total if total != 0 else np.nan
     columns = [
         "action",
         "n_customers",
@@ -223,9 +286,12 @@ def tier_summary(clv, tiers_frame, historical=None):
         "mean_predicted_clv",
         "share_of_predicted_clv",
     ]
-    if historical is not None:
+    if "total_historical_clv" in per_tier.columns:
+        summary["mean_historical_clv"] = per_tier["total_historical_clv"] / per_tier["n_customers"]
         columns.append("mean_historical_clv")
+    summary.insert(0, "action", [actions.get(name) for name in summary.index])
     # Highest tier first, as tiers are given and read.
-    summary = summary.loc[list(tier.dtype.categories[::-1]), columns]
-    summary.index = pd.CategoricalIndex(summary.index, dtype=tier.dtype, name="tier")
+    dtype = per_tier.index.dtype
+    summary = summary.loc[list(dtype.categories[::-1]), columns]
+    summary.index = pd.CategoricalIndex(summary.index, dtype=dtype, name="tier")
     return summary

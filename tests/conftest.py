@@ -89,3 +89,18 @@ def spark_cluster(tmp_path_factory):
                 active.stop()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+def random_batches(rows: int, batches: int, seed: int) -> list:
+    """Positions ``0..rows-1`` dealt at random into ``batches`` batches, shuffled, plus an empty one.
+
+    For the mergeable summaries: partials of these batches, merged in this order, must give the
+    whole table's figures.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    batch_of = rng.integers(0, batches, size=rows)
+    positions = [np.flatnonzero(batch_of == batch) for batch in range(batches)]
+    positions.append(np.array([], dtype=np.int64))
+    return [positions[i] for i in rng.permutation(len(positions))]

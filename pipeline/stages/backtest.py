@@ -2,11 +2,16 @@
 
 Pure functions of tables; the naive baseline (the business formula's historical rates projected
 over the holdout) is scored with the same metrics so every run says how much the models add.
+
+The metrics are mergeable (:mod:`pipeline.stages.partials`): :func:`holdout_partial` of any batch
+of customers, merged, then :func:`finish_holdout_metrics` with the
+:func:`holdout_order_statistics` (rank correlations, top decile); :func:`holdout_metrics` is that
+on the whole table.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,42 +45,199 @@ SELECTION_KEYS = {
 }
 
 
-def _errors(actual: np.ndarray, predicted: np.ndarray, prefix: str, seed: int) -> dict[str, float]:
+class _HoldoutColumns(NamedTuple):
+    actual_purchases: np.ndarray
+    predicted_purchases: np.ndarray
+    actual_revenue: np.ndarray
+    predicted_revenue: np.ndarray
+    predicted_spend: np.ndarray | None
+
+
+def _holdout_columns(
+    calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series,
+    predicted_spend: pd.Series | None,
+) -> _HoldoutColumns:
+    index = calibration.index
+    return _HoldoutColumns(
+        calibration["frequency_holdout"].to_numpy(dtype=float),
+        predicted_purchases.reindex(index).to_numpy(dtype=float),
+        calibration["revenue_holdout"].to_numpy(dtype=float),
+        predicted_revenue.reindex(index).to_numpy(dtype=float),
+        None if predicted_spend is None else predicted_spend.reindex(index).to_numpy(dtype=float),
+    )
+
+
+def _error_sums(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
     difference = predicted - actual
-    total_actual = float(actual.sum())
-    total_predicted = float(predicted.sum())
-    correlation = rank_correlation(actual, predicted, seed)
+    sums = {f"{prefix}_actual_sum": float(actual.sum()), f"{prefix}_predicted_sum": float(predicted.sum())}
     # In place: at 18M customers each temporary is 144 MB, at the run's memory peak.
-    mae = float(np.abs(difference, out=difference).mean())
-    rmse = float(np.sqrt(np.square(difference, out=difference).mean()))
+    sums[f"{prefix}_absolute_error_sum"] = float(np.abs(difference, out=difference).sum())
+    sums[f"{prefix}_squared_error_sum"] = float(np.square(difference, out=difference).sum())
+    return sums
+
+
+def _partial(columns: _HoldoutColumns) -> dict[str, float]:
+    partial: dict[str, float] = {"customers": len(columns.actual_purchases)}
+    partial |= _error_sums(columns.actual_purchases, columns.predicted_purchases, "purchases")
+    partial |= _error_sums(columns.actual_revenue, columns.predicted_revenue, "revenue")
+    if columns.predicted_spend is not None:
+        buyers = columns.actual_purchases > 0
+        actual_spend = columns.actual_revenue[buyers] / columns.actual_purchases[buyers]
+        spend_error = columns.predicted_spend[buyers] - actual_spend
+        partial["spend_customers"] = int(buyers.sum())
+        partial["spend_absolute_error_sum"] = float(np.abs(spend_error).sum())
+        partial["spend_squared_error_sum"] = float((spend_error**2).sum())
+    return partial
+
+
+def holdout_partial(
+    calibration: pd.DataFrame,
+    predicted_purchases: pd.Series,
+    predicted_revenue: pd.Series,
+    predicted_spend: pd.Series | None = None,
+) -> dict[str, float]:
+    """The sums and counts :func:`holdout_metrics` needs, of any batch of customers.
+
+    Partials of batches merge by :func:`pipeline.stages.partials.merge_partials` (a batch of no
+    customers is the identity) and end in :func:`finish_holdout_metrics`.
+
+    Parameters
+    ----------
+    calibration, predicted_purchases, predicted_revenue, predicted_spend
+        As :func:`holdout_metrics`, for the batch's customers.
+
+    Returns
+    -------
+    dict
+        ``customers``; for ``purchases`` and ``revenue``: ``*_actual_sum``,
+        ``*_predicted_sum``, ``*_absolute_error_sum`` and ``*_squared_error_sum``; with
+        ``predicted_spend``: ``spend_customers`` (holdout buyers), ``spend_absolute_error_sum``,
+        ``spend_squared_error_sum``. Counts are ints, sums floats.
+    """
+    return _partial(_holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend))
+
+
+def _order_statistics(columns: _HoldoutColumns, seed: int) -> dict[str, float]:
     return {
-        f"{prefix}_mae": mae,
-        f"{prefix}_rmse": rmse,
-        f"{prefix}_total_actual": total_actual,
-        f"{prefix}_total_predicted": total_predicted,
-        f"{prefix}_total_error_pct": (
-            100.0 * (total_predicted - total_actual) / total_actual if total_actual else float("nan")
-        ),
-        f"{prefix}_spearman": float(correlation),
+        "purchases_spearman": rank_correlation(columns.actual_purchases, columns.predicted_purchases, seed),
+        "revenue_spearman": rank_correlation(columns.actual_revenue, columns.predicted_revenue, seed),
+        "top_decile_revenue_capture": top_share_capture(columns.actual_revenue, columns.predicted_revenue),
     }
+
+
+def holdout_order_statistics(
+    calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series, seed: int = 0
+) -> dict[str, float]:
+    """The figures of :func:`holdout_metrics` that are not sums, from every customer's columns.
+
+    Each needs the whole columns, or an estimate from a sample or approximate quantiles:
+
+    * ``purchases_spearman``, ``revenue_spearman``: Spearman's rho of actual and predicted
+      purchases (revenue) in the holdout: :func:`rank_correlation`, which on more than
+      :data:`RANK_SAMPLE` customers already works on a seeded sample of that size, so an engine
+      may pass the sample's rows instead of the full columns.
+    * ``top_decile_revenue_capture``: the share of actual holdout revenue held by the
+      :data:`TOP_SHARE` of customers with the highest predicted revenue: :func:`top_share_capture`
+      (exact, ties at the cut broken by position). It needs the predicted revenue of the
+      ``top_share_count(customers)``-th customer from the top (the threshold) and the actual
+      revenue above it and at it; with a threshold from approximate quantiles, an engine sums
+      :func:`revenue_at_threshold` over batches and finishes with
+      :func:`top_share_capture_from_sums`.
+    """
+    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, None)
+    return _order_statistics(columns, seed)
+
+
+def _mean(total: float, count: float) -> float:
+    # numpy's mean is its sum divided by the count: the same bits when the sum is the whole array's.
+    return total / count if count else float("nan")
+
+
+def finish_holdout_metrics(partial: dict[str, float], order_statistics: dict[str, float]) -> dict[str, float]:
+    """The figures of :func:`holdout_metrics` from merged :func:`holdout_partial` sums and the
+    :func:`holdout_order_statistics` of the same customers."""
+    customers = partial["customers"]
+    metrics = {"customers": float(customers)}
+    for prefix in ("purchases", "revenue"):
+        total_actual = partial[f"{prefix}_actual_sum"]
+        total_predicted = partial[f"{prefix}_predicted_sum"]
+        metrics |= {
+            f"{prefix}_mae": _mean(partial[f"{prefix}_absolute_error_sum"], customers),
+            f"{prefix}_rmse": float(np.sqrt(_mean(partial[f"{prefix}_squared_error_sum"], customers))),
+            f"{prefix}_total_actual": total_actual,
+            f"{prefix}_total_predicted": total_predicted,
+            f"{prefix}_total_error_pct": (
+                100.0 * (total_predicted - total_actual) / total_actual if total_actual else float("nan")
+            ),
+            f"{prefix}_spearman": float(order_statistics[f"{prefix}_spearman"]),
+        }
+    metrics["top_decile_revenue_capture"] = float(order_statistics["top_decile_revenue_capture"])
+    if "spend_customers" in partial:
+        buyers = partial["spend_customers"]
+        metrics["spend_customers"] = float(buyers)
+        metrics["spend_mae"] = _mean(partial["spend_absolute_error_sum"], buyers)
+        metrics["spend_rmse"] = float(np.sqrt(_mean(partial["spend_squared_error_sum"], buyers)))
+    return metrics
+
+
+def top_share_count(customers: int, share: float = TOP_SHARE) -> int:
+    """How many customers the top ``share`` of ``customers`` holds (at least one)."""
+    return max(1, int(round(share * customers)))
 
 
 def top_share_capture(actual_revenue: np.ndarray, predicted_value: np.ndarray, share: float = TOP_SHARE) -> float:
     """Share of actual holdout revenue that comes from the customers ranked in the predicted top ``share``.
 
-    Ties in the prediction are broken by position (a stable sort), so the result is
-    deterministic for a given customer order.
+    Exact, on every customer's values. Ties in the prediction are broken by position (a stable
+    sort), so the result is deterministic for a given customer order.
     """
     total = float(actual_revenue.sum())
     if total == 0 or len(actual_revenue) == 0:
         return float("nan")
-    count = max(1, int(round(share * len(actual_revenue))))
+    count = top_share_count(len(actual_revenue), share)
     # The top ``count`` without sorting everyone (a stable argsort of 12M took 2.5 s): all above
     # the count-th largest value, then the first of the rows tied with it, by position.
     threshold = np.partition(predicted_value, len(predicted_value) - count)[len(predicted_value) - count]
     above = predicted_value > threshold
     tied = np.flatnonzero(predicted_value == threshold)[: count - int(above.sum())]
     return float((actual_revenue[above].sum() + actual_revenue[tied].sum()) / total)
+
+
+def revenue_at_threshold(actual_revenue: np.ndarray, predicted_value: np.ndarray, threshold: float) -> dict[str, float]:
+    """Customers and actual revenue above and at a predicted-value ``threshold``, of any batch.
+
+    A partial for :func:`top_share_capture_from_sums` (merged by
+    :func:`pipeline.stages.partials.merge_partials`): ``above_customers``, ``above_revenue``
+    (predicted value above ``threshold``), ``tied_customers``, ``tied_revenue`` (equal to it).
+    """
+    above = predicted_value > threshold
+    tied = predicted_value == threshold
+    return {
+        "above_customers": int(above.sum()),
+        "above_revenue": float(actual_revenue[above].sum()),
+        "tied_customers": int(tied.sum()),
+        "tied_revenue": float(actual_revenue[tied].sum()),
+    }
+
+
+def top_share_capture_from_sums(
+    sums: dict[str, float], customers: int, total_revenue: float, share: float = TOP_SHARE
+) -> float:
+    """:func:`top_share_capture` from a threshold's merged :func:`revenue_at_threshold` sums.
+
+    The customers at the threshold are taken pro rata (each tied customer counts for the same
+    fraction of their revenue: the mean over random tie breaks), not by position as on full
+    columns. With the exact threshold (the ``top_share_count(customers, share)``-th largest
+    predicted value) and no customer tied with it beyond the top, this is
+    :func:`top_share_capture`; with an approximate threshold, the customers above it stand for
+    the top ``share``, however many they are.
+    """
+    if total_revenue == 0 or customers == 0:
+        return float("nan")
+    tied = sums["tied_customers"]
+    taken = min(max(top_share_count(customers, share) - sums["above_customers"], 0), tied)
+    from_tied = sums["tied_revenue"] * taken / tied if tied else 0.0
+    return float((sums["above_revenue"] + from_tied) / total_revenue)
 
 
 def holdout_metrics(
@@ -86,6 +248,9 @@ def holdout_metrics(
     seed: int = 0,
 ) -> dict[str, float]:
     """Per-customer and aggregate errors of holdout predictions.
+
+    The whole table's :func:`holdout_partial` finished with its exact
+    :func:`holdout_order_statistics`: the formulas an engine that reduces batches goes through.
 
     Parameters
     ----------
@@ -101,22 +266,9 @@ def holdout_metrics(
         Seeds the sample Spearman's rho is estimated on at scale (:func:`rank_correlation`;
         the pipeline passes the config's ``seed``).
     """
-    actual_purchases = calibration["frequency_holdout"].to_numpy(dtype=float)
-    actual_revenue = calibration["revenue_holdout"].to_numpy(dtype=float)
-    purchases = predicted_purchases.reindex(calibration.index).to_numpy(dtype=float)
-    revenue = predicted_revenue.reindex(calibration.index).to_numpy(dtype=float)
-    metrics = {"customers": float(len(calibration))}
-    metrics |= _errors(actual_purchases, purchases, "purchases", seed)
-    metrics |= _errors(actual_revenue, revenue, "revenue", seed)
-    metrics["top_decile_revenue_capture"] = top_share_capture(actual_revenue, revenue)
-    if predicted_spend is not None:
-        buyers = actual_purchases > 0
-        actual_spend = actual_revenue[buyers] / actual_purchases[buyers]
-        spend = predicted_spend.reindex(calibration.index).to_numpy(dtype=float)[buyers]
-        metrics["spend_customers"] = float(buyers.sum())
-        metrics["spend_mae"] = float(np.abs(spend - actual_spend).mean()) if buyers.any() else float("nan")
-        metrics["spend_rmse"] = float(np.sqrt(((spend - actual_spend) ** 2).mean())) if buyers.any() else float("nan")
-    return metrics
+    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend)
+    order_statistics = _order_statistics(columns, seed)
+    return finish_holdout_metrics(_partial(columns), order_statistics)
 
 
 def backtest_model(

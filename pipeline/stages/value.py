@@ -355,37 +355,107 @@ def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataF
     return tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
 
 
-def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.DataFrame,
-                  seed: int = 0) -> dict[str, Any]:
-    """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`); ``seed``:
-    the sample their rank correlation is estimated on at scale (see
-    :func:`pipeline.stages.backtest.rank_correlation`)."""
+# The per-customer columns value_summary reduces to sums: each one's sum and count (pandas'
+# mean skips missing values, so the count is of the values present).
+SUMMED_COLUMNS = ("predicted_clv", "historical_clv", "probability_alive", "expected_purchases")
+
+
+def value_partial(customers: pd.DataFrame) -> dict[str, float]:
+    """The sums and counts :func:`value_summary` needs, of any batch of customers.
+
+    Parameters
+    ----------
+    customers : pandas.DataFrame
+        The batch's rows of the value stage's customers table (the columns of
+        :data:`SUMMED_COLUMNS` are read).
+
+    Returns
+    -------
+    dict
+        ``customers`` and, for each column of :data:`SUMMED_COLUMNS`, ``<column>_sum`` (float,
+        missing values skipped) and ``<column>_count`` (int, values present). Partials of batches
+        merge by :func:`pipeline.stages.partials.merge_partials` (a batch of no customers is the
+        identity) and end in :func:`finish_value_summary`.
+    """
+    partial: dict[str, float] = {"customers": len(customers)}
+    for column in SUMMED_COLUMNS:
+        values = customers[column]
+        partial[f"{column}_sum"] = float(values.sum())
+        partial[f"{column}_count"] = int(values.count())
+    return partial
+
+
+def value_order_statistics(customers: pd.DataFrame, seed: int = 0) -> dict[str, float]:
+    """The figures of :func:`value_summary` that are not sums, from every customer's columns.
+
+    Each needs the whole columns, or an estimate from a sample or approximate quantiles:
+
+    * ``predicted_clv_median``, ``historical_clv_customer_median``: the median of
+      ``predicted_clv`` (``historical_clv``), missing values skipped, the mean of the two middle
+      values for an even count (``pandas.Series.median``); an engine may supply the 0.5 quantile
+      from approximate quantiles.
+    * ``predicted_historical_spearman``: Spearman's rho of predicted and historical CLV:
+      :func:`pipeline.stages.backtest.rank_correlation`, which on more than its ``RANK_SAMPLE``
+      customers already works on a seeded sample of that size, so an engine may pass the
+      sample's rows instead of the full columns.
+    """
     predicted = customers["predicted_clv"]
-    per_customer_historical = customers["historical_clv"]
+    historical = customers["historical_clv"]
     return {
-        "customers": int(len(customers)),
-        "predicted_clv_total": float(predicted.sum()),
-        "predicted_clv_mean": float(predicted.mean()),
         "predicted_clv_median": float(predicted.median()),
+        "historical_clv_customer_median": float(historical.median()),
+        "predicted_historical_spearman": rank_correlation(predicted.to_numpy(), historical.to_numpy(), seed),
+    }
+
+
+def _mean(partial: dict[str, float], column: str) -> float:
+    # pandas' mean is its sum divided by the count: the same bits when the sum is the whole column's.
+    count = partial[f"{column}_count"]
+    return partial[f"{column}_sum"] / count if count else float("nan")
+
+
+def finish_value_summary(
+    partial: dict[str, float], order_statistics: dict[str, float], historical: HistoricalCLV, tiers: pd.DataFrame
+) -> dict[str, Any]:
+    """The :func:`value_summary` of merged :func:`value_partial` sums, the
+    :func:`value_order_statistics` of the same customers, the company's historical CLV and the
+    tier table (:func:`tier_table`, or ``models.tiers.finish_tier_summary`` of merged partials)."""
+    predicted_mean = _mean(partial, "predicted_clv")
+    historical_mean = _mean(partial, "historical_clv")
+    return {
+        "customers": int(partial["customers"]),
+        "predicted_clv_total": float(partial["predicted_clv_sum"]),
+        "predicted_clv_mean": predicted_mean,
+        "predicted_clv_median": float(order_statistics["predicted_clv_median"]),
         "historical_clv_company": float(historical.clv),
-        "historical_clv_customer_mean": float(per_customer_historical.mean()),
-        "historical_clv_customer_median": float(per_customer_historical.median()),
-        "predicted_minus_historical_mean": float(predicted.mean() - per_customer_historical.mean()),
-        "predicted_historical_spearman": rank_correlation(
-            predicted.to_numpy(), per_customer_historical.to_numpy(), seed
-        ),
+        "historical_clv_customer_mean": historical_mean,
+        "historical_clv_customer_median": float(order_statistics["historical_clv_customer_median"]),
+        "predicted_minus_historical_mean": predicted_mean - historical_mean,
+        "predicted_historical_spearman": float(order_statistics["predicted_historical_spearman"]),
         "historical_method": historical.method,
         "historical_lifespan_years": float(historical.lifespan_years),
         "historical_churn_rate_annual": float(historical.churn_rate_annual),
         "historical_average_purchase_value": float(historical.average_purchase_value),
         "historical_purchases_per_year": float(historical.purchases_per_year),
-        "mean_probability_alive": float(customers["probability_alive"].mean()),
-        "expected_purchases_total": float(customers["expected_purchases"].sum()),
+        "mean_probability_alive": _mean(partial, "probability_alive"),
+        "expected_purchases_total": float(partial["expected_purchases_sum"]),
         "tiers": {
             str(name): {key: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v)) for key, v in row.items()}
             for name, row in tiers.iterrows()
         },
     }
+
+
+def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.DataFrame,
+                  seed: int = 0) -> dict[str, Any]:
+    """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`); ``seed``:
+    the sample their rank correlation is estimated on at scale (see
+    :func:`pipeline.stages.backtest.rank_correlation`).
+
+    The whole table's :func:`value_partial` finished with its exact
+    :func:`value_order_statistics`: the formulas an engine that reduces batches goes through.
+    """
+    return finish_value_summary(value_partial(customers), value_order_statistics(customers, seed), historical, tiers)
 
 
 @dataclasses.dataclass

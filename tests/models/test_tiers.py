@@ -72,3 +72,53 @@ def test_tier_summary_keeps_empty_tiers(ten_customers):
     assert summary.loc["top", "n_customers"] == 0
     assert summary.loc["top", "action"] == "call"
     assert "mean_historical_clv" not in summary.columns
+
+
+def customers_with_tiers(rows=500, seed=6):
+    rng = np.random.default_rng(seed)
+    clv = pd.Series(np.round(rng.lognormal(1.0, 1.5, size=rows) - 2.0, 2), index=[f"c{i}" for i in range(rows)])
+    historical = pd.Series(rng.normal(10.0, 20.0, size=rows), index=clv.index)
+    # A top tier no one reaches: empty tiers must survive the merge.
+    tiers = [("top", 1e9, "call"), ("high", 0.8, "a"), ("medium", 0.5, "b"), ("low", 0.0, "c")]
+    bounds = tier_thresholds(clv, tiers[1:]).tolist()
+    absolute = [("top", 1e9, "call")] + [(t[0], b, t[2]) for t, b in zip(tiers[1:], bounds)]
+    absolute[-1] = ("low", -np.inf, "c")
+    return clv, historical, assign_tiers(clv, absolute, method="absolute")
+
+
+@pytest.mark.parametrize("batches", [1, 3, 7])
+@pytest.mark.parametrize("with_historical", [True, False])
+def test_tier_partials_of_batches_merge_to_the_whole_tables_summary(batches, with_historical):
+    from models.tiers import finish_tier_summary, merge_tier_partials, tier_partial
+    from tests.conftest import random_batches
+
+    clv, historical, tiers = customers_with_tiers()
+    historical = historical if with_historical else None
+    whole = tier_summary(clv, tiers, historical=historical)
+    partials = [
+        tier_partial(clv.iloc[rows], tiers.iloc[rows], None if historical is None else historical.iloc[rows])
+        for rows in random_batches(len(clv), batches, seed=batches)
+    ]
+    actions = {tier.name: tier.action for tier in tiers.attrs["tiers"]}
+    merged = finish_tier_summary(merge_tier_partials(partials), actions)
+    assert merged.index.equals(whole.index) and merged.index.dtype == whole.index.dtype
+    assert list(merged.columns) == list(whole.columns) and (merged.dtypes == whole.dtypes).all()
+    assert merged["action"].tolist() == whole["action"].tolist()
+    assert merged["n_customers"].tolist() == whole["n_customers"].tolist()
+    assert merged.loc["top", "n_customers"] == 0 and np.isnan(merged.loc["top", "mean_predicted_clv"])
+    numbers = whole.columns.drop(["action", "n_customers"])
+    pd.testing.assert_frame_equal(merged[numbers], whole[numbers], rtol=1e-12, atol=0)
+
+
+def test_a_tier_partial_of_no_customers_merges_as_the_identity():
+    from models.tiers import merge_tier_partials, tier_partial
+
+    clv, historical, tiers = customers_with_tiers()
+    partial = tier_partial(clv, tiers, historical)
+    empty = tier_partial(clv.iloc[:0], tiers.iloc[:0], historical.iloc[:0])
+    assert empty["predicted_clv_total"] == 0 and empty["per_tier"]["n_customers"].tolist() == [0, 0, 0, 0]
+    for merged in (merge_tier_partials([empty, partial]), merge_tier_partials([partial, empty])):
+        assert merged["predicted_clv_total"] == partial["predicted_clv_total"]
+        pd.testing.assert_frame_equal(merged["per_tier"], partial["per_tier"], check_exact=True)
+    with pytest.raises(ValueError, match="different tiers or columns"):
+        merge_tier_partials([partial, tier_partial(clv, tiers)])

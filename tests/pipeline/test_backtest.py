@@ -94,3 +94,103 @@ def test_the_config_seed_chooses_the_rank_sample(monkeypatch):
 
     assert spearman(42) == spearman(42)
     assert spearman(42) != spearman(7)
+
+
+def holdout_with_ties(rows: int = 600, seed: int = 4):
+    """A holdout with buyers and non-buyers, and predictions with ties (the top decile's cut falls in a run)."""
+    rng = np.random.default_rng(seed)
+    actual = rng.poisson(0.8, size=rows).astype(float)
+    calibration = pd.DataFrame(
+        {"frequency_holdout": actual, "revenue_holdout": actual * rng.gamma(2.0, 15.0, size=rows)},
+        index=pd.Index([f"c{i}" for i in range(rows)], name="customer_id"),
+    )
+    purchases = pd.Series(np.round(rng.gamma(1.0, 1.0, size=rows), 1), index=calibration.index)
+    spend = pd.Series(rng.gamma(2.0, 20.0, size=rows), index=calibration.index)
+    return calibration, purchases, purchases * spend, spend
+
+
+@pytest.mark.parametrize("batches", [1, 3, 7])
+@pytest.mark.parametrize("with_spend", [True, False])
+def test_holdout_partials_of_batches_merge_to_the_whole_tables_metrics(batches, with_spend):
+    from pipeline.stages.backtest import finish_holdout_metrics, holdout_order_statistics, holdout_partial
+    from pipeline.stages.partials import merge_partials
+    from tests.conftest import random_batches
+
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    spend = spend if with_spend else None
+    whole = holdout_metrics(calibration, purchases, revenue, spend, seed=3)
+    partials = []
+    for rows in random_batches(len(calibration), batches, seed=batches):
+        batch = calibration.iloc[rows]
+        # Each batch gets predictions for its own customers only.
+        partials.append(holdout_partial(
+            batch, purchases.loc[batch.index], revenue.loc[batch.index],
+            None if spend is None else spend.loc[batch.index],
+        ))
+    merged = finish_holdout_metrics(
+        merge_partials(partials), holdout_order_statistics(calibration, purchases, revenue, seed=3)
+    )
+    assert list(merged) == list(whole)
+    assert all(type(value) is float for value in merged.values())
+    for key in ("customers", "spend_customers"):
+        assert merged.get(key) == whole.get(key)
+    assert merged == pytest.approx(whole, rel=1e-12)
+    assert ("spend_mae" in whole) is with_spend
+
+
+def test_a_holdout_partial_of_no_customers_merges_as_the_identity():
+    from pipeline.stages.backtest import holdout_partial
+    from pipeline.stages.partials import merge_partials
+
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    partial = holdout_partial(calibration, purchases, revenue, spend)
+    empty = holdout_partial(calibration.iloc[:0], purchases.iloc[:0], revenue.iloc[:0], spend.iloc[:0])
+    assert empty["customers"] == 0 and empty["spend_customers"] == 0
+    assert merge_partials([empty, partial]) == partial
+    assert merge_partials([partial, empty]) == partial
+    with pytest.raises(ValueError, match="different keys"):
+        merge_partials([partial, holdout_partial(calibration, purchases, revenue)])
+
+
+def test_holdout_metrics_of_no_customers_are_nan_not_errors():
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    metrics = holdout_metrics(calibration.iloc[:0], purchases, revenue, spend)
+    assert metrics["customers"] == 0.0 and metrics["spend_customers"] == 0.0
+    assert np.isnan(metrics["purchases_mae"]) and np.isnan(metrics["spend_rmse"])
+    assert np.isnan(metrics["top_decile_revenue_capture"])
+
+
+def test_top_share_capture_from_a_thresholds_sums():
+    from pipeline.stages.backtest import (
+        revenue_at_threshold,
+        top_share_capture_from_sums,
+        top_share_count,
+    )
+    from pipeline.stages.partials import merge_partials
+    from tests.conftest import random_batches
+
+    rng = np.random.default_rng(8)
+    actual = rng.gamma(2.0, 10.0, size=1_000)
+    distinct = rng.permutation(1_000).astype(float)  # no ties
+    count = top_share_count(len(actual))
+    threshold = np.sort(distinct)[-count]
+    sums = merge_partials(
+        revenue_at_threshold(actual[rows], distinct[rows], threshold) for rows in random_batches(1_000, 7, seed=1)
+    )
+    assert sums["above_customers"] == count - 1 and sums["tied_customers"] == 1
+    assert top_share_capture_from_sums(sums, len(actual), actual.sum()) == pytest.approx(
+        top_share_capture(actual, distinct), rel=1e-12
+    )
+
+    # Ties at the cut: 100 customers over the threshold, 2 more needed from 4 tied ones, taken pro rata.
+    predicted = np.r_[np.full(100, 5.0), np.full(4, 3.0), np.zeros(916)]
+    actual = np.r_[np.ones(100), [8.0, 0.0, 0.0, 0.0], np.ones(916)]
+    sums = revenue_at_threshold(actual, predicted, 3.0)
+    assert top_share_count(1_020) == 102
+    assert top_share_capture_from_sums(sums, 1_020, actual.sum()) == pytest.approx((100 + 8 * 2 / 4) / 1_024)
+    # By position on the full columns: the tied customer with 8 comes first.
+    assert top_share_capture(actual, predicted) == pytest.approx(108 / 1_024)
+    # An approximate threshold below the cut: everyone above it counts, however many.
+    assert top_share_capture_from_sums(revenue_at_threshold(actual, predicted, 2.0), 1_020, actual.sum()) == (
+        pytest.approx(108 / 1_024)
+    )

@@ -1,0 +1,41 @@
+"""Merging the partial sums of a summary computed batch by batch.
+
+Each run summary (:func:`pipeline.stages.backtest.holdout_metrics`,
+:func:`pipeline.stages.value.value_summary`, :func:`models.tiers.tier_summary`) is computed in
+three steps, so that an engine whose customers are spread over many machines (Spark) goes
+through the same formulas as one that holds them all (DuckDB):
+
+1. a *partial* of any batch of customers: a few sums and counts (a plain dict);
+2. a *merge* of partials: their sum, key by key, so batches can be reduced in any grouping and
+   order (exactly for counts; for float sums up to rounding in the last bits);
+3. a *finish* turning merged partials, plus the order statistics that no sum can give (medians,
+   rank correlations, the top decile), into the summary's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def merge_partials(partials: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The key-by-key sum of partials that have the same keys (a partial of no customers is the identity).
+
+    Raises
+    ------
+    ValueError
+        When there is no partial, or the partials' keys differ (partials of different summaries,
+        or of the same summary called with different optional columns).
+    """
+    merged: dict[str, Any] | None = None
+    for partial in partials:
+        if merged is None:
+            merged = dict(partial)
+            continue
+        if partial.keys() != merged.keys():
+            raise ValueError(f"partials have different keys: {sorted(merged)} and {sorted(partial)}")
+        for key, value in partial.items():
+            merged[key] = merged[key] + value
+    if merged is None:
+        raise ValueError("no partials to merge")
+    return merged
