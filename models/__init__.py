@@ -7,7 +7,7 @@ pipeline does that around these estimators.
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
 from .histories import CustomerHistories, group_histories
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
-from .spend import GammaGammaModel
+from .spend import GammaGammaModel, SpendStatistics, spend_statistics
 
 __all__ = [
     "PURCHASE_MODELS",
@@ -18,5 +18,7 @@ __all__ = [
     "GammaGammaModel",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
+    "SpendStatistics",
     "group_histories",
+    "spend_statistics",
 ]
