@@ -5,6 +5,14 @@ pipeline does that around these estimators.
 """
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
+from .historical import (
+    CompanyHistoricalCLV,
+    HistoricalCLV,
+    HistoricalTotals,
+    historical_clv,
+    historical_clv_from_totals,
+    historical_totals,
+)
 from .histories import CustomerHistories, group_histories
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
 from .spend import GammaGammaModel, SpendStatistics, spend_statistics
@@ -13,12 +21,18 @@ __all__ = [
     "PURCHASE_MODELS",
     "RELATIVE_GRADIENT_WARNING",
     "BetaGeoModel",
+    "CompanyHistoricalCLV",
     "ConvergenceError",
     "CustomerHistories",
     "GammaGammaModel",
+    "HistoricalCLV",
+    "HistoricalTotals",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
     "SpendStatistics",
     "group_histories",
+    "historical_clv",
+    "historical_clv_from_totals",
+    "historical_totals",
     "spend_statistics",
 ]
