@@ -5,18 +5,34 @@ pipeline does that around these estimators.
 """
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
+from .historical import (
+    CompanyHistoricalCLV,
+    HistoricalCLV,
+    HistoricalTotals,
+    historical_clv,
+    historical_clv_from_totals,
+    historical_totals,
+)
 from .histories import CustomerHistories, group_histories
 from .purchase import PURCHASE_MODELS, BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
-from .spend import GammaGammaModel
+from .spend import GammaGammaModel, SpendStatistics, spend_statistics
 
 __all__ = [
     "PURCHASE_MODELS",
     "RELATIVE_GRADIENT_WARNING",
     "BetaGeoModel",
+    "CompanyHistoricalCLV",
     "ConvergenceError",
     "CustomerHistories",
     "GammaGammaModel",
+    "HistoricalCLV",
+    "HistoricalTotals",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
+    "SpendStatistics",
     "group_histories",
+    "historical_clv",
+    "historical_clv_from_totals",
+    "historical_totals",
+    "spend_statistics",
 ]

@@ -133,12 +133,14 @@ def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
     n_steps = check_positive_int(n_steps, "n_steps")
     step_periods = check_positive_real(step_periods, "step_periods")
     histories = as_histories(features)
+    # Read first: histories built from counts alone refuse here, before any computing.
+    inverse, index = histories.inverse, histories.index
     by_step = (
         np.zeros((0, n_steps)) if len(histories) == 0
         else _expected_purchases_by_step_of_rows(purchase_model, histories.unique, n_steps, step_periods)
     )
     columns = pd.RangeIndex(1, n_steps + 1, name="step")
-    return pd.DataFrame(by_step[histories.inverse], index=histories.index, columns=columns)
+    return pd.DataFrame(by_step[inverse], index=index, columns=columns)
 
 
 def discounted_expected_purchases(purchase_model, features, n_steps, step_periods, discount_rate_per_step):
@@ -175,6 +177,8 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     n_steps = check_positive_int(n_steps, "n_steps")
     step_periods = check_positive_real(step_periods, "step_periods")
     histories = as_histories(features)
+    # Read first: histories built from counts alone refuse here, before any computing.
+    inverse, index = histories.inverse, histories.index
     unique = histories.unique
     discount_factors = (1.0 + discount_rate_per_step) ** -np.arange(1, n_steps + 1, dtype=np.float64)
     discounted = np.zeros(len(unique))
@@ -190,7 +194,7 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
         block_discounted = discounted[start:start + len(block)]
         for step in range(by_step.shape[1]):
             block_discounted += by_step[:, step] * discount_factors[step]
-    return pd.Series(discounted[histories.inverse], index=histories.index, name="discounted_expected_purchases")
+    return pd.Series(discounted[inverse], index=index, name="discounted_expected_purchases")
 
 
 def predicted_clv(discounted_purchases, expected_spend, margin_rate=1.0, acquisition_cost=0.0):

@@ -41,8 +41,8 @@ from .discounting import DAYS_PER_YEAR
 
 
 @dataclasses.dataclass(frozen=True)
-class HistoricalCLV:
-    """Historical CLV of a customer base: the company figures and one value per customer.
+class CompanyHistoricalCLV:
+    """Historical CLV of a customer base: the company figures.
 
     Attributes
     ----------
@@ -68,8 +68,6 @@ class HistoricalCLV:
         margin_rate - acquisition_cost.
     method : str
         How the lifespan and frequency were estimated, in words.
-    per_customer : pandas.Series
-        Each customer's historical CLV, indexed by customer id.
     """
 
     n_customers: int
@@ -83,15 +81,94 @@ class HistoricalCLV:
     acquisition_cost: float
     clv: float
     method: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoricalCLV(CompanyHistoricalCLV):
+    """Historical CLV of a customer base: the company figures and one value per customer.
+
+    Attributes
+    ----------
+    per_customer : pandas.Series
+        Each customer's historical CLV, indexed by customer id; the company figures are
+        those of :class:`CompanyHistoricalCLV`.
+    """
+
     per_customer: pd.Series = dataclasses.field(repr=False)
 
 
-def _activity(features, days_per_period, churn_inactivity_days):
+@dataclasses.dataclass(frozen=True)
+class HistoricalTotals:
+    """Sums over a batch of customers from which the company's historical CLV follows.
+
+    Built by :func:`historical_totals` for any batch (a Spark partition, a chunk of a
+    file); totals of disjoint batches add up with ``+`` (or ``sum``) to those of their
+    union, and :func:`historical_clv_from_totals` turns them into the company figures,
+    so a cluster sends the driver these few numbers instead of its customers.
+
+    Attributes
+    ----------
+    n_customers : int
+    revenue : float
+        Total revenue (``total_amount``).
+    purchases : float
+        Total purchases (``n_transactions``).
+    customer_years : float
+        Active customer-years observed (the exposure of the lifespan estimate).
+    churn_events : int
+        Customers counted as churned.
+    margin_revenue : float
+        Sum of margin rate x revenue.
+    acquisition_cost : float
+        Sum of the customers' acquisition costs (the company figure uses its mean).
+    days_per_period, churn_inactivity_days : float
+        The settings the batch was measured with; totals measured otherwise do not add.
+    """
+
+    n_customers: int
+    revenue: float
+    purchases: float
+    customer_years: float
+    churn_events: int
+    margin_revenue: float
+    acquisition_cost: float
+    days_per_period: float
+    churn_inactivity_days: float
+
+    def __add__(self, other):
+        if not isinstance(other, HistoricalTotals):
+            return NotImplemented
+        settings = (self.days_per_period, self.churn_inactivity_days)
+        if settings != (other.days_per_period, other.churn_inactivity_days):
+            raise ValueError(
+                "cannot add historical totals measured with other settings: (days_per_period, "
+                f"churn_inactivity_days) {settings} and {(other.days_per_period, other.churn_inactivity_days)}"
+            )
+        return HistoricalTotals(
+            n_customers=self.n_customers + other.n_customers,
+            revenue=self.revenue + other.revenue,
+            purchases=self.purchases + other.purchases,
+            customer_years=self.customer_years + other.customer_years,
+            churn_events=self.churn_events + other.churn_events,
+            margin_revenue=self.margin_revenue + other.margin_revenue,
+            acquisition_cost=self.acquisition_cost + other.acquisition_cost,
+            days_per_period=self.days_per_period,
+            churn_inactivity_days=self.churn_inactivity_days,
+        )
+
+    def __radd__(self, other):
+        # sum() starts from 0.
+        if isinstance(other, int) and other == 0:
+            return self
+        return NotImplemented
+
+
+def _activity(features, days_per_period, churn_inactivity_days, allow_empty=False):
     """Purchases, revenue, churn flag and active exposure (years) per customer."""
     days_per_period = check_positive_real(days_per_period, "days_per_period")
     churn_inactivity_days = check_positive_real(churn_inactivity_days, "churn_inactivity_days")
     columns = check_features(features, PURCHASE_COLUMNS)
-    if len(features) == 0:
+    if len(features) == 0 and not allow_empty:
         raise ValueError("features: no customers")
     purchases = check_feature_column(features, "n_transactions")
     revenue = check_feature_column(features, "total_amount")
@@ -113,6 +190,7 @@ def _activity(features, days_per_period, churn_inactivity_days):
 
 
 def _historical_method(churn_inactivity_days, min_exposure_years, lifespan_given):
+    """The method in words; without the per-customer clause when ``min_exposure_years`` is None."""
     if lifespan_given:
         lifespan = "lifespan given by the caller"
     else:
@@ -122,9 +200,14 @@ def _historical_method(churn_inactivity_days, min_exposure_years, lifespan_given
             "the observation end (active time first to last purchase if churned, first purchase to observation "
             "end if not)"
         )
-    return (
+    company = (
         f"historical CLV = average purchase value x purchases per active customer-year x lifespan x margin - CAC; "
-        f"{lifespan}; per customer: own average purchase value and own purchases per active year (active time "
+        f"{lifespan}"
+    )
+    if min_exposure_years is None:
+        return company
+    return (
+        f"{company}; per customer: own average purchase value and own purchases per active year (active time "
         f"floored at {min_exposure_years:g} years) x company lifespan"
     )
 
@@ -243,40 +326,133 @@ def historical_clv(
     index = features.index
     margin = aligned(margin_rate, index, "margin_rate")
     cost = aligned(acquisition_cost, index, "acquisition_cost")
+    # The company figures from this batch's totals, the one formula a cluster's summed totals go through too.
+    company = historical_clv_from_totals(
+        _totals(purchases, revenue, churned, exposure_years, margin, cost, days_per_period, churn_inactivity_days),
+        lifespan_years,
+    )
 
+    yearly_purchases = purchases / np.maximum(exposure_years, min_exposure_years)
+    per_customer = (revenue / purchases) * yearly_purchases * company.lifespan_years * margin - cost
+    figures = {field.name: getattr(company, field.name) for field in dataclasses.fields(company)}
+    figures["method"] = _historical_method(churn_inactivity_days, min_exposure_years, lifespan_years is not None)
+    return HistoricalCLV(**figures, per_customer=pd.Series(per_customer, index=index, name="historical_clv"))
+
+
+def historical_totals(features, days_per_period, churn_inactivity_days=180.0, margin_rate=1.0, acquisition_cost=0.0):
+    """Totals of a batch of customers for the company's historical CLV; batches add up with ``+``.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        The batch: one row per customer, as :func:`historical_clv` reads them. May be
+        empty (an empty partition adds nothing).
+    days_per_period : float
+        Days in one model period (7 for weeks).
+    churn_inactivity_days : float, default 180
+        A customer without a purchase in more than this many days before the
+        observation end counts as churned.
+    margin_rate : float or pandas.Series, default 1.0
+        Profit as a fraction of revenue, one for all or per customer (covering the batch).
+    acquisition_cost : float or pandas.Series, default 0.0
+        CAC, one for all or per customer (covering the batch).
+
+    Returns
+    -------
+    HistoricalTotals
+        For :func:`historical_clv_from_totals`, alone or summed with other batches'.
+    """
+    purchases, revenue, churned, exposure_years = _activity(
+        features, days_per_period, churn_inactivity_days, allow_empty=True
+    )
+    index = features.index
+    return _totals(
+        purchases,
+        revenue,
+        churned,
+        exposure_years,
+        aligned(margin_rate, index, "margin_rate"),
+        aligned(acquisition_cost, index, "acquisition_cost"),
+        days_per_period,
+        churn_inactivity_days,
+    )
+
+
+def _totals(purchases, revenue, churned, exposure_years, margin, cost, days_per_period, churn_inactivity_days):
+    return HistoricalTotals(
+        n_customers=len(purchases),
+        revenue=float(revenue.sum()),
+        purchases=float(purchases.sum()),
+        customer_years=float(exposure_years.sum()),
+        churn_events=int(churned.sum()),
+        margin_revenue=float(np.sum(margin * revenue)),
+        acquisition_cost=float(cost.sum()),
+        days_per_period=float(days_per_period),
+        churn_inactivity_days=float(churn_inactivity_days),
+    )
+
+
+def historical_clv_from_totals(totals, lifespan_years=None) -> CompanyHistoricalCLV:
+    """The company's historical CLV from the totals of its customers (no per-customer values).
+
+    The company figures of :func:`historical_clv` (see there for the formula and the
+    lifespan estimate), from :func:`historical_totals` of all the customers, computed at
+    once or summed over batches. To value each customer, give the lifespan found here
+    (``lifespan_years``) to :func:`historical_clv` on each batch: per customer, nothing
+    else depends on the other customers.
+
+    Parameters
+    ----------
+    totals : HistoricalTotals
+    lifespan_years : float, optional
+        Average lifespan to use instead of estimating it from the totals.
+
+    Returns
+    -------
+    CompanyHistoricalCLV
+
+    Raises
+    ------
+    ValueError
+        If there are no customers, the lifespan cannot be estimated (no churn event) or
+        no active time was observed.
+    """
+    if not isinstance(totals, HistoricalTotals):
+        raise TypeError(f"totals must be HistoricalTotals, got {type(totals).__name__}")
+    if lifespan_years is not None:
+        lifespan_years = check_positive_real(lifespan_years, "lifespan_years")
+    if totals.n_customers == 0:
+        raise ValueError("features: no customers")
+    # numpy scalars, so that an empty exposure gives inf or NaN (reported below) rather than ZeroDivisionError.
     figures = _company_figures(
-        revenue.sum(),
-        purchases.sum(),
-        exposure_years.sum(),
-        int(churned.sum()),
-        float(np.sum(margin * revenue)),
-        float(cost.mean()),
+        np.float64(totals.revenue),
+        np.float64(totals.purchases),
+        np.float64(totals.customer_years),
+        totals.churn_events,
+        np.float64(totals.margin_revenue),
+        np.float64(totals.acquisition_cost) / totals.n_customers,
         lifespan_years,
     )
     if not np.isfinite(figures["lifespan_years"]):
         raise ValueError(
             f"cannot estimate the customer lifespan: no customer was inactive for more than "
-            f"{churn_inactivity_days:g} days before the observation end; shorten churn_inactivity_days "
+            f"{totals.churn_inactivity_days:g} days before the observation end; shorten churn_inactivity_days "
             "or give lifespan_years"
         )
     if not np.isfinite(figures["purchases_per_year"]):
         raise ValueError("cannot estimate the purchase frequency: no active customer-time was observed")
-
-    yearly_purchases = purchases / np.maximum(exposure_years, min_exposure_years)
-    per_customer = (revenue / purchases) * yearly_purchases * figures["lifespan_years"] * margin - cost
-    return HistoricalCLV(
-        n_customers=len(index),
+    return CompanyHistoricalCLV(
+        n_customers=totals.n_customers,
         average_purchase_value=float(figures["average_purchase_value"]),
         purchases_per_year=float(figures["purchases_per_year"]),
         lifespan_years=float(figures["lifespan_years"]),
         churn_rate_annual=float(figures["churn_rate_annual"]),
-        churn_events=int(churned.sum()),
-        customer_years=float(exposure_years.sum()),
+        churn_events=totals.churn_events,
+        customer_years=totals.customer_years,
         margin_rate=float(figures["margin_rate"]),
         acquisition_cost=float(figures["acquisition_cost"]),
         clv=float(figures["clv"]),
-        method=_historical_method(churn_inactivity_days, min_exposure_years, lifespan_years is not None),
-        per_customer=pd.Series(per_customer, index=index, name="historical_clv"),
+        method=_historical_method(totals.churn_inactivity_days, None, lifespan_years is not None),
     )
 
 

@@ -154,10 +154,12 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         """
         check_is_fitted(self)
         histories = as_histories(features)
+        # Read first: histories built from counts alone refuse here, before any computing.
+        inverse, index = histories.inverse, histories.index
         if len(histories) == 0:
-            return pd.Series([], index=histories.index, name=name, dtype=np.float64)
+            return pd.Series([], index=index, name=name, dtype=np.float64)
         values = np.asarray(compute(*histories.unique_arrays()), dtype=np.float64)
-        return pd.Series(values[histories.inverse], index=histories.index, name=name)
+        return pd.Series(values[inverse], index=index, name=name)
 
     def expected_purchases(self, features, horizon):
         """Expected number of purchases in the next ``horizon`` periods, given each customer's history.
@@ -207,12 +209,13 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         check_is_fitted(self)
         horizons = [check_horizon(h) for h in horizons]
         histories = as_histories(features)
+        inverse = histories.inverse  # histories built from counts alone refuse here
         if len(histories) == 0:
             return np.zeros((0, len(horizons)))
         per_unique = _lifetimes_compat.conditional_expected_purchases_by_horizon(
             self.model_name, self.params_, horizons, *histories.unique_arrays()
         )
-        return per_unique[histories.inverse]
+        return per_unique[inverse]
 
     def probability_alive(self, features):
         """Probability that each customer is still active at the end of calibration.

@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.historical import HistoricalCLV, historical_clv, naive_holdout_forecast
+from models.historical import (
+    CompanyHistoricalCLV,
+    HistoricalCLV,
+    HistoricalTotals,
+    historical_clv,
+    historical_clv_from_totals,
+    historical_totals,
+    naive_holdout_forecast,
+)
 
 
 @pytest.fixture
@@ -159,3 +167,88 @@ def test_naive_holdout_forecast_by_hand():
 
     per_customer = naive_holdout_forecast(features, pd.Series({"new": 1.0, "once": 5.0, "steady": 10.0}))
     assert per_customer.loc["steady", "predicted_purchases"] == pytest.approx(1.0)
+
+
+# --- totals that merge across batches (what a cluster sends the driver) -----------------
+
+COMPANY_FIELDS = [
+    "n_customers", "average_purchase_value", "purchases_per_year", "lifespan_years", "churn_rate_annual",
+    "churn_events", "customer_years", "margin_rate", "acquisition_cost", "clv",
+]
+
+
+def random_batches(features, n_batches, seed):
+    labels = np.random.default_rng(seed).integers(0, n_batches, len(features))
+    return [features[labels == label] for label in range(n_batches)]
+
+
+def assert_same_company_figures(got, expected, rel):
+    for field in COMPANY_FIELDS:
+        value, reference = getattr(got, field), getattr(expected, field)
+        if isinstance(reference, float) and np.isnan(reference):
+            assert np.isnan(value), field
+        else:
+            assert value == pytest.approx(reference, rel=rel, abs=0), field
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"churn_inactivity_days": 90.0, "margin_rate": 0.3, "acquisition_cost": 12.5},
+        {"margin_rate": "per customer", "acquisition_cost": "per customer"},
+    ],
+)
+def test_totals_of_random_batches_add_up_to_the_whole(cdnow_sample_full_features, settings):
+    features = cdnow_sample_full_features
+    rng = np.random.default_rng(3)
+    settings = {
+        name: pd.Series(rng.uniform(0.05, 0.6, len(features)), index=features.index)
+        if value == "per customer" else value
+        for name, value in settings.items()
+    }
+    whole = historical_clv(features, 7.0, **settings)
+    batches = random_batches(features, 5, seed=29)
+    assert min(len(batch) for batch in batches) > 0 and sum(len(batch) for batch in batches) == len(features)
+    totals = sum(historical_totals(batch, 7.0, **settings) for batch in batches)
+    assert isinstance(totals, HistoricalTotals)
+    company = historical_clv_from_totals(totals)
+    assert isinstance(company, CompanyHistoricalCLV) and not hasattr(company, "per_customer")
+    assert_same_company_figures(company, whole, rel=1e-12)
+    assert company.churn_events == whole.churn_events and company.n_customers == len(features)
+    assert whole.method.startswith(company.method) and "per customer" not in company.method
+    # The whole table's totals give its figures bit for bit: historical_clv goes through them.
+    assert_same_company_figures(historical_clv_from_totals(historical_totals(features, 7.0, **settings)), whole, rel=0)
+
+
+def test_per_customer_values_do_not_depend_on_the_batch(cdnow_sample_full_features):
+    features = cdnow_sample_full_features
+    margin = pd.Series(np.linspace(0.2, 0.4, len(features)), index=features.index)
+    batches = random_batches(features, 5, seed=31)
+    company = historical_clv_from_totals(sum(historical_totals(batch, 7.0, margin_rate=margin) for batch in batches))
+    whole = historical_clv(features, 7.0, margin_rate=margin, lifespan_years=company.lifespan_years)
+    # The lifespan the cluster's totals give is the one the whole table estimates.
+    assert company.lifespan_years == pytest.approx(historical_clv(features, 7.0).lifespan_years, rel=1e-12)
+    for batch in batches:
+        per_batch = historical_clv(batch, 7.0, margin_rate=margin, lifespan_years=company.lifespan_years)
+        pd.testing.assert_series_equal(per_batch.per_customer, whole.per_customer.loc[batch.index], check_exact=True)
+
+
+def test_totals_by_hand_and_their_edges(small_log_features):
+    totals = historical_totals(small_log_features, 7.0, churn_inactivity_days=180, acquisition_cost=5.0)
+    assert (totals.n_customers, totals.revenue, totals.purchases, totals.churn_events) == (4, 460.0, 11.0, 2)
+    assert totals.customer_years == pytest.approx(840 / 365.25, rel=1e-12)
+    assert (totals.margin_revenue, totals.acquisition_cost) == (460.0, 20.0)
+    empty = historical_totals(small_log_features.iloc[:0], 7.0, churn_inactivity_days=180)
+    assert empty.n_customers == 0 and (empty + totals).revenue == totals.revenue
+    with pytest.raises(ValueError, match="features: no customers"):
+        historical_clv_from_totals(empty)
+    with pytest.raises(ValueError, match="cannot estimate the customer lifespan"):
+        historical_clv_from_totals(historical_totals(small_log_features.loc[["c", "d"]], 7.0))
+    with pytest.raises(ValueError, match="cannot add historical totals measured with other settings"):
+        totals + historical_totals(small_log_features, 7.0, churn_inactivity_days=90)
+    with pytest.raises(TypeError):
+        totals + 1
+    with pytest.raises(TypeError, match="totals must be HistoricalTotals"):
+        historical_clv_from_totals(small_log_features)
+    assert historical_clv_from_totals(totals, lifespan_years=2.0).lifespan_years == 2.0

@@ -186,3 +186,90 @@ def test_construction_from_parts_checks_them():
         CustomerHistories(unique, [1, 1])
     with pytest.raises(ValueError, match="index has 2 entries for 3 customers"):
         CustomerHistories(unique, [0, 1, 1], index=["a", "b"])
+
+
+# --- histories from counts alone (what a cluster sends the driver) ----------------------
+
+
+@pytest.fixture(scope="module")
+def counted(features):
+    # As a cluster would: a group-by on the history columns and a count, nothing per customer.
+    # sort=False keeps the groups in the order of their first customer, as group_histories does.
+    sizes = features.groupby(HISTORY_COLUMNS, sort=False).size()
+    return CustomerHistories.from_counts(sizes.index.to_frame(index=False), sizes.to_numpy())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fit_on_counts_equals_fit_on_features_bit_for_bit(counted, fitted, name):
+    model = PURCHASE_MODELS[name]().fit(counted)
+    reference = fitted[name]
+    assert model.params_ == reference.params_
+    assert model.log_likelihood_ == reference.log_likelihood_
+    assert model.standard_errors_ == reference.standard_errors_
+    pd.testing.assert_frame_equal(model.covariance_, reference.covariance_, check_exact=True)
+    assert (model.n_customers_, model.n_unique_rows_) == (reference.n_customers_, reference.n_unique_rows_)
+
+
+def test_counts_hold_the_grouping_without_customers(features, histories, counted):
+    assert len(counted) == len(features) == int(counted.counts.sum())
+    pd.testing.assert_frame_equal(counted.unique, histories.unique, check_exact=True)
+    np.testing.assert_array_equal(counted.counts, histories.counts)
+    assert counted.counts.dtype == np.int64
+    with pytest.raises(ValueError):
+        counted.counts[0] = 5
+    assert "customers=2357" in repr(counted)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda model, histories: model.expected_purchases(histories, 39),
+        lambda model, histories: model.probability_alive(histories),
+        lambda model, histories: model.churn_probability(histories),
+        lambda model, histories: model.probability_of_purchases(histories, 1, 13.0),
+        lambda model, histories: model.expected_purchases_by_horizon(histories, [1.0, 2.0]),
+        lambda model, histories: discounted_expected_purchases(model, histories, 3, 1.0, 0.0),
+        lambda model, histories: expected_purchases_by_step(model, histories, 3, 1.0),
+        lambda model, histories: histories.inverse,
+        lambda model, histories: histories.index,
+    ],
+)
+def test_counts_refuse_per_customer_answers_and_point_to_unique(counted, fitted, call):
+    with pytest.raises(ValueError, match="from_counts.*predict on histories.unique instead"):
+        call(fitted["bgnbd"], counted)
+
+
+def test_predicting_on_unique_is_the_way_round(counted, histories, fitted):
+    model = fitted["paretonbd"]
+    per_history = model.probability_alive(counted.unique)
+    per_customer = model.probability_alive(histories)
+    np.testing.assert_array_equal(per_history.to_numpy()[histories.inverse], per_customer.to_numpy())
+
+
+def test_from_counts_checks_its_arguments():
+    unique = pd.DataFrame({"frequency": [0.0, 2.0], "recency": [0.0, 3.0], "T": [5.0, 6.0]})
+    assert list(CustomerHistories.from_counts(unique, [3, 1]).counts) == [3, 1]
+    assert list(CustomerHistories.from_counts(unique, np.array([3.0, 1.0])).counts) == [3, 1]
+    assert list(CustomerHistories.from_counts(unique, pd.array([3, 1], dtype="Int64")).counts) == [3, 1]
+    empty = CustomerHistories.from_counts(unique.iloc[:0], np.array([], dtype=np.int64))
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="no rows to fit on"):
+        BetaGeoModel().fit(empty)
+    for counts, message in [
+        ([3, -1], "counts: 1 row below 1"),
+        ([0, 1], "counts: 1 row below 1"),
+        ([3], "counts has 1 entries for 2 rows of unique"),
+        ([3, 1, 1], "counts has 3 entries for 2 rows of unique"),
+        ([[3, 1]], "counts must be 1-d"),
+        ([1.5, 1.0], "counts: 1 row not a whole number"),
+        ([np.nan, 1.0], "counts: 1 row not a whole number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            CustomerHistories.from_counts(unique, counts)
+    for counts in ([True, True], ["3", "1"]):
+        with pytest.raises(TypeError, match="counts must be an array of whole numbers"):
+            CustomerHistories.from_counts(unique, counts)
+    with pytest.raises(ValueError, match="unique: 1 row with a history an earlier row already has"):
+        CustomerHistories.from_counts(pd.concat([unique, unique.iloc[[1]]]), [3, 1, 2])
+    with pytest.raises(ValueError, match="column 'recency': 1 row with recency greater than T"):
+        CustomerHistories.from_counts(unique.assign(recency=[0.0, 7.0]), [1, 1])

@@ -11,7 +11,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from models import ConvergenceError, GammaGammaModel
+from models import ConvergenceError, GammaGammaModel, SpendStatistics, spend_statistics
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -223,3 +223,180 @@ def test_summary_is_json_and_complete(fitted):
     assert summary["n_customers"] == 946
     assert summary["population_mean_spend"] == pytest.approx(fitted.population_mean_spend_)
     assert summary["convergence"]["converged"] is True
+
+
+# --- fitting from aggregates (what a cluster sends the driver) --------------------------
+
+
+def cluster_aggregates(features):
+    """SpendStatistics from the aggregates a cluster computes with group-bys and sums (pandas here).
+
+    The groups come out sorted, not in the customers' order, as a distributed group-by
+    gives them in no particular order.
+    """
+    repeat = features[(features["frequency"] > 0) & (features["monetary_value"] > 0)]
+    pairs = repeat.groupby(["frequency", "monetary_value"], sort=True).size().reset_index(name="count")
+    log_spend = np.log(repeat["monetary_value"])
+    return SpendStatistics(
+        pairs["frequency"],
+        pairs["monetary_value"],
+        pairs["count"],
+        sum_log_spend=log_spend.sum(),
+        sum_frequency_log_spend=(repeat["frequency"] * log_spend).sum(),
+    )
+
+
+def assert_same_fit(model, reference, rel):
+    for attribute in ("params_", "standard_errors_"):
+        got, expected = getattr(model, attribute), getattr(reference, attribute)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert got[name] == pytest.approx(expected[name], rel=rel, abs=0), (attribute, name)
+    for attribute in ("log_likelihood_", "population_mean_spend_", "frequency_monetary_correlation_"):
+        assert getattr(model, attribute) == pytest.approx(getattr(reference, attribute), rel=rel, abs=0), attribute
+    assert (model.n_customers_, model.n_unique_rows_) == (reference.n_customers_, reference.n_unique_rows_)
+
+
+def test_fit_on_spend_statistics_of_the_table_is_the_fit_on_the_table(fitted, features):
+    statistics = spend_statistics(features)
+    model = GammaGammaModel().fit(statistics)
+    assert model.params_ == fitted.params_
+    assert model.standard_errors_ == fitted.standard_errors_
+    assert model.log_likelihood_ == fitted.log_likelihood_
+    assert model.frequency_monetary_correlation_ == fitted.frequency_monetary_correlation_
+    assert model.convergence_ == fitted.convergence_
+    assert (statistics.n_customers, len(statistics)) == (fitted.n_customers_, fitted.n_unique_rows_)
+    assert "customers=946" in repr(statistics)
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_fit_on_cluster_aggregates_equals_the_fit_on_the_table(features, penalizer):
+    # 1e-12 is near the floor: the gradient is a difference of sums of thousands, so
+    # summed in another order the maximum itself moves by a few 1e-13 (relative).
+    reference = GammaGammaModel(penalizer=penalizer).fit(features)
+    model = GammaGammaModel(penalizer=penalizer).fit(cluster_aggregates(features))
+    assert_same_fit(model, reference, rel=1e-12)
+
+
+def test_aggregates_give_the_pearson_correlation_and_the_sums(features, repeaters):
+    statistics = cluster_aggregates(features)
+    # Independent reference: pandas' Pearson over the customers themselves.
+    assert statistics.frequency_monetary_correlation == pytest.approx(
+        repeaters["frequency"].astype(float).corr(repeaters["monetary_value"]), rel=1e-12
+    )
+    assert statistics.mean_spend == pytest.approx(repeaters["monetary_value"].mean(), rel=1e-12)
+    # Without the two sums they come from the pairs: the same fit to rounding.
+    bare = SpendStatistics(statistics.frequency, statistics.monetary_value, statistics.counts)
+    assert bare.sum_log_spend == pytest.approx(statistics.sum_log_spend, rel=1e-12)
+    assert_same_fit(GammaGammaModel().fit(bare), GammaGammaModel().fit(features), rel=1e-12)
+    for array in (statistics.frequency, statistics.monetary_value, statistics.counts):
+        with pytest.raises(ValueError):
+            array[0] = 1
+
+
+def test_constant_spend_or_frequency_has_no_correlation():
+    statistics = SpendStatistics([1.0, 2.0], [10.0, 10.0 + 1e-9], [3, 4])
+    assert np.isfinite(statistics.frequency_monetary_correlation)
+    assert np.isnan(SpendStatistics([2.0], [10.0], [3]).frequency_monetary_correlation)
+    assert np.isnan(SpendStatistics([2.0, 2.0], [10.0, 11.0], [3, 1]).frequency_monetary_correlation)
+
+
+def test_min_repeat_customers_is_checked_the_same_on_aggregates(features):
+    few = pd.concat([features[features["frequency"] > 0].head(12), features[features["frequency"] == 0]])
+    for data in (few, spend_statistics(few), cluster_aggregates(few)):
+        with pytest.raises(ValueError, match="features: only 12 repeat customers.*min_repeat_customers=30"):
+            GammaGammaModel().fit(data)
+    none = features[features["frequency"] == 0]
+    with pytest.raises(ValueError, match="features: only 0 repeat customers"):
+        GammaGammaModel().fit(spend_statistics(none))
+    with pytest.raises(ValueError, match="features: only 0 repeat customers"):
+        GammaGammaModel().fit(SpendStatistics([], [], []))
+    with pytest.raises(ValueError, match="only 946 repeat customers"):
+        GammaGammaModel(min_repeat_customers=1000).fit(cluster_aggregates(features))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (([1, 2], [10.0, 20.0], [3, -1]), "counts: 1 row not a whole number of at least 1"),
+        (([1, 2], [10.0, 20.0], [0, 1]), "counts: 1 row not a whole number of at least 1"),
+        (([1, 2], [10.0, 20.0], [1.5, 1]), "counts: 1 row not a whole number"),
+        (([1, 2], [10.0, 20.0], [3]), "counts has 1 entries for 2 values of frequency"),
+        (([1, 2], [10.0], [3, 1]), "monetary_value has 1 entries for 2 values of frequency"),
+        (([1, 2], [10.0, 0.0], [3, 1]), "monetary_value: 1 row not a finite amount above 0"),
+        (([1, 2], [-10.0, np.nan], [3, 1]), "monetary_value: 2 rows not a finite amount above 0"),
+        (([0, 2], [10.0, 20.0], [3, 1]), "frequency: 1 row not a whole number of at least 1"),
+        (([1.5, 2], [10.0, 20.0], [3, 1]), "frequency: 1 row not a whole number of at least 1"),
+        (([[1, 2]], [10.0, 20.0], [3, 1]), "frequency must be 1-d"),
+        (([2, 2], [10.0, 10.0], [3, 1]), "frequency, monetary_value: 1 row with a pair an earlier row already has"),
+    ],
+)
+def test_bad_aggregates_are_rejected_naming_the_argument(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        SpendStatistics(*arguments)
+
+
+def test_sums_that_disagree_with_the_pairs_are_rejected():
+    frequency, spend, counts = [1, 3], [10.0, 20.0], [3, 1]
+    right = 3 * np.log(10.0) + np.log(20.0)
+    assert SpendStatistics(frequency, spend, counts, sum_log_spend=right).sum_log_spend == right
+    with pytest.raises(ValueError, match="sum_log_spend = .* but the pairs give"):
+        SpendStatistics(frequency, spend, counts, sum_log_spend=3 * np.log10(10.0) + np.log10(20.0))
+    with pytest.raises(ValueError, match="sum_frequency_log_spend = .* but the pairs give"):
+        SpendStatistics(frequency, spend, counts, sum_frequency_log_spend=np.log(10.0) + 3 * np.log(20.0))
+    with pytest.raises(ValueError, match="sum_log_spend must be finite"):
+        SpendStatistics(frequency, spend, counts, sum_log_spend=np.nan)
+    with pytest.raises(TypeError, match="counts must be an array of numbers"):
+        SpendStatistics(frequency, spend, ["3", "1"])
+    with pytest.raises(TypeError, match="DataFrame or SpendStatistics"):
+        GammaGammaModel().fit(np.ones((40, 2)))
+
+
+def simulated_repeat_customers(n_customers, seed):
+    """Repeat customers drawn from the Gamma-Gamma model at the published CDNOW parameters."""
+    p, q, gamma = PUBLISHED["p"], PUBLISHED["q"], PUBLISHED["gamma"]
+    rng = np.random.default_rng(seed)
+    nu = rng.gamma(q, 1.0 / gamma, n_customers)
+    frequency = rng.integers(1, 15, n_customers)
+    # The mean of x Gamma(p, nu) amounts is Gamma(p x, x nu); cents, as a log would record them.
+    spend = np.maximum(np.round(rng.gamma(p * frequency, 1.0 / (nu * frequency)), 2), 0.01)
+    return pd.DataFrame({"frequency": frequency, "monetary_value": spend})
+
+
+def test_a_uniform_sample_fit_lies_within_three_standard_errors_of_the_full_fit():
+    # What an engine does when the cluster has too many distinct pairs to send: a seeded
+    # uniform sample of the repeat customers, reduced on the driver with spend_statistics.
+    customers = simulated_repeat_customers(200_000, seed=17)
+    full = GammaGammaModel().fit(customers)
+    sample = customers.sample(frac=0.1, random_state=2024)
+    sampled = GammaGammaModel().fit(spend_statistics(sample))
+    assert sampled.n_customers_ == 20_000
+    for name in ("p", "q", "gamma"):
+        error = sampled.standard_errors_[name]
+        assert np.isfinite(error) and error > 0
+        assert abs(sampled.params_[name] - full.params_[name]) < 3 * error, (name, sampled.params_, full.params_)
+    # And the sample is informative: its errors are about sqrt(10) times the full fit's.
+    for name in ("p", "q", "gamma"):
+        assert 2.5 < sampled.standard_errors_[name] / full.standard_errors_[name] < 4.5, name
+
+
+def test_closed_form_hessian_matches_differences_of_the_likelihood(fitted, features):
+    from models._estimation import gradient_and_hessian
+    from models.spend import _log_likelihood_and_gradient, _log_likelihood_hessian
+
+    statistics = spend_statistics(features)
+    point = np.array([fitted.params_[name] for name in ("p", "q", "gamma")]) * np.array([1.1, 0.9, 1.05])
+    hessian = _log_likelihood_hessian(point, statistics)
+    # Central differences of the likelihood itself: good to about 1e-4 of the entries.
+    _, differenced = gradient_and_hessian(lambda values: _log_likelihood_and_gradient(values, statistics)[0], point)
+    np.testing.assert_allclose(hessian, differenced, rtol=1e-3, atol=1e-3 * np.max(np.abs(hessian)))
+    # Central differences of the closed-form gradient (independently derived in the code): to 1e-7.
+    steps = 1e-6 * point
+    for i in range(3):
+        up, down = point.copy(), point.copy()
+        up[i] += steps[i]
+        down[i] -= steps[i]
+        column = (
+            _log_likelihood_and_gradient(up, statistics)[1] - _log_likelihood_and_gradient(down, statistics)[1]
+        ) / (2 * steps[i])
+        np.testing.assert_allclose(hessian[:, i], column, rtol=1e-6, atol=1e-7 * np.max(np.abs(hessian)))
