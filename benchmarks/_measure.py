@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,6 +124,22 @@ class Line:
 
 
 @dataclasses.dataclass(frozen=True)
+class DescendantPeak:
+    """One process below a streamed child, as last seen while sampling.
+
+    ``command`` is its command line at the last sample (so after any ``exec``: Spark's
+    ``spark-submit`` shell script becomes ``java …``), ``peak_rss_bytes`` its ``VmHWM`` and
+    ``cpu_seconds`` its own user + system time (not its children's) at the last read before it
+    exited. A process that lived less than one sampling interval may be missing.
+    """
+
+    pid: int
+    command: str
+    peak_rss_bytes: int
+    cpu_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamedRun:
     """A child process measured whole, with its stderr lines stamped as they arrived.
 
@@ -134,6 +151,12 @@ class StreamedRun:
     never understates; ``main_peak_rss_bytes`` is the child's alone. ``rss_samples`` are
     ``(seconds, the child's VmRSS bytes)`` every ``sample_seconds``, to tell which step a peak
     belongs to; ``tree_rss_samples`` the same for the whole tree.
+
+    ``descendants`` are the per-process peaks behind the tree figure, with command lines, so a
+    benchmark can tell a JVM from Python workers. ``own_peak_rss_bytes`` is the child's own
+    ``VmHWM`` read from /proc (at every sample and every stderr line): unlike ``ru_maxrss``,
+    which ``wait4`` reports as the largest of the child *and the descendants it reaped*, it is
+    never another process's peak.
     """
 
     command: list[str]
@@ -146,6 +169,8 @@ class StreamedRun:
     rss_samples: list[tuple[float, int]]
     tree_rss_samples: list[tuple[float, int]]
     stdout: str
+    descendants: list[DescendantPeak] = dataclasses.field(default_factory=list)
+    own_peak_rss_bytes: int = 0
 
     def peak_rss_between(self, start_seconds: float, end_seconds: float) -> int:
         """The largest sampled RSS in ``[start, end]`` (0 when no sample fell in it)."""
@@ -185,19 +210,28 @@ def run_streaming(
         samples: list[tuple[float, int]] = []
         tree_samples: list[tuple[float, int]] = []
         descendant_peaks: dict[int, int] = {}
+        descendant_commands: dict[int, str] = {}
+        descendant_cpu: dict[int, float] = {}
+        own_high_water = 0
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         try:
             while True:
                 pid, status, usage = os.wait4(process.pid, os.WNOHANG)
                 if pid == process.pid:
                     break
-                now, rss = time.perf_counter() - started, _proc_rss(process.pid)
+                now, (rss, high_water) = time.perf_counter() - started, _proc_memory(process.pid)
+                own_high_water = max(own_high_water, high_water)
                 tree_rss = rss
                 for descendant in _descendants(process.pid):
-                    tree_rss += _proc_rss(descendant)
-                    descendant_peaks[descendant] = max(
-                        descendant_peaks.get(descendant, 0), _proc_status_kib(descendant, "VmHWM:") * 1024
-                    )
+                    descendant_rss, descendant_high_water = _proc_memory(descendant)
+                    tree_rss += descendant_rss
+                    descendant_peaks[descendant] = max(descendant_peaks.get(descendant, 0), descendant_high_water)
+                    command = _proc_command(descendant)
+                    if command:
+                        descendant_commands[descendant] = command
+                    cpu = _proc_cpu_and_high_water(descendant, high_water=False)[0]
+                    if not math.isnan(cpu):
+                        descendant_cpu[descendant] = cpu
                 if rss:
                     samples.append((now, rss))
                     tree_samples.append((now, tree_rss))
@@ -230,6 +264,11 @@ def run_streaming(
         rss_samples=samples,
         tree_rss_samples=tree_samples,
         stdout=output,
+        descendants=[
+            DescendantPeak(pid, descendant_commands.get(pid, ""), peak, descendant_cpu.get(pid, 0.0))
+            for pid, peak in descendant_peaks.items()
+        ],
+        own_peak_rss_bytes=max([own_high_water, *(line.rss_high_water_bytes for line in lines)]),
     )
 
 
@@ -241,15 +280,16 @@ def task_command(*arguments: str) -> list[str]:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _proc_cpu_and_high_water(pid: int) -> tuple[float, int]:
-    """User + system seconds and VmHWM of a live process (NaN / 0 once it has gone)."""
+def _proc_cpu_and_high_water(pid: int, high_water: bool = True) -> tuple[float, int]:
+    """User + system seconds and VmHWM of a live process (NaN / 0 once it has gone; VmHWM
+    is not read, 0, with ``high_water=False``)."""
     try:
         # The command name may hold spaces or parentheses: the fields start after the last ')'.
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     except (OSError, IndexError, ValueError):
         cpu = float("nan")
-    return cpu, _proc_status_kib(pid, "VmHWM:") * 1024
+    return cpu, _proc_status_kib(pid, "VmHWM:") * 1024 if high_water else 0
 
 
 def _descendants(pid: int) -> list[int]:
@@ -273,8 +313,26 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _proc_rss(pid: int) -> int:
-    return _proc_status_kib(pid, "VmRSS:") * 1024
+def _proc_memory(pid: int) -> tuple[int, int]:
+    """``VmRSS`` and ``VmHWM`` in bytes, from one read of /proc/PID/status (0, 0 once it has gone)."""
+    values = {"VmRSS:": 0, "VmHWM:": 0}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key = line[:6]
+                if key in values:
+                    values[key] = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return values["VmRSS:"], values["VmHWM:"]
+
+
+def _proc_command(pid: int) -> str:
+    """A live process's command line, arguments joined by spaces ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _proc_status_kib(pid: int, key: str) -> int:

@@ -168,8 +168,13 @@ def steps_from_progress(run: StreamedRun) -> tuple[list[Step], list[tuple[float,
     return steps, progress
 
 
-def make_workspace(log: Path, directory: Path, tracking: bool = True, candidates=("bgnbd",)) -> Workspace:
-    """Write the benchmark's config for ``log`` into ``directory`` (store and outputs beside it)."""
+def make_workspace(
+    log: Path, directory: Path, tracking: bool = True, candidates=("bgnbd",), overrides: dict[str, Any] | None = None
+) -> Workspace:
+    """Write the benchmark's config for ``log`` into ``directory`` (store and outputs beside it).
+
+    ``overrides`` are top-level config sections set on top (e.g. ``engine`` and ``spark``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     settings = {
@@ -185,6 +190,7 @@ def make_workspace(log: Path, directory: Path, tracking: bool = True, candidates
         "value": {"margin_rate": 0.3},
         "tracking": {"enabled": tracking, "uri": uri},
         "output_dir": str(directory / "outputs"),
+        **(overrides or {}),
     }
     config = directory / "config.yaml"
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
