@@ -1,10 +1,11 @@
-"""Run the benchmarks: the whole pipeline, batch scoring, tracking overhead, the features stage.
+"""Run the benchmarks: the whole pipeline, batch scoring, tracking overhead, the features stage (and Spark on demand).
 
 Usage::
 
     python -m benchmarks.run --rows 1M,10M,50M --repeats 3 --skip-lifetimes-above 10M
     python -m benchmarks.run --only pipeline,scoring --rows 50M --repeats 1
     python -m benchmarks.run --only tracking
+    python -m benchmarks.run --only spark --rows 1M,10M,50M --repeats 3   # on demand: needs .[spark] and Java
 
 Missing synthetic logs are generated first (seed 7, benchmarks/data/). Each benchmark
 prints its tables and writes its measurements to benchmarks/results/<name>_<time>.json.
@@ -19,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import bench_features, bench_pipeline, bench_scoring, bench_tracking
+from benchmarks import bench_features, bench_pipeline, bench_scoring, bench_spark, bench_tracking
 from benchmarks.bench_features import ensure_log
 from benchmarks.generate import format_count
 
-BENCHMARKS = ("pipeline", "scoring", "tracking", "features")
+BENCHMARKS = ("pipeline", "scoring", "tracking", "features", "spark")
+# Spark runs only when asked for (--only spark): it needs the optional extra and Java, and
+# takes longer than all the others together.
+DEFAULT_BENCHMARKS = ("pipeline", "scoring", "tracking", "features")
 
 
 def _only(text: str) -> list[str]:
@@ -39,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     bench_pipeline.add_arguments(parser)
     bench_scoring.add_arguments(parser)
     bench_tracking.add_arguments(parser)
+    bench_spark.add_arguments(parser)
     parser.add_argument(
-        "--only", type=_only, default=list(BENCHMARKS), help="comma-separated: " + ", ".join(BENCHMARKS) + " (default all)"
+        "--only", type=_only, default=list(DEFAULT_BENCHMARKS),
+        help="comma-separated: " + ", ".join(BENCHMARKS) + " (default all but spark)",
     )
     parser.add_argument("--keep", type=Path, help="keep the configs, MLflow stores and run outputs in this folder")
     parser.set_defaults(scoring_rows=None)
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scoring_rows = [50_000_000] if 50_000_000 in args.rows else [max(args.rows)]
 
     sizes = sorted(set(args.rows) | (set(args.scoring_rows) if "scoring" in args.only else set()))
-    if {"pipeline", "scoring", "features"} & set(args.only):
+    if {"pipeline", "scoring", "features", "spark"} & set(args.only):
         for rows in sizes:
             ensure_log(rows, args.seed)
 
@@ -89,6 +95,9 @@ def _run_all(args: argparse.Namespace, scratch: Path) -> None:
             "--rows", ",".join(str(rows) for rows in args.rows), "--repeats", str(args.repeats),
             "--skip-lifetimes-above", skip, "--seed", str(args.seed),
         ])
+    if "spark" in args.only:
+        _banner("spark")
+        bench_spark.run(args, scratch)
 
 
 def _banner(name: str) -> None:
