@@ -189,6 +189,10 @@ def _activity(features, days_per_period, churn_inactivity_days, allow_empty=Fals
     return purchases, revenue, churned, exposure_years
 
 
+# A customer's purchases per year are measured over at least this much active time.
+DEFAULT_MIN_EXPOSURE_YEARS = 1.0
+
+
 def _historical_method(churn_inactivity_days, min_exposure_years, lifespan_given):
     """The method in words; without the per-customer clause when ``min_exposure_years`` is None."""
     if lifespan_given:
@@ -245,7 +249,7 @@ def historical_clv(
     margin_rate=1.0,
     acquisition_cost=0.0,
     lifespan_years=None,
-    min_exposure_years=1.0,
+    min_exposure_years=DEFAULT_MIN_EXPOSURE_YEARS,
 ):
     """Historical CLV of the business formula, for the company and for each customer.
 
@@ -392,7 +396,7 @@ def _totals(purchases, revenue, churned, exposure_years, margin, cost, days_per_
     )
 
 
-def historical_clv_from_totals(totals, lifespan_years=None) -> CompanyHistoricalCLV:
+def historical_clv_from_totals(totals, lifespan_years=None, per_customer_min_exposure_years=None) -> CompanyHistoricalCLV:
     """The company's historical CLV from the totals of its customers (no per-customer values).
 
     The company figures of :func:`historical_clv` (see there for the formula and the
@@ -406,6 +410,10 @@ def historical_clv_from_totals(totals, lifespan_years=None) -> CompanyHistorical
     totals : HistoricalTotals
     lifespan_years : float, optional
         Average lifespan to use instead of estimating it from the totals.
+    per_customer_min_exposure_years : float, optional
+        When the customers are also valued one by one (by :func:`historical_clv` with this
+        ``min_exposure_years`` and the lifespan found here), the method in words says so,
+        as :func:`historical_clv`'s does.
 
     Returns
     -------
@@ -452,7 +460,8 @@ def historical_clv_from_totals(totals, lifespan_years=None) -> CompanyHistorical
         margin_rate=float(figures["margin_rate"]),
         acquisition_cost=float(figures["acquisition_cost"]),
         clv=float(figures["clv"]),
-        method=_historical_method(totals.churn_inactivity_days, None, lifespan_years is not None),
+        method=_historical_method(totals.churn_inactivity_days, per_customer_min_exposure_years,
+                                  lifespan_years is not None),
     )
 
 

@@ -297,10 +297,13 @@ class RunCatalog:
 
     # -- value ------------------------------------------------------------------------------
 
-    def write_value(self, value: ValueOutputs) -> None:
+    def write_value(self, value: ValueOutputs, customers_written: bool = False) -> None:
+        """The value stage's outputs; ``customers_written``: the customers table is already in
+        place (the Spark engine's executors wrote it), ``value.customers`` is not it."""
         import joblib
 
-        self._write(_write_customers, value.customers, self.path(CUSTOMERS_FILE))
+        if not customers_written:
+            self._write(_write_customers, value.customers, self.path(CUSTOMERS_FILE))
         with atomic_path(self.path(SCORER_FILE)) as tmp:
             joblib.dump(value.scorer, tmp)
         write_json({"settings": value.scorer.settings_summary(), **value.summary}, self.path(VALUE_FILE))
@@ -316,7 +319,8 @@ class RunCatalog:
         summary.pop("settings", None)
         customers = pd.read_parquet(self._require(CUSTOMERS_FILE, "value"))
         return ValueOutputs(scorer=scorer, customers=customers, tier_table=tier_table(customers, scorer),
-                            summary=summary)
+                            summary=summary, max_frequency=float(customers["frequency"].max()),
+                            max_age=float(customers["T"].max()))
 
     # -- report -----------------------------------------------------------------------------
 

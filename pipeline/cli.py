@@ -268,7 +268,7 @@ def value(
         tracker.log_outputs(directory)
 
     outputs, directory = _run_stage_alone(config, set_, run_dir, "value", value_alone, log)
-    console.print(f"valued {len(outputs.customers):,} customers into {directory / CUSTOMERS_FILE}")
+    console.print(f"valued {outputs.summary['customers']:,} customers into {directory / CUSTOMERS_FILE}")
 
 
 @app.command()

@@ -91,23 +91,32 @@ def calibration_vs_holdout_data(
             f"predicted_holdout has no value for {len(missing)} of {len(calibration)} customers "
             f"(first: {missing[0]!r})"
         )
-    bins = np.minimum(calibration["frequency"].to_numpy(), max_frequency).astype(np.int64)
-    labels = [str(n) for n in range(max_frequency)] + [f"{max_frequency}+"]
     frame = pd.DataFrame(
         {
-            "bin": bins,
+            "bin": np.minimum(calibration["frequency"].to_numpy(), max_frequency).astype(np.int64),
             "actual": calibration["frequency_holdout"].to_numpy(dtype=np.float64),
             "predicted": predicted_holdout.reindex(calibration.index).to_numpy(dtype=np.float64),
         },
         copy=False,
     )
-    grouped = frame.groupby("bin").agg(
-        customers=("actual", "size"),
-        actual_holdout_purchases=("actual", "mean"),
-        predicted_holdout_purchases=("predicted", "mean"),
+    sums = frame.groupby("bin").agg(customers=("actual", "size"), actual=("actual", "sum"),
+                                    predicted=("predicted", "sum"))
+    return calibration_vs_holdout_from_sums(sums, max_frequency)
+
+
+def calibration_vs_holdout_from_sums(sums: pd.DataFrame, max_frequency: int = 7) -> pd.DataFrame:
+    """:func:`calibration_vs_holdout_data` from per-bin sums (what an engine adds up where the
+    customers are): indexed by the bin (calibration frequency capped at ``max_frequency``),
+    columns ``customers``, ``actual`` and ``predicted`` (sums of holdout purchases)."""
+    labels = [str(n) for n in range(max_frequency)] + [f"{max_frequency}+"]
+    sums = sums.reindex(range(max_frequency + 1))
+    result = pd.DataFrame(
+        {
+            "customers": sums["customers"].fillna(0).astype(np.int64),
+            "actual_holdout_purchases": sums["actual"] / sums["customers"],
+            "predicted_holdout_purchases": sums["predicted"] / sums["customers"],
+        }
     )
-    result = grouped.reindex(range(max_frequency + 1))
-    result["customers"] = result["customers"].fillna(0).astype(np.int64)
     result.index = pd.Index(labels, name="calibration_frequency")
     return result
 
@@ -202,6 +211,32 @@ def cumulative_tracking_data(
         raise ValueError("first_purchase_dates is empty")
     first_days = pd.to_datetime(pd.Series(first_purchase_dates)).to_numpy().astype("datetime64[D]")
     start = first_days.min()
+    # Cohorts by first purchase day: a count per day (a few hundred days), where np.unique
+    # sorted every customer (18M of them at 50M rows). Same days, same order, same sizes.
+    sizes_by_day = np.bincount((first_days - start).astype(np.int64))
+    present = np.flatnonzero(sizes_by_day)
+    return cumulative_tracking_from_cohorts(
+        repeat_purchases, start + present.astype("timedelta64[D]"), sizes_by_day[present], purchase_model,
+        days_per_period, observation_end,
+    )
+
+
+def cumulative_tracking_from_cohorts(
+    repeat_purchases: pd.DataFrame,
+    cohort_days: np.ndarray,
+    cohort_sizes: np.ndarray,
+    purchase_model,
+    days_per_period: float,
+    observation_end: dt.date,
+) -> pd.DataFrame:
+    """:func:`cumulative_tracking_data` from the cohorts: each first purchase day (ascending,
+    ``datetime64[D]``) and its number of customers (what an engine counts where the customers are)."""
+    if not days_per_period > 0:
+        raise ValueError(f"days_per_period must be positive, got {days_per_period!r}")
+    if len(cohort_days) == 0:
+        raise ValueError("no cohorts: there are no customers")
+    cohort_days = np.asarray(cohort_days).astype("datetime64[D]")
+    start = cohort_days.min()
     end = np.datetime64(observation_end, "D")
     if end < start:
         raise ValueError(f"observation_end {observation_end} is before the first purchase {start}")
@@ -216,17 +251,12 @@ def cumulative_tracking_data(
     cumulative = np.concatenate([[0], np.cumsum(repeat_purchases["repeat_purchases"].to_numpy()[order])])
     actual = cumulative[np.searchsorted(purchase_days, grid, side="right")]
 
-    # Cohorts by first purchase day: a count per day (a few hundred days), where np.unique
-    # sorted every customer (18M of them at 50M rows). Same days, same order, same sizes.
-    sizes_by_day = np.bincount((first_days - start).astype(np.int64))
-    present = np.flatnonzero(sizes_by_day)
-    cohort_days, cohort_sizes = start + present.astype("timedelta64[D]"), sizes_by_day[present]
     # Ages of every cohort at every grid day (weeks × cohorts); cohorts not yet
     # acquired get age 0, where expected repeat purchases are 0.
     age_days = (grid[:, None] - cohort_days[None, :]).astype(np.float64)
     ages = np.clip(age_days, 0.0, None) / days_per_period
     expected = np.asarray(purchase_model.expected_purchases_new_customer(ages), dtype=np.float64).reshape(ages.shape)
-    predicted = expected @ cohort_sizes.astype(np.float64)
+    predicted = expected @ np.asarray(cohort_sizes).astype(np.float64)
 
     return pd.DataFrame(
         {

@@ -185,8 +185,7 @@ def _champion_view(config: Config, tracker: Any, as_of: dt.date, result: Any, ca
     notes = []
     if not accept_shift and config.release.clv_ratio_to_champion is not None:
         try:
-            features = result.features.set_index("customer_id")
-            view.clv_total = float(view.scorer.score(features)["predicted_clv"].sum())
+            view.clv_total = result.predicted_clv_total(view.scorer)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"the champion could not score this run's customers ({failure_reason(exc)}): no CLV ratio gate")
     if progress:

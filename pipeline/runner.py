@@ -129,8 +129,7 @@ def draw_plots(
             backtest_data["calibration_end"], backtest_data["title"],
         )
     matrix = plots.probability_alive_matrix_data(
-        fit.purchase_model, int(min(customers["frequency"].max(), 30)), float(customers["T"].max()),
-        float(customers["T"].max()),
+        fit.purchase_model, int(min(value.max_frequency, 30)), value.max_age, value.max_age
     )
     written["probability_alive_matrix"] = plots.plot_probability_alive_matrix(
         matrix, catalog.plot_path("probability_alive_matrix"), title, time_unit=config.features.period.unit + "s"
@@ -161,6 +160,17 @@ class PipelineResult:
     features: Any  # pandas: features at the observation end
     fit: FitOutputs
     value: ValueOutputs
+    # Spark: the features as a cluster DataFrame (``features`` is then a few rows, for examples).
+    cluster_features: Any = None
+
+    def predicted_clv_total(self, scorer: Any) -> float:
+        """Every customer's predicted CLV under another ``scorer``, summed (retrain's champion
+        on this run's customers), where the customers are."""
+        if self.cluster_features is not None:
+            from pipeline.spark.run import predicted_clv_total
+
+            return predicted_clv_total(self.cluster_features, scorer)
+        return float(scorer.score(self.features.set_index("customer_id"))["predicted_clv"].sum())
 
     def calibration_frame(self):
         """The calibration features with the holdout columns (read back: the run does not keep them), or None."""
@@ -177,6 +187,11 @@ def run_pipeline(
     fit stage's outputs, then the frozen scorer and the customers' features, exist (the CLI's
     tracking process logs them while the run goes on).
     """
+    if config.engine == "spark":
+        # Optional extra, imported only when asked for; every per-customer step on the cluster.
+        from pipeline.spark.run import run_pipeline_on_spark
+
+        return run_pipeline_on_spark(config, catalog, source, progress, on_fit, on_scorer)
     _progress(progress, "computing features")
     features_result, _ = run_features(config, catalog, source)
     full = calibration = None

@@ -1,20 +1,133 @@
-"""A run's tables on the cluster: what ``clv run`` with ``engine: spark`` writes without the
-driver holding per-customer data.
+"""``clv run`` with ``engine: spark``: every per-customer step on the cluster, the driver holding
+only what stays small at any scale.
 
-The features and calibration tables go from the executors straight into the run catalog as
-Parquet datasets; the driver receives only counts and the repeat purchases per calendar day
-(one row a day, however many customers).
+What crosses to the driver (nothing else does; every figure is computed by the functions the
+DuckDB engine uses, on each partition's batches, and merged here):
+
+* counts of the written tables, and the repeat purchases per calendar day (one row a day);
+* the distinct ``(frequency, recency, T)`` histories with their number of customers, for the
+  purchase models' fits (``models.CustomerHistories.from_counts``);
+* for Gamma-Gamma, the distinct ``(frequency, monetary_value)`` pairs of repeat customers with
+  their counts (``models.SpendStatistics``) — or, above :data:`SPEND_PAIRS_LIMIT` pairs, a
+  seeded uniform sample of repeat customers (the fit says which, in its summary);
+* sums and counts per batch: holdout errors, historical CLV totals, value and tier sums;
+* order statistics (Spearman's rho, medians, the top decile, the tier cuts): from the full
+  columns while the customers are at most :data:`EXACT_LIMIT` (what DuckDB computes, exactly),
+  above that from a seeded sample of :data:`~pipeline.stages.backtest.RANK_SAMPLE` rows and
+  Spark's approximate quantiles with relative rank error :data:`QUANTILE_ERROR`;
+* what the plots draw: per-frequency sums, customers per first-purchase day, the extent of the
+  histories, and a seeded sample of predicted CLV.
+
+The features, calibration and customers tables go from the executors straight into the run
+catalog as Parquet datasets.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.errors import PythonException
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.catalog import CALIBRATION_FILE, FEATURES_FILE, REPEAT_PURCHASES_FILE, RunCatalog
+from models import CustomerHistories, SpendStatistics, historical_clv_from_totals, spend_statistics
+from models.historical import DEFAULT_MIN_EXPOSURE_YEARS, naive_holdout_forecast
+from models.tiers import tier_thresholds
+from pipeline.catalog import (
+    CALIBRATION_FILE,
+    CUSTOMERS_FILE,
+    FEATURES_FILE,
+    FEATURES_SUMMARY_FILE,
+    REPEAT_PURCHASES_FILE,
+    RunCatalog,
+)
+from pipeline.config import Config
+from pipeline.errors import InputDataError
 from pipeline.io import write_parquet
-from pipeline.spark.feature_tables import SparkFeatures
+from pipeline.spark.feature_tables import SparkFeatures, features_from_config, unique_statistics
+from pipeline.spark.scoring import _user_error, score
+from pipeline.spark.session import spark_session
+from pipeline.stages import backtest as backtest_stage
+from pipeline.stages.fit import (
+    PURCHASE_MODEL_TITLES,
+    Backtest,
+    FittedModels,
+    all_candidates_failed,
+    failure_reason,
+    fit_purchase_model,
+    fit_spend_model,
+    fit_stage,
+)
+from pipeline.stages.partials import merge_partials
+from pipeline.stages.value import (
+    ValueOutputs,
+    configured_tiers,
+    finish_value_summary,
+    freeze_tiers,
+    lifespan_totals,
+    new_scorer,
+    score_customers,
+    tier_table_of_partials,
+    tier_table_partial,
+    value_errors,
+    value_order_statistics,
+    value_partial,
+)
+
+# Distinct (frequency, monetary value) pairs sent to the driver for Gamma-Gamma; above it a
+# seeded uniform sample of this many repeat customers is (16 bytes each: 32 MB).
+SPEND_PAIRS_LIMIT = 2_000_000
+# Up to this many customers the order statistics use every customer's value, as DuckDB does
+# (a few columns of 8 bytes: tens of megabytes at most).
+EXACT_LIMIT = backtest_stage.RANK_SAMPLE
+# Relative rank error of Spark's approxQuantile above EXACT_LIMIT: at 18M customers a cut or
+# a median is off by at most 1,800 customers' ranks.
+QUANTILE_ERROR = 1e-4
+# Predicted CLV values drawn for the distribution plot.
+PLOT_SAMPLE = 200_000
+HISTORY = ["frequency", "recency", "T"]
+
+
+def _progress(callback, message: str) -> None:
+    if callback is not None:
+        callback(message)
+
+
+def _on_executors(action: Callable[[], Any]) -> Any:
+    """Run a Spark action; a user error raised on an executor comes back as its one line."""
+    try:
+        return action()
+    except PythonException as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        raise InputDataError(message) from None
+
+
+def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) -> list[Any]:
+    """``partial_of`` applied to every Arrow batch of ``table`` on the executors; the partials
+    (a few per partition, each small) come back to the driver. With no rows at all, the partial
+    of an empty batch."""
+
+    def run(batches):
+        for batch in batches:
+            if len(batch):
+                yield pd.DataFrame({"partial": [pickle.dumps(partial_of(batch))]})
+
+    rows = _on_executors(lambda: table.mapInPandas(run, "partial binary").collect())
+    if not rows:
+        return [partial_of(table.limit(0).toPandas())]
+    return [pickle.loads(row["partial"]) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
 
 
 def _customer_counts(table: DataFrame) -> tuple[int, int]:
@@ -55,3 +168,341 @@ def write_features(computed: SparkFeatures, catalog: RunCatalog) -> dict[str, in
         "calibration_customers": calibration_customers,
         "calibration_repeat_customers": calibration_repeaters,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# What the fits take
+
+
+def histories_of(table: DataFrame) -> CustomerHistories:
+    """The distinct histories of ``table``'s customers with their counts, in the order of their
+    first customer by id (the order a fit on the per-customer table meets them: bit-identical fits)."""
+    statistics = unique_statistics(table)
+    return CustomerHistories.from_counts(statistics[HISTORY], statistics["customers"].to_numpy())
+
+
+def spend_statistics_of(table: DataFrame, seed: int, limit: int = SPEND_PAIRS_LIMIT) -> tuple[SpendStatistics, str]:
+    """What Gamma-Gamma is fitted on, and a sentence saying which: every distinct pair of the
+    repeat customers with its count, or above ``limit`` pairs a seeded uniform sample of
+    ``limit`` repeat customers."""
+    repeaters = table.where((F.col("frequency") > 0) & (F.col("monetary_value") > 0))
+    pairs = repeaters.groupBy("frequency", "monetary_value").agg(
+        F.count(F.lit(1)).alias("customers"), F.min("customer_id").alias("first_customer")
+    )
+    counts = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.sum("customers").alias("customers")).head()
+    n_pairs, n_repeaters = int(counts["pairs"]), int(counts["customers"] or 0)
+    if n_pairs <= limit:
+        frame = pairs.orderBy("first_customer").select("frequency", "monetary_value", "customers").toPandas()
+        statistics = SpendStatistics(
+            frame["frequency"].to_numpy(dtype=np.float64), frame["monetary_value"].to_numpy(),
+            frame["customers"].to_numpy(),
+        )
+        return statistics, f"every repeat customer ({n_repeaters:,}, {n_pairs:,} distinct pairs)"
+    fraction = min(1.0, limit / n_repeaters)
+    sample = repeaters.sample(withReplacement=False, fraction=fraction, seed=seed).select(
+        "customer_id", "frequency", "monetary_value"
+    ).orderBy("customer_id").toPandas()
+    return spend_statistics(sample), (
+        f"a seeded uniform sample of {len(sample):,} of the {n_repeaters:,} repeat customers "
+        f"({n_pairs:,} distinct pairs, above the {limit:,} sent whole)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Backtest
+
+
+def _prediction_columns(name: str) -> tuple[str, str]:
+    return f"{name}__purchases", f"{name}__revenue"
+
+
+def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_model: Any, horizon: float) -> DataFrame:
+    """Every calibration customer's holdout figures and each model's (and the naive
+    baseline's) predictions, computed on the executors by the models themselves."""
+    names = [*models, "historical_baseline"]
+    fields = ["customer_id string", "frequency long", "frequency_holdout long", "revenue_holdout double",
+              "spend double"]
+    fields += [f"`{column}` double" for name in names for column in _prediction_columns(name)]
+
+    def predict(batches):
+        for batch in batches:
+            if not len(batch):
+                continue
+            spend = spend_model.expected_spend(batch)
+            out = {"customer_id": batch["customer_id"], "frequency": batch["frequency"],
+                   "frequency_holdout": batch["frequency_holdout"], "revenue_holdout": batch["revenue_holdout"],
+                   "spend": spend}
+            for name, model in models.items():
+                purchases = model.expected_purchases(batch, horizon)
+                out[f"{name}__purchases"], out[f"{name}__revenue"] = purchases, purchases * spend
+            naive = naive_holdout_forecast(batch, horizon)
+            out["historical_baseline__purchases"] = naive["predicted_purchases"]
+            out["historical_baseline__revenue"] = naive["predicted_revenue"]
+            yield pd.DataFrame(out)
+
+    needed = calibration.select("customer_id", "frequency", "recency", "T", "monetary_value", "total_amount",
+                                "frequency_holdout", "revenue_holdout")
+    return needed.mapInPandas(predict, ", ".join(fields))
+
+
+def _actual(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch[["frequency_holdout", "revenue_holdout"]]
+
+
+def holdout_metrics_on_cluster(predictions: DataFrame, names: list[str], customers: int, seed: int) -> dict[str, dict]:
+    """:func:`pipeline.stages.backtest.holdout_metrics` of every model in ``names`` (and the
+    naive baseline, without spend), from per-batch sums and the order statistics."""
+
+    def partial_of(batch):
+        partials = {}
+        for name in names:
+            purchases, revenue = (batch[column] for column in _prediction_columns(name))
+            spend = None if name == "historical_baseline" else batch["spend"]
+            partials[name] = backtest_stage.holdout_partial(_actual(batch), purchases, revenue, spend)
+        return partials
+
+    batches = reduce_batches(predictions, partial_of)
+    partials = {name: merge_partials(batch[name] for batch in batches) for name in names}
+    order = _holdout_order_statistics(predictions, names, customers, seed, partials)
+    return {name: backtest_stage.finish_holdout_metrics(partials[name], order[name]) for name in names}
+
+
+def _holdout_order_statistics(predictions: DataFrame, names: list[str], customers: int, seed: int,
+                              partials: dict[str, dict]) -> dict[str, dict]:
+    columns = ["customer_id", "frequency_holdout", "revenue_holdout"]
+    columns += [column for name in names for column in _prediction_columns(name)]
+    if customers <= EXACT_LIMIT:
+        # Every customer's values, in customer order (ties at the top decile's cut are broken by
+        # position, as on DuckDB): exactly DuckDB's figures.
+        frame = predictions.select(*columns).toPandas().sort_values("customer_id", kind="stable")
+        frame = frame.reset_index(drop=True)
+        return {
+            name: backtest_stage.holdout_order_statistics(
+                _actual(frame), *(frame[column] for column in _prediction_columns(name)), seed=seed
+            )
+            for name in names
+        }
+    # A seeded sample for Spearman's rho (which samples RANK_SAMPLE rows on DuckDB too), and
+    # the top decile from an approximate threshold and the revenue above it.
+    fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
+    sample = predictions.select(*columns).sample(withReplacement=False, fraction=fraction, seed=seed).toPandas()
+    order = {}
+    share = backtest_stage.TOP_SHARE
+    rank = 1.0 - backtest_stage.top_share_count(customers, share) / customers
+    for name in names:
+        purchases, revenue = _prediction_columns(name)
+        statistics = backtest_stage.holdout_order_statistics(_actual(sample), sample[purchases], sample[revenue],
+                                                             seed=seed)
+        (threshold,) = predictions.approxQuantile(revenue, [rank], QUANTILE_ERROR)
+        sums = merge_partials(reduce_batches(
+            predictions.select("revenue_holdout", revenue),
+            lambda batch, column=revenue, cut=threshold: backtest_stage.revenue_at_threshold(
+                batch["revenue_holdout"].to_numpy(), batch[column].to_numpy(), cut
+            ),
+        ))
+        statistics["top_decile_revenue_capture"] = backtest_stage.top_share_capture_from_sums(
+            sums, customers, partials[name]["revenue_actual_sum"], share
+        )
+        order[name] = statistics
+    return order
+
+
+def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: int, progress=None) -> tuple[Backtest, DataFrame]:
+    """Fit every candidate on the calibration period's histories and pairs, score each (and the
+    naive baseline) on the holdout on the cluster, select one. Returns the backtest and the
+    (persisted) per-customer predictions, for the plots; the caller unpersists them."""
+    histories = histories_of(calibration)
+    spend_input, _ = spend_statistics_of(calibration, config.seed)
+    purchase: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for name in config.models.purchase.candidates:
+        _progress(progress, f"fitting {PURCHASE_MODEL_TITLES[name]} (calibration)")
+        try:
+            purchase[name] = fit_purchase_model(name, histories, config.models)
+        except InputDataError as exc:
+            failed[name] = str(exc)
+            _progress(progress, f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+    if not purchase:
+        raise all_candidates_failed(failed)
+    _progress(progress, "fitting Gamma-Gamma (calibration)")
+    fitted = FittedModels(purchase=purchase, spend=fit_spend_model(spend_input, config.models),
+                          selected=next(iter(purchase)), failed=failed)
+    horizon = float(calibration.select("duration_holdout").head()["duration_holdout"])
+    # A model's holdout prediction depends on a customer only through the history: one that
+    # predicts every distinct history (here, on the driver) predicts every customer.
+    for name, model in list(fitted.purchase.items()):
+        try:
+            with np.errstate(all="ignore"):
+                model.expected_purchases(histories.unique, horizon)
+        except Exception as exc:  # noqa: BLE001 - as on DuckDB: left out, as one that cannot fit
+            fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
+            del fitted.purchase[name]
+    if not fitted.purchase:
+        raise all_candidates_failed(fitted.failed)
+    predictions = holdout_predictions(calibration, fitted.purchase, fitted.spend, horizon).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    names = [*fitted.purchase, "historical_baseline"]
+    metrics = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
+    models_only = {name: metrics[name] for name in fitted.purchase}
+    selected, reason = backtest_stage.select_model(models_only, config.models.selection_metric)
+    fitted.selected = selected
+    ordered = {name: metrics[name] for name in [*fitted.purchase, "historical_baseline"]}
+    return Backtest(fitted, ordered, selected, reason), predictions
+
+
+def backtest_plot_data_on_cluster(
+    predictions: DataFrame, features: DataFrame, model: Any, name: str, repeat_purchases: pd.DataFrame,
+    config: Config, observation_end: dt.date, calibration_end: dt.date,
+) -> dict[str, Any]:
+    """The two backtest plots' tables from sums on the cluster (see
+    :func:`pipeline.stages.report.backtest_plot_data` for DuckDB's)."""
+    from pipeline import plots
+
+    purchases, _ = _prediction_columns(name)
+    max_frequency = 7
+    sums = (
+        predictions.groupBy(F.least(F.col("frequency"), F.lit(max_frequency)).alias("bin"))
+        .agg(F.count(F.lit(1)).alias("customers"), F.sum(F.col("frequency_holdout").cast("double")).alias("actual"),
+             F.sum(purchases).alias("predicted"))
+        .toPandas().set_index("bin")
+    )
+    cohorts = features.groupBy("first_purchase_date").count().orderBy("first_purchase_date").toPandas()
+    return {
+        "calibration_vs_holdout": plots.calibration_vs_holdout_from_sums(sums, max_frequency),
+        "cumulative_tracking": plots.cumulative_tracking_from_cohorts(
+            repeat_purchases, pd.to_datetime(cohorts["first_purchase_date"]).to_numpy().astype("datetime64[D]"),
+            cohorts["count"].to_numpy(), model, config.features.period.days_per_unit, observation_end,
+        ),
+        "calibration_end": calibration_end,
+        "title": f"{PURCHASE_MODEL_TITLES[name]} (calibration fit)",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Value
+
+
+def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: int, catalog: RunCatalog,
+                     progress=None) -> ValueOutputs:
+    """The value stage on the cluster: the lifespan from summed totals, the tier cuts from the
+    customers' predicted CLV, ``customers.parquet`` written by the executors, and the summary
+    from per-batch sums and order statistics."""
+    spark = features.sparkSession
+    scorer = new_scorer(fit.purchase_model, fit.selected, fit.spend_model, config.value, config.features.period)
+    totals = sum(reduce_batches(features, lambda batch: lifespan_totals(scorer, batch)))
+    with value_errors():
+        # Each customer's historical CLV is then their own, with this lifespan (score_customers).
+        historical = historical_clv_from_totals(totals, per_customer_min_exposure_years=DEFAULT_MIN_EXPOSURE_YEARS)
+    scorer.lifespan_years = historical.lifespan_years
+    segments = config.segments
+    untiered = features.mapInPandas(
+        lambda batches: (score_customers(scorer, batch, tiers=None)[["predicted_clv"]] for batch in batches if len(batch)),
+        "predicted_clv double",
+    )
+    if segments.method == "absolute":
+        # Only the lowest CLV is checked against the lowest tier's bound.
+        lowest = _on_executors(lambda: untiered.agg(F.min("predicted_clv")).head()[0])
+        with value_errors():
+            thresholds = tier_thresholds(pd.Series([lowest], dtype=float), configured_tiers(segments),
+                                         method="absolute")
+    elif customers <= EXACT_LIMIT:
+        clv = _on_executors(lambda: untiered.toPandas()["predicted_clv"])
+        with value_errors():
+            thresholds = tier_thresholds(clv, configured_tiers(segments), method="quantile")
+    else:
+        cuts = [tier.cut for tier in configured_tiers(segments)]
+        values = _on_executors(lambda: untiered.approxQuantile("predicted_clv", cuts, QUANTILE_ERROR))
+        thresholds = dict(zip([tier.name for tier in configured_tiers(segments)], values))
+    freeze_tiers(scorer, segments, thresholds)
+    _progress(progress, "writing customers")
+    _on_executors(lambda: score(features, scorer, catalog.path(CUSTOMERS_FILE)))
+    written = spark.read.parquet(str(catalog.path(CUSTOMERS_FILE)))
+    batches = reduce_batches(written, lambda batch: {"value": value_partial(batch),
+                                                     "tiers": tier_table_partial(batch, scorer)})
+    tiers = tier_table_of_partials([batch["tiers"] for batch in batches], scorer)
+    value_sums = merge_partials(batch["value"] for batch in batches)
+    figures = written.select("customer_id", "predicted_clv", "historical_clv")
+    if customers <= EXACT_LIMIT:
+        frame = figures.toPandas().sort_values("customer_id", kind="stable").reset_index(drop=True)
+        order = value_order_statistics(frame, config.seed)
+        plotted = frame["predicted_clv"]
+    else:
+        fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
+        sample = figures.sample(withReplacement=False, fraction=fraction, seed=config.seed).toPandas()
+        order = value_order_statistics(sample, config.seed)
+        medians = written.approxQuantile(["predicted_clv", "historical_clv"], [0.5], QUANTILE_ERROR)
+        order["predicted_clv_median"], order["historical_clv_customer_median"] = medians[0][0], medians[1][0]
+        plotted = sample["predicted_clv"]
+    if len(plotted) > PLOT_SAMPLE:
+        plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)
+    extent = written.agg(F.max("frequency").alias("frequency"), F.max("T").alias("T")).head()
+    return ValueOutputs(
+        scorer=scorer,
+        customers=pd.DataFrame({"predicted_clv": plotted.to_numpy()}),
+        tier_table=tiers,
+        summary=finish_value_summary(value_sums, order, historical, tiers),
+        max_frequency=float(extent["frequency"]),
+        max_age=float(extent["T"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, progress=None, on_fit=None,
+                          on_scorer=None):
+    """:func:`pipeline.runner.run_pipeline` with ``engine: spark`` (see the module's doc)."""
+    from pipeline.runner import PipelineResult, draw_plots, features_summary
+    from pipeline.stages.report import run_summary
+
+    spark: SparkSession = spark_session(config.spark)
+    _progress(progress, "computing features")
+    computed = _on_executors(lambda: features_from_config(spark, config, source))
+    counts = _on_executors(lambda: write_features(computed, catalog))
+    summary_of_features = features_summary(
+        computed.log, counts, computed.observation_end, computed.calibration_end, config,
+        catalog.final_path(FEATURES_FILE),
+    )
+    catalog.write_json(FEATURES_SUMMARY_FILE, summary_of_features)
+    features = spark.read.parquet(str(catalog.path(FEATURES_FILE)))
+    backtest, backtest_data = None, None
+    if computed.calibration is not None:
+        calibration = spark.read.parquet(str(catalog.path(CALIBRATION_FILE)))
+        backtest, predictions = run_backtest_on_cluster(
+            calibration, config, int(counts["calibration_customers"] or 0), progress
+        )
+        try:
+            backtest_data = backtest_plot_data_on_cluster(
+                predictions, features, backtest.fitted.purchase[backtest.selected], backtest.selected,
+                catalog.repeat_purchases(), config, computed.observation_end, computed.calibration_end,
+            )
+        finally:
+            predictions.unpersist()
+    histories = histories_of(features)
+    spend_input, spend_source = spend_statistics_of(features, config.seed)
+    fit = fit_stage(spend_input, config.models, backtest, progress, histories)
+    fit.spend_fitted_on = spend_source
+    catalog.write_fit(fit)
+    if on_fit is not None:
+        on_fit(fit)
+    _progress(progress, "valuing customers")
+    value = value_on_cluster(features, fit, config, int(counts["customers"] or 0), catalog, progress)
+    catalog.write_value(value, customers_written=True)
+    example = features.limit(5).toPandas()
+    if on_scorer is not None:
+        on_scorer(value.scorer, example)
+    _progress(progress, "drawing plots")
+    plot_paths = draw_plots(catalog, config, fit, value, backtest_data)
+    summary = run_summary(config, summary_of_features, fit, value, plot_paths)
+    catalog.write_summary(summary)
+    return PipelineResult(run_dir=catalog.final, summary=summary, features=example, fit=fit, value=value,
+                          cluster_features=features)
+
+
+def predicted_clv_total(features: DataFrame, scorer: Any) -> float:
+    """Every customer's predicted CLV under ``scorer``, summed on the cluster."""
+    return float(sum(reduce_batches(
+        features, lambda batch: float(score_customers(scorer, batch, tiers=None)["predicted_clv"].sum())
+    )))

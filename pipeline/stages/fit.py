@@ -200,12 +200,15 @@ class FitOutputs:
     purchase_model: Any
     spend_model: Any
     failed_candidates: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Which customers the final Gamma-Gamma fit saw, where that is not simply all of them.
+    spend_fitted_on: str = "every repeat customer"
 
     def summary(self) -> dict[str, Any]:
         return {
             "selected_purchase_model": self.selected,
             "selection_reason": self.selection_reason,
             "failed_candidates": dict(self.failed_candidates),
+            "spend_fitted_on": self.spend_fitted_on,
             "final": {"purchase": self.purchase_model.summary(), "spend": self.spend_model.summary()},
             "calibration": None if self.calibration_models is None else self.calibration_models.summary(),
         }

@@ -25,8 +25,10 @@ placed in :data:`FIGURE_COLUMNS`; every output then has it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -41,8 +43,16 @@ from models.discounting import (
     discounted_expected_purchases,
     predicted_clv,
 )
-from models.historical import HistoricalCLV, historical_clv
-from models.tiers import Tier, assign_tiers, tier_summary, tier_thresholds
+from models.historical import HistoricalCLV, HistoricalTotals, historical_clv, historical_totals
+from models.tiers import (
+    Tier,
+    assign_tiers,
+    finish_tier_summary,
+    merge_tier_partials,
+    tier_partial,
+    tier_summary,
+    tier_thresholds,
+)
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.backtest import rank_correlation
@@ -294,6 +304,69 @@ def _acquisition_cost(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd
 # The value stage
 
 
+def new_scorer(
+    purchase_model: Any, purchase_model_name: str, spend_model: Any, value: ValueSettings, period: PeriodSettings,
+) -> CustomerValueScorer:
+    """A scorer with the value settings and the fitted models; the lifespan and the tier cuts,
+    which are learned from the customers, are frozen next (:func:`build_scorer`, or the Spark
+    engine from aggregates: :func:`lifespan_totals`, :func:`freeze_tiers`)."""
+    return CustomerValueScorer(
+        purchase_model=purchase_model,
+        purchase_model_name=purchase_model_name,
+        spend_model=spend_model,
+        period_unit=period.unit,
+        period_resolution=period.resolution,
+        days_per_unit=period.days_per_unit,
+        horizon_periods=horizon_periods(value, period),
+        discount_rate_per_period=discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),
+        default_margin_rate=value.margin_rate,
+        acquisition_cost_constant=value.acquisition_cost.constant,
+        acquisition_cost_per_channel=value.acquisition_cost.per_channel,
+        lifespan_years=float("nan"),
+        churn_inactivity_days=value.churn_inactivity_days,
+        tier_names=[], tier_cuts=[], tier_actions=[],
+    )
+
+
+def lifespan_totals(scorer: CustomerValueScorer, features: pd.DataFrame) -> HistoricalTotals:
+    """The historical CLV's sums over a batch of customers (``models.historical_totals`` with
+    the scorer's margin rate, acquisition cost and churn rule); the batches' totals add up to
+    the company figures, the lifespan among them (``models.historical_clv_from_totals``)."""
+    with value_errors():
+        return historical_totals(
+            features, scorer.days_per_unit, churn_inactivity_days=scorer.churn_inactivity_days,
+            margin_rate=_margin_rate(scorer, features), acquisition_cost=_acquisition_cost(scorer, features),
+        )
+
+
+@contextlib.contextmanager
+def value_errors() -> Iterator[None]:
+    """The models' ValueErrors as the value stage's one-line InputDataError, naming settings."""
+    try:
+        yield
+    except ValueError as exc:
+        # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
+        message = str(exc).replace("shorten churn_inactivity_days or give lifespan_years",
+                                   "lower value.churn_inactivity_days")
+        raise InputDataError(f"value: {message}") from None
+
+
+def configured_tiers(segments: SegmentSettings) -> list[Tier]:
+    return [Tier(t.name, t.cut, t.action) for t in segments.tiers]
+
+
+def freeze_tiers(scorer: CustomerValueScorer, segments: SegmentSettings, thresholds: dict[str, float]) -> None:
+    """Freeze the tier cuts as CLV amounts (``thresholds``: ``models.tier_thresholds`` of the
+    customers' predicted CLV, or the same quantiles estimated by an engine)."""
+    configured = configured_tiers(segments)
+    cuts = [float(thresholds[t.name]) for t in configured]
+    # Customers scored later may fall below every customer seen here: the lowest tier is open.
+    cuts[-1] = -math.inf
+    scorer.tier_names = [t.name for t in configured]
+    scorer.tier_cuts = cuts
+    scorer.tier_actions = [t.action for t in configured]
+
+
 def build_scorer(
     features: pd.DataFrame,
     purchase_model: Any,
@@ -310,40 +383,14 @@ def build_scorer(
     and action as categoricals, which at 18M customers are far cheaper than text).
     ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them.
     """
-    scorer = CustomerValueScorer(
-        purchase_model=purchase_model,
-        purchase_model_name=purchase_model_name,
-        spend_model=spend_model,
-        period_unit=period.unit,
-        period_resolution=period.resolution,
-        days_per_unit=period.days_per_unit,
-        horizon_periods=horizon_periods(value, period),
-        discount_rate_per_period=discount_rate_per_period(value.discount_rate_annual, period.days_per_unit),
-        default_margin_rate=value.margin_rate,
-        acquisition_cost_constant=value.acquisition_cost.constant,
-        acquisition_cost_per_channel=value.acquisition_cost.per_channel,
-        lifespan_years=float("nan"),
-        churn_inactivity_days=value.churn_inactivity_days,
-        tier_names=[], tier_cuts=[], tier_actions=[],
-    )
-    try:
+    scorer = new_scorer(purchase_model, purchase_model_name, spend_model, value, period)
+    with value_errors():
         terms = customer_terms(scorer, features)
         scorer.lifespan_years = terms.historical.lifespan_years
-        configured = [Tier(t.name, t.cut, t.action) for t in segments.tiers]
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
         figures = score_customers(scorer, features, terms=terms, tiers=None, histories=histories)
-        thresholds = tier_thresholds(figures["predicted_clv"], configured, method=segments.method)
-    except ValueError as exc:
-        # The models' messages name their own arguments; here the setting is value.churn_inactivity_days.
-        message = str(exc).replace("shorten churn_inactivity_days or give lifespan_years",
-                                   "lower value.churn_inactivity_days")
-        raise InputDataError(f"value: {message}") from None
-    cuts = [float(thresholds[t.name]) for t in configured]
-    # Customers scored later may fall below every customer seen here: the lowest tier is open.
-    cuts[-1] = -math.inf
-    scorer.tier_names = [t.name for t in configured]
-    scorer.tier_cuts = cuts
-    scorer.tier_actions = [t.action for t in configured]
+        thresholds = tier_thresholds(figures["predicted_clv"], configured_tiers(segments), method=segments.method)
+    freeze_tiers(scorer, segments, thresholds)
     return scorer, terms.historical, with_tiers(scorer, figures, as_text=False)
 
 
@@ -353,6 +400,19 @@ def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataF
         tier=pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True)
     )
     return tier_summary(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+
+
+def tier_table_partial(customers: pd.DataFrame, scorer: CustomerValueScorer) -> dict[str, Any]:
+    """:func:`tier_table`'s sums over a batch of customers (``models.tiers.tier_partial``)."""
+    tiers_frame = customers[["tier", "action"]].assign(
+        tier=pd.Categorical(customers["tier"], categories=scorer.tier_names, ordered=True)
+    )
+    return tier_partial(customers["predicted_clv"], tiers_frame, historical=customers["historical_clv"])
+
+
+def tier_table_of_partials(partials: list[dict[str, Any]], scorer: CustomerValueScorer) -> pd.DataFrame:
+    """:func:`tier_table` from the :func:`tier_table_partial` of batches that make up the customers."""
+    return finish_tier_summary(merge_tier_partials(partials), dict(zip(scorer.tier_names, scorer.tier_actions)))
 
 
 # The per-customer columns value_summary reduces to sums: each one's sum and count (pandas'
@@ -460,14 +520,21 @@ def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.
 
 @dataclasses.dataclass
 class ValueOutputs:
-    """The value stage's result: the frozen scorer, every customer's figures (the features'
-    history columns, then :data:`SCORE_COLUMNS`, tier and action as categoricals), the tier
-    table and the summary."""
+    """The value stage's result: the frozen scorer, the customers' figures (the features'
+    history columns, then :data:`SCORE_COLUMNS`), the tier table, the summary, and the extent
+    of the histories (for the P(alive) matrix plot).
+
+    ``customers`` is every customer on one machine; the Spark engine, whose customers stay on
+    the cluster (``customers.parquet`` written there), holds a seeded sample of them here, for
+    the CLV distribution plot.
+    """
 
     scorer: CustomerValueScorer
     customers: pd.DataFrame
     tier_table: pd.DataFrame
     summary: dict[str, Any]
+    max_frequency: float
+    max_age: float
 
 
 def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: CustomerHistories | None = None) -> ValueOutputs:
@@ -487,4 +554,5 @@ def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: Custom
     customers = pd.concat([features[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
     return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers,
-                        summary=value_summary(customers, historical, tiers, config.seed))
+                        summary=value_summary(customers, historical, tiers, config.seed),
+                        max_frequency=float(customers["frequency"].max()), max_age=float(customers["T"].max()))

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from tests.conftest import CONFIGS
+from tests.engines import assert_same_runs, run_dir
 
 # End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def customers(root, engine):
 
 def test_spark_run_equals_duckdb_run(runs):
     root, _ = runs
-    pd.testing.assert_frame_equal(customers(root, "spark"), customers(root, "duckdb"), check_exact=True)
+    assert_same_runs(run_dir(root / "spark"), run_dir(root / "duckdb"))
 
 
 @pytest.fixture(scope="module")
