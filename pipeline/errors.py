@@ -35,5 +35,12 @@ class ReleaseRejectedError(ClvError):
     exit_code = 4
 
 
+class EngineError(ClvError):
+    """The compute engine failed under a run: a lost executor, a cluster that cannot be reached
+    or started, a job out of memory. Nothing was committed; rerunning may succeed."""
+
+    exit_code = 5
+
+
 class DataQualityWarning(UserWarning):
     """Usable input with something a person should look at (printed as one ``warning:`` line)."""

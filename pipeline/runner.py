@@ -73,21 +73,13 @@ def _counts(result: FeaturesResult) -> dict[str, int | None]:
 
 
 def run_features(config: Config, catalog: RunCatalog, source=None) -> tuple[FeaturesResult, dict[str, Any]]:
-    """The features stage on ``config``'s log (or ``source``), its tables handed to ``catalog``."""
-    if config.engine == "spark":
-        # Optional extra: imported only when asked for. The features come back to the driver
-        # (a few hundred bytes a customer); the fit runs here on them as with DuckDB.
-        from pipeline import spark as spark_engine
+    """The features stage on DuckDB on ``config``'s log (or ``source``), its tables handed to ``catalog``."""
+    from pipeline.duckdb_engine import features_from_config
 
-        session = spark_engine.spark_session(config.spark)
-        result = spark_engine.features_from_config(session, config, source).collect()
-    else:
-        from pipeline.duckdb_engine import features_from_config
-
-        # The calibration features go to their file as they are computed: whole, beside the
-        # features at the observation end, they were the run's memory peak (1.7 GB at 18M customers).
-        with catalog.calibration_writer() as writer:
-            result = features_from_config(config, source, calibration_writer=writer)
+    # The calibration features go to their file as they are computed: whole, beside the
+    # features at the observation end, they were the run's memory peak (1.7 GB at 18M customers).
+    with catalog.calibration_writer() as writer:
+        result = features_from_config(config, source, calibration_writer=writer)
     summary = features_summary(result.log, _counts(result), result.observation_end, result.calibration_end, config,
                                catalog.final_path(FEATURES_FILE))
     catalog.write_features(result, summary)
@@ -189,9 +181,10 @@ def run_pipeline(
     """
     if config.engine == "spark":
         # Optional extra, imported only when asked for; every per-customer step on the cluster.
-        from pipeline.spark.run import run_pipeline_on_spark
+        from pipeline.spark.run import run_pipeline_on_spark, spark_failures
 
-        return run_pipeline_on_spark(config, catalog, source, progress, on_fit, on_scorer)
+        with spark_failures(config.spark.master):
+            return run_pipeline_on_spark(config, catalog, source, progress, on_fit, on_scorer)
     _progress(progress, "computing features")
     features_result, _ = run_features(config, catalog, source)
     full = calibration = None
@@ -256,7 +249,13 @@ def run_pipeline(
 def features_alone(config: Config, output_dir: Path, source=None) -> tuple[Path, dict[str, Any]]:
     """The features stage into a new run under ``output_dir``: (its directory, the summary)."""
     with RunCatalog.create(output_dir) as catalog:
-        _, summary = run_features(config, catalog, source)
+        if config.engine == "spark":
+            from pipeline.spark.run import features_on_cluster, spark_failures
+
+            with spark_failures(config.spark.master):
+                summary = features_on_cluster(config, catalog, source)[1]
+        else:
+            summary = run_features(config, catalog, source)[1]
     return catalog.final, summary
 
 

@@ -24,15 +24,16 @@ catalog as Parquet datasets.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.errors import PythonException
+from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -48,7 +49,7 @@ from pipeline.catalog import (
     RunCatalog,
 )
 from pipeline.config import Config
-from pipeline.errors import InputDataError
+from pipeline.errors import EngineError, InputDataError
 from pipeline.io import write_parquet
 from pipeline.spark.feature_tables import SparkFeatures, features_from_config, unique_statistics
 from pipeline.spark.scoring import _user_error, score
@@ -97,6 +98,31 @@ HISTORY = ["frequency", "recency", "T"]
 def _progress(callback, message: str) -> None:
     if callback is not None:
         callback(message)
+
+
+@contextlib.contextmanager
+def spark_failures(master: str) -> Iterator[None]:
+    """Spark failing under the run (not the user's input) as one line and exit code 5
+    (:class:`EngineError`): a lost executor, an unreachable or unparsable master, a job out of
+    memory. With ``--debug`` the CLI shows the whole trace."""
+    from py4j.protocol import Py4JError
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as exc:
+        if isinstance(exc, PythonException) and _user_error(exc) is not None:
+            raise InputDataError(_user_error(exc) or "") from None
+        raise EngineError(f"Spark failed: {_first_line(exc)} (spark.master {master}; the Spark logs above "
+                          "say more)") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        # py4j puts its own preamble first; the Java exception follows.
+        if line and not line.startswith("An error occurred while calling"):
+            return line[:500]
+    return type(exc).__name__
 
 
 def _on_executors(action: Callable[[], Any]) -> Any:
@@ -451,27 +477,37 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
 # The whole run
 
 
-def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, progress=None, on_fit=None,
-                          on_scorer=None):
-    """:func:`pipeline.runner.run_pipeline` with ``engine: spark`` (see the module's doc)."""
-    from pipeline.runner import PipelineResult, draw_plots, features_summary
-    from pipeline.stages.report import run_summary
+def features_on_cluster(config: Config, catalog: RunCatalog, source=None) -> tuple[SparkFeatures, dict[str, Any]]:
+    """The features stage on Spark into ``catalog`` (``clv features`` and the first step of a
+    run): the tables written by the executors, the features summary by the driver."""
+    from pipeline.runner import features_summary
 
     spark: SparkSession = spark_session(config.spark)
-    _progress(progress, "computing features")
     computed = _on_executors(lambda: features_from_config(spark, config, source))
     counts = _on_executors(lambda: write_features(computed, catalog))
-    summary_of_features = features_summary(
+    summary = features_summary(
         computed.log, counts, computed.observation_end, computed.calibration_end, config,
         catalog.final_path(FEATURES_FILE),
     )
-    catalog.write_json(FEATURES_SUMMARY_FILE, summary_of_features)
+    catalog.write_json(FEATURES_SUMMARY_FILE, summary)
+    return computed, summary
+
+
+def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, progress=None, on_fit=None,
+                          on_scorer=None):
+    """:func:`pipeline.runner.run_pipeline` with ``engine: spark`` (see the module's doc)."""
+    from pipeline.runner import PipelineResult, draw_plots
+    from pipeline.stages.report import run_summary
+
+    _progress(progress, "computing features")
+    computed, summary_of_features = features_on_cluster(config, catalog, source)
+    spark = computed.features.sparkSession
     features = spark.read.parquet(str(catalog.path(FEATURES_FILE)))
     backtest, backtest_data = None, None
     if computed.calibration is not None:
         calibration = spark.read.parquet(str(catalog.path(CALIBRATION_FILE)))
         backtest, predictions = run_backtest_on_cluster(
-            calibration, config, int(counts["calibration_customers"] or 0), progress
+            calibration, config, int(summary_of_features["calibration_customers"] or 0), progress
         )
         try:
             backtest_data = backtest_plot_data_on_cluster(
@@ -488,7 +524,8 @@ def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, prog
     if on_fit is not None:
         on_fit(fit)
     _progress(progress, "valuing customers")
-    value = value_on_cluster(features, fit, config, int(counts["customers"] or 0), catalog, progress)
+    value = value_on_cluster(features, fit, config, int(summary_of_features["customers"] or 0), catalog,
+                             progress)
     catalog.write_value(value, customers_written=True)
     example = features.limit(5).toPandas()
     if on_scorer is not None:

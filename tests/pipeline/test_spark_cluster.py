@@ -155,3 +155,21 @@ def test_the_executors_python(monkeypatch, master, conf, environment, expected):
         monkeypatch.setenv(key, value)
     _choose_executor_python(SparkSettings(master=master, conf=conf))
     assert os.environ.get("PYSPARK_PYTHON") == expected
+
+
+def test_spark_failing_under_the_run_is_one_line_exit_5_and_nothing_written(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = clv("run", "-q", "-c", str(CONFIGS / "cdnow_sample.yaml"), "--set", f"tracking.uri={uri}",
+               "--set", f"output_dir={tmp_path / 'outputs'}", "--set", "engine=spark",
+               "--set", "spark.master=nowhere://cluster")
+    assert done.returncode == 5, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: Spark failed: ") and "nowhere://cluster" in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not any(outputs.iterdir()), list(outputs.iterdir())
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("clv").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["clv.error"].startswith("Spark failed: ")
