@@ -107,6 +107,37 @@ def tier_thresholds(clv, tiers=DEFAULT_TIERS, method="quantile"):
     return _thresholds(finite_values(clv, "clv"), checked, method)
 
 
+def quantile_ranks(n, probability):
+    """Where a quantile of ``n`` sorted values lies: the lower and upper 0-based ranks and the
+    interpolation weight, as numpy's default (linear, Hyndman & Fan's 7th) method places it.
+
+    With the two values at those ranks, :func:`interpolate` gives the quantile: a caller that
+    can find values by rank without sorting everything (a cluster) gets exactly ``np.quantile``.
+    """
+    virtual = (n - 1) * probability
+    lower = int(np.floor(virtual))
+    return lower, min(lower + 1, n - 1), float(virtual - lower)
+
+
+def interpolate(lower_value, upper_value, weight):
+    """numpy's linear interpolation between neighbouring order statistics (its ``_lerp``: from
+    the upper value for weights of one half and more, which keeps the result monotonic)."""
+    difference = upper_value - lower_value
+    if weight >= 0.5:
+        return float(upper_value - difference * (1 - weight))
+    return float(lower_value + difference * weight)
+
+
+def quantiles_from_ranks(n, probabilities, value_at_rank):
+    """Quantiles of ``n`` values from a function giving the value at a 0-based rank (ascending):
+    equal to ``np.quantile`` of the values (tests/models/test_tiers.py checks it bit for bit)."""
+    result = []
+    for probability in probabilities:
+        lower, upper, weight = quantile_ranks(n, probability)
+        result.append(interpolate(value_at_rank(lower), value_at_rank(upper), weight))
+    return np.array(result, dtype=np.float64)
+
+
 def _thresholds(values, checked, method):
     if method == "quantile":
         cuts = [tier.cut for tier in checked]

@@ -11,10 +11,11 @@ DuckDB engine uses, on each partition's batches, and merged here):
   their counts (``models.SpendStatistics``) — or, above :data:`SPEND_PAIRS_LIMIT` pairs, a
   seeded uniform sample of repeat customers (the fit says which, in its summary);
 * sums and counts per batch: holdout errors, historical CLV totals, value and tier sums;
-* order statistics (Spearman's rho, medians, the top decile, the tier cuts): from the full
-  columns while the customers are at most :data:`EXACT_LIMIT` (what DuckDB computes, exactly),
-  above that from a seeded sample of :data:`~pipeline.stages.backtest.RANK_SAMPLE` rows and
-  Spark's approximate quantiles with relative rank error :data:`QUANTILE_ERROR`;
+* order statistics: the tier cuts, the medians and the top decile's threshold exactly at any
+  size, from the few values Spark's approximate quantiles bracket (:func:`values_at_ranks`);
+  Spearman's rho from every customer up to :data:`EXACT_LIMIT` customers (DuckDB's figure),
+  above that from a seeded sample of :data:`~pipeline.stages.backtest.RANK_SAMPLE` (DuckDB
+  samples too, another sample);
 * what the plots draw: per-frequency sums, customers per first-purchase day, the extent of the
   histories, and a seeded sample of predicted CLV.
 
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import pickle
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,10 +39,11 @@ from pyspark import StorageLevel
 from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from models import CustomerHistories, SpendStatistics, historical_clv_from_totals, spend_statistics
 from models.historical import DEFAULT_MIN_EXPOSURE_YEARS, naive_holdout_forecast
-from models.tiers import tier_thresholds
+from models.tiers import quantile_ranks, quantiles_from_ranks, tier_thresholds
 from pipeline.catalog import (
     CALIBRATION_FILE,
     CUSTOMERS_FILE,
@@ -87,8 +91,8 @@ SPEND_PAIRS_LIMIT = 2_000_000
 # Up to this many customers the order statistics use every customer's value, as DuckDB does
 # (a few columns of 8 bytes: tens of megabytes at most).
 EXACT_LIMIT = backtest_stage.RANK_SAMPLE
-# Relative rank error of Spark's approxQuantile above EXACT_LIMIT: at 18M customers a cut or
-# a median is off by at most 1,800 customers' ranks.
+# Relative rank error of the approximate quantiles that bracket an exact order statistic: at
+# 18M customers each bracket holds about 7,200 values, which come to the driver.
 QUANTILE_ERROR = 1e-4
 # Predicted CLV values drawn for the distribution plot.
 PLOT_SAMPLE = 200_000
@@ -117,10 +121,15 @@ def spark_failures(master: str) -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        line = line.strip()
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, PythonException):
+        # The worker's traceback as text: its last "SomeError: ..." line says what went wrong.
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        if raised:
+            return raised[-1][:500]
+    for line in lines:
         # py4j puts its own preamble first; the Java exception follows.
-        if line and not line.startswith("An error occurred while calling"):
+        if not line.startswith(("An error occurred while calling", "An exception was thrown from")):
             return line[:500]
     return type(exc).__name__
 
@@ -150,6 +159,54 @@ def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) 
     if not rows:
         return [partial_of(table.limit(0).toPandas())]
     return [pickle.loads(row["partial"]) for row in rows]
+
+
+def values_at_ranks(table: DataFrame, column: str, ranks: list[int], customers: int) -> dict[int, float]:
+    """The values of ``column`` at 0-based ``ranks`` in ascending order, exactly, without sorting
+    or collecting the column: Spark's approximate quantiles bracket each rank (rank error at
+    most :data:`QUANTILE_ERROR` × customers, so the bracket holds about four times that many
+    values), one pass counts the values below each bracket and one collects those inside."""
+    column_ = F.col(column)
+    slack = 2 * QUANTILE_ERROR
+    wanted = sorted(set(ranks))
+    probabilities: list[float] = []
+    for rank in wanted:
+        probabilities += [max(0.0, rank / customers - slack), min(1.0, (rank + 1) / customers + slack)]
+    bounds = _on_executors(lambda: table.approxQuantile(column, probabilities, QUANTILE_ERROR))
+    brackets = {rank: (bounds[2 * i], bounds[2 * i + 1]) for i, rank in enumerate(wanted)}
+    found: dict[int, float] = {}
+    while brackets:
+        items = list(brackets.items())
+        below = _on_executors(lambda: table.agg(*[
+            F.count(F.when(column_ < low, 1)).alias(f"below_{i}") for i, (_, (low, _high)) in enumerate(items)
+        ]).head())
+        inside = functools.reduce(lambda a, b: a | b, [(column_ >= low) & (column_ <= high) for _, (low, high) in items])
+        values = np.sort(_on_executors(lambda: table.where(inside).select(column).toPandas())[column].to_numpy())
+        retry = {}
+        for i, (rank, (low, high)) in enumerate(items):
+            start = int(below[f"below_{i}"])
+            bracket = values[(values >= low) & (values <= high)]
+            if start <= rank < start + len(bracket):
+                found[rank] = float(bracket[rank - start])
+            else:  # outside the estimate's guarantee (never seen): widen to that side and look again
+                retry[rank] = (-np.inf if rank < start else low, np.inf if rank >= start + len(bracket) else high)
+        brackets = retry
+    return found
+
+
+def exact_quantiles(table: DataFrame, column: str, probabilities: list[float], customers: int) -> np.ndarray:
+    """``np.quantile`` of a column on the cluster, bit for bit (see :func:`models.tiers.quantiles_from_ranks`)."""
+    ranks = [rank for p in probabilities for rank in quantile_ranks(customers, p)[:2]]
+    values = values_at_ranks(table, column, ranks, customers)
+    return quantiles_from_ranks(customers, probabilities, values.__getitem__)
+
+
+def exact_median(table: DataFrame, column: str, customers: int) -> float:
+    """``pandas.Series.median`` of a column on the cluster: the middle value, or the mean of the two."""
+    middle = [(customers - 1) // 2, customers // 2]
+    values = values_at_ranks(table, column, middle, customers)
+    lower, upper = values[middle[0]], values[middle[1]]
+    return lower if middle[0] == middle[1] else float(np.mean([lower, upper]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,9 +303,11 @@ def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_mo
     """Every calibration customer's holdout figures and each model's (and the naive
     baseline's) predictions, computed on the executors by the models themselves."""
     names = [*models, "historical_baseline"]
-    fields = ["customer_id string", "frequency long", "frequency_holdout long", "revenue_holdout double",
-              "spend double"]
-    fields += [f"`{column}` double" for name in names for column in _prediction_columns(name)]
+    kept = ["customer_id", "frequency", "frequency_holdout", "revenue_holdout"]
+    # The customer id and counts keep the log's types (an id may be text or a number).
+    schema = T.StructType([calibration.schema[name] for name in kept] + [T.StructField("spend", T.DoubleType())] + [
+        T.StructField(column, T.DoubleType()) for name in names for column in _prediction_columns(name)
+    ])
 
     def predict(batches):
         for batch in batches:
@@ -268,7 +327,7 @@ def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_mo
 
     needed = calibration.select("customer_id", "frequency", "recency", "T", "monetary_value", "total_amount",
                                 "frequency_holdout", "revenue_holdout")
-    return needed.mapInPandas(predict, ", ".join(fields))
+    return needed.mapInPandas(predict, schema)
 
 
 def _actual(batch: pd.DataFrame) -> pd.DataFrame:
@@ -308,18 +367,20 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
             )
             for name in names
         }
-    # A seeded sample for Spearman's rho (which samples RANK_SAMPLE rows on DuckDB too), and
-    # the top decile from an approximate threshold and the revenue above it.
+    # A seeded sample for Spearman's rho (which samples RANK_SAMPLE rows on DuckDB too: another
+    # sample, so the engines' estimates differ within its error), and the top decile from the
+    # exact threshold and the revenue above it.
     fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
     sample = predictions.select(*columns).sample(withReplacement=False, fraction=fraction, seed=seed).toPandas()
     order = {}
     share = backtest_stage.TOP_SHARE
-    rank = 1.0 - backtest_stage.top_share_count(customers, share) / customers
     for name in names:
         purchases, revenue = _prediction_columns(name)
         statistics = backtest_stage.holdout_order_statistics(_actual(sample), sample[purchases], sample[revenue],
                                                              seed=seed)
-        (threshold,) = predictions.approxQuantile(revenue, [rank], QUANTILE_ERROR)
+        # The top_share_count-th largest predicted revenue, exactly; ties at it are shared pro rata.
+        top_rank = customers - backtest_stage.top_share_count(customers, share)
+        threshold = values_at_ranks(predictions, revenue, [top_rank], customers)[top_rank]
         sums = merge_partials(reduce_batches(
             predictions.select("revenue_holdout", revenue),
             lambda batch, column=revenue, cut=threshold: backtest_stage.revenue_at_threshold(
@@ -432,14 +493,15 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         with value_errors():
             thresholds = tier_thresholds(pd.Series([lowest], dtype=float), configured_tiers(segments),
                                          method="absolute")
-    elif customers <= EXACT_LIMIT:
-        clv = _on_executors(lambda: untiered.toPandas()["predicted_clv"])
-        with value_errors():
-            thresholds = tier_thresholds(clv, configured_tiers(segments), method="quantile")
     else:
-        cuts = [tier.cut for tier in configured_tiers(segments)]
-        values = _on_executors(lambda: untiered.approxQuantile("predicted_clv", cuts, QUANTILE_ERROR))
-        thresholds = dict(zip([tier.name for tier in configured_tiers(segments)], values))
+        # The customers' quantiles, exactly (np.quantile's), from the values at a few ranks.
+        tiers_ = configured_tiers(segments)
+        untiered = untiered.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            values = exact_quantiles(untiered, "predicted_clv", [tier.cut for tier in tiers_], customers)
+        finally:
+            untiered.unpersist()
+        thresholds = dict(zip([tier.name for tier in tiers_], values))
     freeze_tiers(scorer, segments, thresholds)
     _progress(progress, "writing customers")
     _on_executors(lambda: score(features, scorer, catalog.path(CUSTOMERS_FILE)))
@@ -454,11 +516,13 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         order = value_order_statistics(frame, config.seed)
         plotted = frame["predicted_clv"]
     else:
+        # Spearman's rho on a seeded sample, as DuckDB estimates it at this size (another
+        # sample: the two engines' estimates differ within its error); the medians exactly.
         fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
         sample = figures.sample(withReplacement=False, fraction=fraction, seed=config.seed).toPandas()
         order = value_order_statistics(sample, config.seed)
-        medians = written.approxQuantile(["predicted_clv", "historical_clv"], [0.5], QUANTILE_ERROR)
-        order["predicted_clv_median"], order["historical_clv_customer_median"] = medians[0][0], medians[1][0]
+        order["predicted_clv_median"] = exact_median(written, "predicted_clv", customers)
+        order["historical_clv_customer_median"] = exact_median(written, "historical_clv", customers)
         plotted = sample["predicted_clv"]
     if len(plotted) > PLOT_SAMPLE:
         plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)

@@ -122,3 +122,15 @@ def test_a_tier_partial_of_no_customers_merges_as_the_identity():
         pd.testing.assert_frame_equal(merged["per_tier"], partial["per_tier"], check_exact=True)
     with pytest.raises(ValueError, match="different tiers or columns"):
         merge_tier_partials([partial, tier_partial(clv, tiers)])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 997, 20_000])
+def test_quantiles_from_ranks_are_numpys_bit_for_bit(n):
+    from models.tiers import quantiles_from_ranks
+
+    rng = np.random.default_rng(n)
+    values = np.round(rng.lognormal(size=n), 3)  # ties included
+    ordered = np.sort(values)
+    probabilities = [0.0, 0.1, 0.25, 0.5, 0.8, 0.9, 0.999, 1.0, *rng.uniform(size=20)]
+    ours = quantiles_from_ranks(n, probabilities, lambda rank: ordered[rank])
+    assert ours.tolist() == np.quantile(values, probabilities).tolist()

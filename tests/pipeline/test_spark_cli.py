@@ -79,3 +79,23 @@ def test_the_run_and_both_exports_give_identical_rows(runs, exports):
     for export in (duck, spark):
         rows = export[run.columns].sort_index()
         pd.testing.assert_frame_equal(rows, run.sort_index(), check_exact=True)
+
+
+def test_spark_run_equals_duckdb_run_on_a_synthetic_log_with_numeric_ids(runs, tmp_path):
+    """A generated CDNOW-like log (integer customer ids, Parquet, every candidate): the engines agree."""
+    from benchmarks.generate import generate
+
+    log = tmp_path / "log.parquet"
+    generate(rows=40_000, seed=3, out=log)
+    config = tmp_path / "synthetic.yaml"
+    config.write_text(
+        f"input: {{path: {log}, format: parquet, columns: {{customer_id: customer_id, date: date, amount: amount}},"
+        " date_format: null}\n"
+        "features: {period: {unit: week, resolution: daily}, holdout_periods: 39}\n"
+        "tracking: {enabled: false}\n"
+    )
+    for engine in ("duckdb", "spark"):
+        result = runner.invoke(app, ["run", "-q", "-c", str(config), "--set", f"output_dir={tmp_path / engine}",
+                                     "--set", f"engine={engine}"])
+        assert result.exit_code == 0, result.stderr
+    assert_same_runs(run_dir(tmp_path / "spark"), run_dir(tmp_path / "duckdb"))
