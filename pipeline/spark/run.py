@@ -118,6 +118,11 @@ def spark_failures(master: str) -> Iterator[None]:
             raise InputDataError(_user_error(exc) or "") from None
         raise EngineError(f"Spark failed: {_first_line(exc)} (spark.master {master}; the Spark logs above "
                           "say more)") from exc
+    except ConnectionError as exc:
+        # py4j's socket to the JVM: the driver JVM died under the run (out of memory, killed).
+        raise EngineError(f"Spark failed: the driver JVM stopped answering ({exc}); it may have run out of "
+                          f"memory: raise spark.driver.memory (spark.master {master}; the Spark logs above say "
+                          "more)") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,35 +166,50 @@ def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) 
     return [pickle.loads(row["partial"]) for row in rows]
 
 
-def values_at_ranks(table: DataFrame, column: str, ranks: list[int], customers: int) -> dict[int, float]:
-    """The values of ``column`` at 0-based ``ranks`` in ascending order, exactly, without sorting
-    or collecting the column: Spark's approximate quantiles bracket each rank (rank error at
-    most :data:`QUANTILE_ERROR` × customers, so the bracket holds about four times that many
-    values), one pass counts the values below each bracket and one collects those inside."""
-    column_ = F.col(column)
+def values_at_ranks(table: DataFrame, ranks: dict[str, list[int]], customers: int) -> dict[str, dict[int, float]]:
+    """For each column of ``ranks``, its values at those 0-based ranks in ascending order,
+    exactly, without sorting or collecting the columns: Spark's approximate quantiles bracket
+    each rank (rank error at most :data:`QUANTILE_ERROR` × customers, so a bracket holds about
+    four times that many values); one pass counts the values below each bracket and one
+    collects those inside, for every column at once."""
     slack = 2 * QUANTILE_ERROR
-    wanted = sorted(set(ranks))
-    probabilities: list[float] = []
-    for rank in wanted:
-        probabilities += [max(0.0, rank / customers - slack), min(1.0, (rank + 1) / customers + slack)]
-    bounds = _on_executors(lambda: table.approxQuantile(column, probabilities, QUANTILE_ERROR))
-    brackets = {rank: (bounds[2 * i], bounds[2 * i + 1]) for i, rank in enumerate(wanted)}
-    found: dict[int, float] = {}
+    wanted = {column: sorted(set(column_ranks)) for column, column_ranks in ranks.items()}
+    columns = list(wanted)
+    probabilities = {
+        column: [p for rank in wanted[column]
+                 for p in (max(0.0, rank / customers - slack), min(1.0, (rank + 1) / customers + slack))]
+        for column in columns
+    }
+    # One job for every column (approxQuantile takes a list of columns, with one list of
+    # probabilities for all: ask each column for the union and keep its own).
+    union = sorted({p for column in columns for p in probabilities[column]})
+    estimates = _on_executors(lambda: table.approxQuantile(columns, union, QUANTILE_ERROR))
+    at = {column: dict(zip(union, estimates[i])) for i, column in enumerate(columns)}
+    brackets = {
+        (column, rank): (at[column][probabilities[column][2 * i]], at[column][probabilities[column][2 * i + 1]])
+        for column in columns for i, rank in enumerate(wanted[column])
+    }
+    found: dict[str, dict[int, float]] = {column: {} for column in columns}
     while brackets:
         items = list(brackets.items())
         below = _on_executors(lambda: table.agg(*[
-            F.count(F.when(column_ < low, 1)).alias(f"below_{i}") for i, (_, (low, _high)) in enumerate(items)
+            F.count(F.when(F.col(column) < low, 1)).alias(f"below_{i}")
+            for i, ((column, _), (low, _high)) in enumerate(items)
         ]).head())
-        inside = functools.reduce(lambda a, b: a | b, [(column_ >= low) & (column_ <= high) for _, (low, high) in items])
-        values = np.sort(_on_executors(lambda: table.where(inside).select(column).toPandas())[column].to_numpy())
+        inside = functools.reduce(lambda a, b: a | b, [
+            (F.col(column) >= low) & (F.col(column) <= high) for (column, _), (low, high) in items
+        ])
+        collected = _on_executors(lambda: table.where(inside).select(*columns).toPandas())
         retry = {}
-        for i, (rank, (low, high)) in enumerate(items):
+        for i, ((column, rank), (low, high)) in enumerate(items):
             start = int(below[f"below_{i}"])
-            bracket = values[(values >= low) & (values <= high)]
+            values = collected[column].to_numpy()
+            bracket = np.sort(values[(values >= low) & (values <= high)])
             if start <= rank < start + len(bracket):
-                found[rank] = float(bracket[rank - start])
+                found[column][rank] = float(bracket[rank - start])
             else:  # outside the estimate's guarantee (never seen): widen to that side and look again
-                retry[rank] = (-np.inf if rank < start else low, np.inf if rank >= start + len(bracket) else high)
+                retry[(column, rank)] = (-np.inf if rank < start else low,
+                                         np.inf if rank >= start + len(bracket) else high)
         brackets = retry
     return found
 
@@ -197,16 +217,19 @@ def values_at_ranks(table: DataFrame, column: str, ranks: list[int], customers: 
 def exact_quantiles(table: DataFrame, column: str, probabilities: list[float], customers: int) -> np.ndarray:
     """``np.quantile`` of a column on the cluster, bit for bit (see :func:`models.tiers.quantiles_from_ranks`)."""
     ranks = [rank for p in probabilities for rank in quantile_ranks(customers, p)[:2]]
-    values = values_at_ranks(table, column, ranks, customers)
+    values = values_at_ranks(table, {column: ranks}, customers)[column]
     return quantiles_from_ranks(customers, probabilities, values.__getitem__)
 
 
-def exact_median(table: DataFrame, column: str, customers: int) -> float:
-    """``pandas.Series.median`` of a column on the cluster: the middle value, or the mean of the two."""
+def exact_medians(table: DataFrame, columns: list[str], customers: int) -> dict[str, float]:
+    """``pandas.Series.median`` of columns on the cluster: the middle value, or the mean of the two."""
     middle = [(customers - 1) // 2, customers // 2]
-    values = values_at_ranks(table, column, middle, customers)
-    lower, upper = values[middle[0]], values[middle[1]]
-    return lower if middle[0] == middle[1] else float(np.mean([lower, upper]))
+    found = values_at_ranks(table, {column: middle for column in columns}, customers)
+    medians = {}
+    for column in columns:
+        lower, upper = found[column][middle[0]], found[column][middle[1]]
+        medians[column] = lower if middle[0] == middle[1] else float(np.mean([lower, upper]))
+    return medians
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,23 +395,27 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     # exact threshold and the revenue above it.
     fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
     sample = predictions.select(*columns).sample(withReplacement=False, fraction=fraction, seed=seed).toPandas()
-    order = {}
     share = backtest_stage.TOP_SHARE
+    revenues = {name: _prediction_columns(name)[1] for name in names}
+    # The top_share_count-th largest predicted revenue of each model, exactly; ties at it are
+    # shared pro rata. Every model's threshold, then every model's sums, in one pass each.
+    top_rank = customers - backtest_stage.top_share_count(customers, share)
+    found = values_at_ranks(predictions, {column: [top_rank] for column in revenues.values()}, customers)
+    thresholds = {name: found[column][top_rank] for name, column in revenues.items()}
+
+    def sums_of(batch):
+        actual = batch["revenue_holdout"].to_numpy()
+        return {name: backtest_stage.revenue_at_threshold(actual, batch[column].to_numpy(), thresholds[name])
+                for name, column in revenues.items()}
+
+    batches = reduce_batches(predictions.select("revenue_holdout", *revenues.values()), sums_of)
+    order = {}
     for name in names:
         purchases, revenue = _prediction_columns(name)
         statistics = backtest_stage.holdout_order_statistics(_actual(sample), sample[purchases], sample[revenue],
                                                              seed=seed)
-        # The top_share_count-th largest predicted revenue, exactly; ties at it are shared pro rata.
-        top_rank = customers - backtest_stage.top_share_count(customers, share)
-        threshold = values_at_ranks(predictions, revenue, [top_rank], customers)[top_rank]
-        sums = merge_partials(reduce_batches(
-            predictions.select("revenue_holdout", revenue),
-            lambda batch, column=revenue, cut=threshold: backtest_stage.revenue_at_threshold(
-                batch["revenue_holdout"].to_numpy(), batch[column].to_numpy(), cut
-            ),
-        ))
         statistics["top_decile_revenue_capture"] = backtest_stage.top_share_capture_from_sums(
-            sums, customers, partials[name]["revenue_actual_sum"], share
+            merge_partials(batch[name] for batch in batches), customers, partials[name]["revenue_actual_sum"], share
         )
         order[name] = statistics
     return order
@@ -521,8 +548,9 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
         sample = figures.sample(withReplacement=False, fraction=fraction, seed=config.seed).toPandas()
         order = value_order_statistics(sample, config.seed)
-        order["predicted_clv_median"] = exact_median(written, "predicted_clv", customers)
-        order["historical_clv_customer_median"] = exact_median(written, "historical_clv", customers)
+        medians = exact_medians(written, ["predicted_clv", "historical_clv"], customers)
+        order["predicted_clv_median"] = medians["predicted_clv"]
+        order["historical_clv_customer_median"] = medians["historical_clv"]
         plotted = sample["predicted_clv"]
     if len(plotted) > PLOT_SAMPLE:
         plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)

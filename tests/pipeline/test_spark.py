@@ -332,18 +332,19 @@ def test_features_written_by_the_executors_equal_duckdb_and_come_back_in_order(s
 
 
 def test_order_statistics_on_the_cluster_are_numpys_exactly(spark):
-    from pipeline.spark.run import exact_median, exact_quantiles, values_at_ranks
+    from pipeline.spark.run import exact_medians, exact_quantiles, values_at_ranks
 
     rng = np.random.default_rng(11)
     values = np.round(rng.lognormal(size=30_001), 2)  # many ties, odd count
-    table = spark.createDataFrame(pd.DataFrame({"x": values})).repartition(3)
+    other = rng.normal(size=30_001)
+    table = spark.createDataFrame(pd.DataFrame({"x": values, "y": other})).repartition(3)
     n = len(values)
-    ordered = np.sort(values)
     ranks = [0, 1, n // 2, n - 3001, n - 1]
-    assert values_at_ranks(table, "x", ranks, n) == {rank: ordered[rank] for rank in ranks}
+    found = values_at_ranks(table, {"x": ranks, "y": ranks[:2]}, n)
+    assert found == {"x": {rank: np.sort(values)[rank] for rank in ranks},
+                     "y": {rank: np.sort(other)[rank] for rank in ranks[:2]}}
     probabilities = [0.8, 0.5, 0.0, 0.123]
     assert exact_quantiles(table, "x", probabilities, n).tolist() == np.quantile(values, probabilities).tolist()
-    assert exact_median(table, "x", n) == pd.Series(values).median()
-    even_values = values[:-1]
-    even = spark.createDataFrame(pd.DataFrame({"x": even_values})).repartition(2)
-    assert exact_median(even, "x", n - 1) == pd.Series(even_values).median()
+    assert exact_medians(table, ["x", "y"], n) == {"x": pd.Series(values).median(), "y": pd.Series(other).median()}
+    even = spark.createDataFrame(pd.DataFrame({"x": values[:-1]})).repartition(2)
+    assert exact_medians(even, ["x"], n - 1) == {"x": pd.Series(values[:-1]).median()}
