@@ -253,7 +253,9 @@ def write_features(computed: SparkFeatures, catalog: RunCatalog) -> dict[str, in
     spark = computed.features.sparkSession
     cached_here = computed.transactions.storageLevel == StorageLevel.NONE
     if cached_here:
-        computed.transactions.persist(StorageLevel.MEMORY_AND_DISK)
+        # On disk only: a memory-cached partition is serialised whole in the heap first, and at
+        # 50M rows (17M a partition) that overran the default 1g driver heap of local mode.
+        computed.transactions.persist(StorageLevel.DISK_ONLY)
     try:
         computed.features.write.mode("errorifexists").parquet(str(catalog.path(FEATURES_FILE)))
         if computed.calibration is not None:
@@ -453,8 +455,9 @@ def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: i
             del fitted.purchase[name]
     if not fitted.purchase:
         raise all_candidates_failed(fitted.failed)
+    # On disk (see write_features): a dozen columns for every calibration customer.
     predictions = holdout_predictions(calibration, fitted.purchase, fitted.spend, horizon).persist(
-        StorageLevel.MEMORY_AND_DISK
+        StorageLevel.DISK_ONLY
     )
     names = [*fitted.purchase, "historical_baseline"]
     metrics = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
@@ -523,7 +526,7 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     else:
         # The customers' quantiles, exactly (np.quantile's), from the values at a few ranks.
         tiers_ = configured_tiers(segments)
-        untiered = untiered.persist(StorageLevel.MEMORY_AND_DISK)
+        untiered = untiered.persist(StorageLevel.DISK_ONLY)
         try:
             values = exact_quantiles(untiered, "predicted_clv", [tier.cut for tier in tiers_], customers)
         finally:
