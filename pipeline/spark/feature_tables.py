@@ -128,8 +128,10 @@ def features(
     """Per-customer features at ``observation_end`` and, with a calibration end, at that date.
 
     Column for column the DuckDB engine's features and calibration tables
-    (``pipeline.stages.sorted_log.summarize_sorted_log``: names, order, types, values), sorted
-    by customer id.
+    (``pipeline.stages.sorted_log.summarize_sorted_log``: names, order, types, values), in no
+    particular row order: a global sort of every customer cost two range-partitioned shuffles,
+    and nothing downstream needs it (the fits order the distinct rows by their first customer
+    id; :meth:`SparkFeatures.collect` sorts what it brings back).
 
     Parameters
     ----------
@@ -153,7 +155,7 @@ def features(
     """
     period = settings.period
     extra = (with_margin, with_channel, with_acquisition_cost)
-    full = _calibration_table(transactions, period, observation_end, *extra).orderBy("customer_id")
+    full = _calibration_table(transactions, period, observation_end, *extra)
     if calibration_end is None:
         return full, None
     col = F.col
@@ -183,7 +185,6 @@ def features(
             F.coalesce(col("revenue"), F.lit(0.0)).alias("revenue_holdout"),
             F.lit(duration).alias("duration_holdout"),
         )
-        .orderBy("customer_id")
     )
     return full, with_holdout
 
@@ -234,11 +235,13 @@ class SparkFeatures:
         if cached_here:
             self.transactions.persist()
         try:
+            features = _to_arrow(self.features.orderBy("customer_id"))
             return FeaturesResult(
-                features=_to_arrow(self.features),
-                calibration=None if self.calibration is None else _to_arrow(self.calibration),
+                features=features,
+                calibration=None if self.calibration is None else _to_arrow(self.calibration.orderBy("customer_id")),
                 repeat_purchases=_to_arrow(self.repeat_purchases),
-                log=self.log,
+                # Customers are counted with the features (as the DuckDB engine does).
+                log=dataclasses.replace(self.log, customers=features.num_rows),
                 observation_end=self.observation_end,
                 calibration_end=self.calibration_end,
             )
