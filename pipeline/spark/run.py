@@ -106,9 +106,10 @@ def _progress(callback, message: str) -> None:
 
 @contextlib.contextmanager
 def spark_failures(master: str) -> Iterator[None]:
-    """Spark failing under the run (not the user's input) as one line and exit code 5
-    (:class:`EngineError`): a lost executor, an unreachable or unparsable master, a job out of
-    memory. With ``--debug`` the CLI shows the whole trace."""
+    """Around every Spark path of a command (the runner puts it there): a user error raised on
+    an executor becomes its one line (exit 2), and Spark failing under the run, not because of
+    the input, one line with exit code 5 (:class:`EngineError`): a lost executor, an
+    unreachable or unparsable master, a job out of memory. ``--debug`` shows the whole trace."""
     from py4j.protocol import Py4JError
 
     try:
@@ -139,17 +140,6 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _on_executors(action: Callable[[], Any]) -> Any:
-    """Run a Spark action; a user error raised on an executor comes back as its one line."""
-    try:
-        return action()
-    except PythonException as exc:
-        message = _user_error(exc)
-        if message is None:
-            raise
-        raise InputDataError(message) from None
-
-
 def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) -> list[Any]:
     """``partial_of`` applied to every Arrow batch of ``table`` on the executors; the partials
     (a few per partition, each small) come back to the driver. With no rows at all, the partial
@@ -160,7 +150,7 @@ def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) 
             if len(batch):
                 yield pd.DataFrame({"partial": [pickle.dumps(partial_of(batch))]})
 
-    rows = _on_executors(lambda: table.mapInPandas(run, "partial binary").collect())
+    rows = table.mapInPandas(run, "partial binary").collect()
     if not rows:
         return [partial_of(table.limit(0).toPandas())]
     return [pickle.loads(row["partial"]) for row in rows]
@@ -183,7 +173,7 @@ def values_at_ranks(table: DataFrame, ranks: dict[str, list[int]], customers: in
     # One job for every column (approxQuantile takes a list of columns, with one list of
     # probabilities for all: ask each column for the union and keep its own).
     union = sorted({p for column in columns for p in probabilities[column]})
-    estimates = _on_executors(lambda: table.approxQuantile(columns, union, QUANTILE_ERROR))
+    estimates = table.approxQuantile(columns, union, QUANTILE_ERROR)
     at = {column: dict(zip(union, estimates[i])) for i, column in enumerate(columns)}
     brackets = {
         (column, rank): (at[column][probabilities[column][2 * i]], at[column][probabilities[column][2 * i + 1]])
@@ -192,14 +182,14 @@ def values_at_ranks(table: DataFrame, ranks: dict[str, list[int]], customers: in
     found: dict[str, dict[int, float]] = {column: {} for column in columns}
     while brackets:
         items = list(brackets.items())
-        below = _on_executors(lambda: table.agg(*[
+        below = table.agg(*[
             F.count(F.when(F.col(column) < low, 1)).alias(f"below_{i}")
             for i, ((column, _), (low, _high)) in enumerate(items)
-        ]).head())
+        ]).head()
         inside = functools.reduce(lambda a, b: a | b, [
             (F.col(column) >= low) & (F.col(column) <= high) for (column, _), (low, high) in items
         ])
-        collected = _on_executors(lambda: table.where(inside).select(*columns).toPandas())
+        collected = table.where(inside).select(*columns).toPandas()
         retry = {}
         for i, ((column, rank), (low, high)) in enumerate(items):
             start = int(below[f"below_{i}"])
@@ -519,7 +509,7 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     )
     if segments.method == "absolute":
         # Only the lowest CLV is checked against the lowest tier's bound.
-        lowest = _on_executors(lambda: untiered.agg(F.min("predicted_clv")).head()[0])
+        lowest = untiered.agg(F.min("predicted_clv")).head()[0]
         with value_errors():
             thresholds = tier_thresholds(pd.Series([lowest], dtype=float), configured_tiers(segments),
                                          method="absolute")
@@ -534,7 +524,7 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         thresholds = dict(zip([tier.name for tier in tiers_], values))
     freeze_tiers(scorer, segments, thresholds)
     _progress(progress, "writing customers")
-    _on_executors(lambda: score(features, scorer, catalog.path(CUSTOMERS_FILE)))
+    score(features, scorer, catalog.path(CUSTOMERS_FILE))
     written = spark.read.parquet(str(catalog.path(CUSTOMERS_FILE)))
     batches = reduce_batches(written, lambda batch: {"value": value_partial(batch),
                                                      "tiers": tier_table_partial(batch, scorer)})
@@ -578,8 +568,8 @@ def features_on_cluster(config: Config, catalog: RunCatalog, source=None) -> tup
     from pipeline.runner import features_summary
 
     spark: SparkSession = spark_session(config.spark)
-    computed = _on_executors(lambda: features_from_config(spark, config, source))
-    counts = _on_executors(lambda: write_features(computed, catalog))
+    computed = features_from_config(spark, config, source)
+    counts = write_features(computed, catalog)
     summary = features_summary(
         computed.log, counts, computed.observation_end, computed.calibration_end, config,
         catalog.final_path(FEATURES_FILE),
