@@ -311,7 +311,8 @@ class TrackingSettings(_Settings):
 
 
 class SparkSettings(_Settings):
-    """Where Spark runs when ``engine: spark`` (features and batch scoring only)."""
+    """Where Spark runs when ``engine: spark``: every per-customer step of ``clv run`` and ``clv
+    score`` (the README's Spark section says what runs where)."""
 
     master: str = "local[*]"
     app_name: str = "clv-pipeline"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -57,6 +58,78 @@ class LogSummary:
     has_acquisition_cost: bool
     future_rows_dropped: int = 0
     margin_above_amount_rows: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationCounts:
+    """What one aggregation over the typed log counts, on either engine, for :func:`summarize_counts`."""
+
+    rows: int
+    failing: list[int]  # rows failing each input rule, in the order of ``input_rules.checks``
+    future: int  # dated after the latest possible date
+    first_date: dt.date | None  # of the rows not in the future
+    last_present_date: dt.date | None
+    after_end: int  # not in the future but after the observation end
+    negative: int  # in the window with a negative amount
+    last_date: dt.date | None  # in the window
+    margin_above: int
+
+
+def summarize_counts(
+    label: str,
+    counts: ValidationCounts,
+    rules: list[Check],
+    row_error: Callable[[Check, int], str],
+    settings: InputSettings,
+    validation: ValidationSettings,
+    observation_end: dt.date | None,
+    latest: dt.date,
+    has_margin: bool,
+) -> LogSummary:
+    """The log's summary from its :class:`ValidationCounts`, or the first problem as one line:
+    the decisions both engines take on what their validation pass counted (``row_error``
+    describes a failing rule's first row, which only the engine can look up)."""
+    if counts.rows == 0:
+        raise InputDataError(f"{label}: the log has no rows")
+    for check, bad_count in zip(rules, counts.failing):
+        if bad_count:
+            raise InputDataError(row_error(check, bad_count))
+    if counts.first_date is None or counts.last_present_date is None:
+        raise InputDataError(f"{label}: every row is dated in the future (after {latest}): no usable rows")
+    if observation_end is None:
+        observation_end = counts.last_present_date
+    if counts.margin_above:
+        warn_margin_above_amount(label, counts.margin_above, bool(settings.columns.cost))
+    if observation_end < counts.first_date:
+        raise InputDataError(
+            f"{label}: observation end (as-of date) {observation_end} is before the first transaction "
+            f"({counts.first_date})"
+        )
+    if counts.after_end and validation.rows_after_observation_end == "fail":
+        raise InputDataError(row_error(after_observation_end_check(settings, observation_end), counts.after_end))
+    drop_negative = validation.negative_amounts == "drop"
+    used = counts.rows - counts.future - counts.after_end - (counts.negative if drop_negative else 0)
+    if counts.last_date is None or used == 0:
+        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
+    check_freshness(label, counts.last_date, observation_end, validation)
+    mapping = settings.columns
+    return LogSummary(
+        source=label,
+        rows_read=counts.rows,
+        rows_used=used,
+        # Counted with the features: a distinct count here costs a pass over the log.
+        customers=None,
+        first_date=counts.first_date,
+        last_date=counts.last_date,
+        observation_end=observation_end,
+        negative_amount_rows_dropped=counts.negative if drop_negative else 0,
+        rows_after_observation_end=counts.after_end,
+        has_margin=has_margin,
+        has_channel=mapping.channel is not None,
+        has_acquisition_cost=mapping.acquisition_cost is not None,
+        future_rows_dropped=counts.future,
+        margin_above_amount_rows=counts.margin_above,
+    )
 
 
 def today_utc() -> dt.date:
@@ -219,56 +292,19 @@ def load_transactions(
         ).fetchall()[0]
     except duckdb.Error as exc:
         raise InputDataError(f"{label}: cannot read: {first_line(exc)}") from None
-    rows_read = stats[0]
-    if rows_read == 0:
-        raise InputDataError(f"{label}: the log has no rows")
-    for check, bad_count in zip(rules, stats[1 : 1 + len(rules)]):
-        if bad_count:
-            raise InputDataError(_row_error(con, label, settings, check, bad_count))
-    (future_rows, first_date, last_present_date, after_end, negative_kept_rows, last_date,
-     margin_above_rows) = stats[1 + len(rules):]
-    if observation_end is None:
-        observation_end = last_present_date
-    if first_date is None:
-        raise InputDataError(f"{label}: every row is dated in the future (after {latest}): no usable rows")
-    if margin_above_rows:
-        warn_margin_above_amount(label, margin_above_rows, bool(mapping.cost))
-    if observation_end < first_date:
-        raise InputDataError(
-            f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
-        )
-    if after_end and validation.rows_after_observation_end == "fail":
-        check = after_observation_end_check(settings, observation_end)
-        raise InputDataError(_row_error(con, label, settings, check, after_end))
-    if last_date is None:
-        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
-    check_freshness(label, last_date, observation_end, validation)
+    counts = ValidationCounts(stats[0], list(stats[1:1 + len(rules)]), *stats[1 + len(rules):])
+    log = summarize_counts(
+        label, counts, rules, lambda check, bad_count: _row_error(con, label, settings, check, bad_count),
+        settings, validation, observation_end, latest, margin_source is not None,
+    )
     drop_negative = " AND amount >= 0" if validation.negative_amounts == "drop" else ""
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TRANSACTIONS_VIEW} AS
             SELECT customer_id, order_date, amount, margin, channel, acquisition_cost
             FROM {checked}
-            WHERE order_date <= {literal(observation_end).sql} AND {present}{drop_negative}"""
+            WHERE order_date <= {literal(log.observation_end).sql} AND {present}{drop_negative}"""
     )
-    used = rows_read - future_rows - after_end - (negative_kept_rows if drop_negative else 0)
-    if used == 0:
-        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
-    return LogSummary(
-        source=label,
-        rows_read=rows_read,
-        rows_used=used,
-        customers=None,
-        first_date=first_date,
-        last_date=last_date,
-        observation_end=observation_end,
-        negative_amount_rows_dropped=negative_kept_rows if drop_negative else 0,
-        rows_after_observation_end=after_end,
-        has_margin=margin_source is not None,
-        has_channel=mapping.channel is not None,
-        has_acquisition_cost=mapping.acquisition_cost is not None,
-        future_rows_dropped=future_rows,
-        margin_above_amount_rows=margin_above_rows,
-    )
+    return log
 
 
 def _row_error(con, label: str, settings: InputSettings, check: Check, bad_count: int) -> str:

@@ -5,6 +5,12 @@ on the repeat customers' distinct (frequency, spend) pairs on Spark, whose sums 
 another order than DuckDB's per-customer sums: its parameters, and so every spend and CLV
 figure, agree to about 1e-12 relative; the issue's bound is 1e-9. Sums merged from the
 executors' batches (totals, tier sums) likewise. Tiers, texts and counts are exact.
+
+Rank correlations (``*_spearman``) agree to :data:`RANK_ABSOLUTE`: they are computed on the
+same customers (``pipeline.stages.backtest.rank_sample`` chooses them by id on either engine),
+but two values a few units in the last place apart on one engine can tie on the other (the
+company lifespan, a sum over every customer, differs in its last bit when it is added up in
+another order), which moves their average ranks: about 1e-7 on CDNOW.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 RELATIVE = 1e-9
+RANK_ABSOLUTE = 1e-6
 
 
 def run_dir(root: Path) -> Path:
@@ -39,6 +46,8 @@ def assert_close(ours, theirs, where: str = "") -> None:
         assert isinstance(ours, list) and len(ours) == len(theirs), where
         for position, (mine, other) in enumerate(zip(ours, theirs)):
             assert_close(mine, other, f"{where}[{position}]")
+    elif isinstance(theirs, float) and not isinstance(ours, bool) and where.endswith("_spearman"):
+        assert np.isclose(ours, theirs, rtol=0.0, atol=RANK_ABSOLUTE, equal_nan=True), (where, ours, theirs)
     elif isinstance(theirs, float) and not isinstance(ours, bool):
         assert np.isclose(ours, theirs, rtol=RELATIVE, atol=0.0, equal_nan=True), (where, ours, theirs)
     else:

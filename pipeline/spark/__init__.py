@@ -23,7 +23,6 @@ PySpark (the optional ``spark`` extra): callers import it only when ``engine: sp
 from __future__ import annotations
 
 from pipeline.spark.feature_tables import (
-    EXACT,
     SparkFeatures,
     compute_features,
     features,
@@ -40,7 +39,6 @@ from pipeline.spark.scoring import score, score_schema
 from pipeline.spark.session import spark_session
 
 __all__ = [
-    "EXACT",
     "SparkFeatures",
     "compute_features",
     "features",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,19 @@ import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from pipeline.config import Config, FeatureSettings, InputSettings, PeriodSettings, ValidationSettings
 from pipeline.spark.reading import read_transactions
 from pipeline.stages.features import FeaturesResult, resolve_calibration_end
 from pipeline.transactions import LogSummary
 
-# The DuckDB engine sums CAST(x AS DECIMAL(18, 6)); DuckDB computes that cast as
-# round-half-away-from-zero of x * 1e6 in double arithmetic, which differs from Spark's own
-# double-to-decimal cast (it rounds the shortest decimal string) for values such as
-# 133.2532915. Rounding x * 1e6 in Spark (HALF_UP, which for doubles below 2^52 is the same
-# rounding) and scaling the integer back gives DuckDB's decimal exactly.
-EXACT = T.DecimalType(18, 6)
+# Amounts are summed as integer micro-units, as the DuckDB engine sums them
+# (``pipeline/stages/sorted_log.py``): exact in any order, divided by 10⁶ only at the end. The
+# units are DuckDB's CAST(x AS DECIMAL(18, 6)), which it computes as round-half-away-from-zero
+# of x * 1e6 in double arithmetic; Spark's HALF_UP round of the same double product is that
+# rounding (for values below 2^52), where Spark's own double-to-decimal cast rounds the
+# shortest decimal string and differs for values such as 133.2532915. Sums of 64-bit integers
+# also keep Spark off its arbitrary-precision decimal sums (DECIMAL(28, 6) buffers).
 _MICROS = 1_000_000
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -61,10 +60,14 @@ def period_index_of(date: dt.date, period: PeriodSettings) -> int:
     return date.year * 12 + date.month - 1
 
 
-def _exact(column: Column) -> Column:
-    """``CAST(column AS DECIMAL(18, 6))`` computed as DuckDB computes it (see :data:`EXACT`)."""
-    micros = F.round(column * float(_MICROS)).cast(T.DecimalType(18, 0))
-    return (micros * F.lit(Decimal(1).scaleb(-6))).cast(EXACT)
+def _micros(column: Column) -> Column:
+    """``CAST(CAST(column AS DECIMAL(18, 6)) * 1e6 AS BIGINT)`` as DuckDB computes it (see :data:`_MICROS`)."""
+    return F.round(column * float(_MICROS)).cast("long")
+
+
+def _money(micros: Column) -> Column:
+    """Micro-units as a double: ``pipeline.stages.sorted_log``'s ``_as_money``."""
+    return micros.cast("double") / float(_MICROS)
 
 
 def _calibration_table(
@@ -79,14 +82,14 @@ def _calibration_table(
     col = F.col
     divisor = F.lit(float(period.index_divisor))
     period_aggregates = [
-        F.sum(_exact(col("amount"))).alias("amount"),
+        F.sum(_micros(col("amount"))).alias("amount"),
         F.count(F.lit(1)).alias("transactions"),
         F.min("order_date").alias("first_date"),
     ]
     customer_extra = []
     if with_margin:
-        period_aggregates.append(F.sum(_exact(col("margin"))).alias("margin"))
-        customer_extra.append(F.sum("margin").cast("double").alias("total_margin"))
+        period_aggregates.append(F.sum(_micros(col("margin"))).alias("margin"))
+        customer_extra.append(_money(F.sum("margin")).alias("total_margin"))
     if with_channel:
         # DuckDB's arg_min(channel, (order_date, channel)) skips NULL channels; of the rest it
         # takes the earliest day, ties broken by name. The smallest (date, channel) pair is that
@@ -103,7 +106,7 @@ def _calibration_table(
         .agg(*period_aggregates)
     )
     count = F.count(F.lit(1))
-    repeat_total = (F.sum("amount") - F.min_by("amount", "period")).cast("double")
+    repeat_total = _money(F.sum("amount") - F.min_by("amount", "period"))
     return periods.groupBy("customer_id").agg(
         (count - 1).cast("long").alias("frequency"),
         ((F.max("period") - F.min("period")) / divisor).alias("recency"),
@@ -111,7 +114,7 @@ def _calibration_table(
         F.when(count > 1, repeat_total / (count - 1)).otherwise(F.lit(0.0)).alias("monetary_value"),
         F.min("first_date").alias("first_purchase_date"),
         F.sum("transactions").cast("long").alias("n_transactions"),
-        F.sum("amount").cast("double").alias("total_amount"),
+        _money(F.sum("amount")).alias("total_amount"),
         *customer_extra,
     )
 
@@ -165,9 +168,9 @@ def features(
     holdout_periods = (
         transactions.where((col("order_date") > F.lit(calibration_end)) & (col("order_date") <= F.lit(observation_end)))
         .groupBy("customer_id", period_index(col("order_date"), period).alias("period"))
-        .agg(F.sum(_exact(col("amount"))).alias("amount"), F.count(F.lit(1)).alias("transactions"))
+        .agg(F.sum(_micros(col("amount"))).alias("amount"), F.count(F.lit(1)).alias("transactions"))
     )
-    revenue = F.sum("amount").cast("double")
+    revenue = _money(F.sum("amount"))
     holdout = holdout_periods.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("periods"),
         revenue.alias("revenue"),
@@ -274,6 +277,9 @@ def compute_features(
     calibration_end = resolve_calibration_end(
         settings, log.first_date, log.observation_end, (validation or ValidationSettings()).max_holdout_share
     )
+    # Every table below aggregates per customer: partitioned by customer once (and cached so by
+    # the writer), the log is shuffled once instead of twice for each of the four tables.
+    frame = frame.repartition("customer_id")
     full, calibration = features(
         frame, settings, log.observation_end, calibration_end,
         with_margin=log.has_margin, with_channel=log.has_channel, with_acquisition_cost=log.has_acquisition_cost,

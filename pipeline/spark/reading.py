@@ -24,13 +24,12 @@ from pipeline.input_rules import (
     RAW_FIELDS,
     Check,
     RuleContext,
-    after_observation_end_check,
     checks,
     configured_columns,
     dated_after,
 )
 from pipeline.io import detect_format
-from pipeline.transactions import LogSummary, check_freshness, latest_possible_date, warn_margin_above_amount
+from pipeline.transactions import LogSummary, ValidationCounts, latest_possible_date, summarize_counts
 
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
@@ -312,7 +311,6 @@ def read_transactions(
     """
     raw, label, _ = _read_raw(spark, source, settings)
     columns = raw.columns
-    mapping = settings.columns
     for role, name in configured_columns(settings).items():
         if name is not None and name not in columns:
             available = ", ".join(c for c in columns if c != _FIELD_COUNT)
@@ -338,12 +336,10 @@ def read_transactions(
 
     # Without an as-of date the window ends at the last present date: every present row is in it.
     in_window = present if observation_end is None else present & (col("order_date") <= F.lit(observation_end))
-    usable = in_window & (col("amount") >= 0) if drop_negative else in_window
     window_aggregates = [
         _count_where(present & ~in_window).alias("after_end"),
         _count_where(in_window & (col("amount") < 0)).alias("negative"),
         F.max(F.when(in_window, col("order_date"))).alias("window_last_date"),
-        _count_where(usable).alias("used"),
         _count_where(present & MARGIN_ABOVE_AMOUNT.spark() if margin_source else F.lit(False)).alias(
             "margin_above"
         ),
@@ -352,50 +348,19 @@ def read_transactions(
         stats = typed.agg(*aggregates, *window_aggregates).head().asDict()
     except PySparkException as exc:
         raise InputDataError(f"{label}: cannot read: {_first_message_line(exc)}") from None
-    if stats["rows"] == 0:
-        raise InputDataError(f"{label}: the log has no rows")
-    for i, check in enumerate(rules):
-        if stats[f"check_{i}"]:
-            raise InputDataError(_row_error(raw, settings, label, check, stats[f"check_{i}"]))
-
-    first_date = stats["first_date"]
-    if first_date is None:
-        raise InputDataError(f"{label}: every row is dated in the future (after {latest}): no usable rows")
-    if observation_end is None:
-        observation_end = stats["last_date"]
-    stats["last_date"] = stats["window_last_date"]
-    last_date, used, after_end = stats["last_date"], stats["used"], stats["after_end"]
-    if stats["margin_above"]:
-        warn_margin_above_amount(label, stats["margin_above"], bool(mapping.cost))
-    if observation_end < first_date:
-        raise InputDataError(
-            f"{label}: observation end (as-of date) {observation_end} is before the first transaction ({first_date})"
-        )
-    if after_end and validation.rows_after_observation_end == "fail":
-        check = after_observation_end_check(settings, observation_end)
-        raise InputDataError(_row_error(raw, settings, label, check, after_end))
-    if used == 0 or last_date is None:
-        raise InputDataError(f"{label}: no usable rows on or before observation_end {observation_end}")
-    check_freshness(label, last_date, observation_end, validation)
+    counts = ValidationCounts(
+        rows=stats["rows"], failing=[stats[f"check_{i}"] for i in range(len(rules))], future=stats["future"],
+        first_date=stats["first_date"], last_present_date=stats["last_date"], after_end=stats["after_end"],
+        negative=stats["negative"], last_date=stats["window_last_date"], margin_above=stats["margin_above"],
+    )
+    log = summarize_counts(
+        label, counts, rules, lambda check, bad_count: _row_error(raw, settings, label, check, bad_count),
+        settings, validation, observation_end, latest, margin_source is not None,
+    )
+    usable = present & (col("order_date") <= F.lit(log.observation_end))
+    if drop_negative:
+        usable &= col("amount") >= 0
     transactions = typed.where(usable).select(
         "customer_id", "order_date", "amount", "margin", "channel", "acquisition_cost"
-    )
-    log = LogSummary(
-        source=label,
-        rows_read=stats["rows"],
-        rows_used=used,
-        # Counted with the features, as on DuckDB: a distinct count beside the other aggregates
-        # made Spark expand every row of the log.
-        customers=None,
-        first_date=first_date,
-        last_date=last_date,
-        observation_end=observation_end,
-        negative_amount_rows_dropped=stats["negative"] if drop_negative else 0,
-        rows_after_observation_end=after_end,
-        has_margin=margin_source is not None,
-        has_channel=mapping.channel is not None,
-        has_acquisition_cost=mapping.acquisition_cost is not None,
-        future_rows_dropped=stats["future"],
-        margin_above_amount_rows=stats["margin_above"],
     )
     return transactions, log

@@ -156,6 +156,19 @@ def reduce_batches(table: DataFrame, partial_of: Callable[[pd.DataFrame], Any]) 
     return [pickle.loads(row["partial"]) for row in rows]
 
 
+def rank_sample_rows(table: DataFrame, customers: int, seed: int) -> pd.DataFrame:
+    """The rows of the customers :func:`pipeline.stages.backtest.rank_sample` keeps, on the
+    driver in customer order: every row up to its ``RANK_SAMPLE`` customers, about that many
+    above (chosen by id on the executors, so the same customers as on DuckDB)."""
+
+    def keep(batches):
+        for batch in batches:
+            yield batch[backtest_stage.rank_sample(batch["customer_id"], customers, seed)]
+
+    frame = table.mapInPandas(keep, table.schema).toPandas()
+    return frame.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
 def values_at_ranks(table: DataFrame, ranks: dict[str, list[int]], customers: int) -> dict[str, dict[int, float]]:
     """For each column of ``ranks``, its values at those 0-based ranks in ascending order,
     exactly, without sorting or collecting the columns: Spark's approximate quantiles bracket
@@ -374,19 +387,16 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     if customers <= EXACT_LIMIT:
         # Every customer's values, in customer order (ties at the top decile's cut are broken by
         # position, as on DuckDB): exactly DuckDB's figures.
-        frame = predictions.select(*columns).toPandas().sort_values("customer_id", kind="stable")
-        frame = frame.reset_index(drop=True)
+        frame = rank_sample_rows(predictions.select(*columns), customers, seed)
         return {
             name: backtest_stage.holdout_order_statistics(
-                _actual(frame), *(frame[column] for column in _prediction_columns(name)), seed=seed
+                frame[columns[:3]], *(frame[column] for column in _prediction_columns(name)), seed=seed
             )
             for name in names
         }
-    # A seeded sample for Spearman's rho (which samples RANK_SAMPLE rows on DuckDB too: another
-    # sample, so the engines' estimates differ within its error), and the top decile from the
-    # exact threshold and the revenue above it.
-    fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
-    sample = predictions.select(*columns).sample(withReplacement=False, fraction=fraction, seed=seed).toPandas()
+    # Spearman's rho on the customers rank_sample keeps (the ones DuckDB keeps: the same
+    # figure), and the top decile from the exact threshold and the revenue above it.
+    sample = rank_sample_rows(predictions.select(*columns), customers, seed)
     share = backtest_stage.TOP_SHARE
     revenues = {name: _prediction_columns(name)[1] for name in names}
     # The top_share_count-th largest predicted revenue of each model, exactly; ties at it are
@@ -404,8 +414,10 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     order = {}
     for name in names:
         purchases, revenue = _prediction_columns(name)
-        statistics = backtest_stage.holdout_order_statistics(_actual(sample), sample[purchases], sample[revenue],
-                                                             seed=seed)
+        statistics = backtest_stage.holdout_order_statistics(
+            sample[columns[:3]], sample[purchases], sample[revenue],
+            seed=seed, drawn_from=customers,
+        )
         statistics["top_decile_revenue_capture"] = backtest_stage.top_share_capture_from_sums(
             merge_partials(batch[name] for batch in batches), customers, partials[name]["revenue_actual_sum"], share
         )
@@ -531,20 +543,15 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     tiers = tier_table_of_partials([batch["tiers"] for batch in batches], scorer)
     value_sums = merge_partials(batch["value"] for batch in batches)
     figures = written.select("customer_id", "predicted_clv", "historical_clv")
-    if customers <= EXACT_LIMIT:
-        frame = figures.toPandas().sort_values("customer_id", kind="stable").reset_index(drop=True)
-        order = value_order_statistics(frame, config.seed)
-        plotted = frame["predicted_clv"]
-    else:
-        # Spearman's rho on a seeded sample, as DuckDB estimates it at this size (another
-        # sample: the two engines' estimates differ within its error); the medians exactly.
-        fraction = min(1.0, backtest_stage.RANK_SAMPLE / customers)
-        sample = figures.sample(withReplacement=False, fraction=fraction, seed=config.seed).toPandas()
-        order = value_order_statistics(sample, config.seed)
+    # Every customer up to EXACT_LIMIT; above, the customers rank_sample keeps for Spearman's
+    # rho (the ones DuckDB keeps: the same figure), with the medians exact from the whole column.
+    sample = rank_sample_rows(figures, customers, config.seed)
+    order = value_order_statistics(sample, config.seed, drawn_from=customers)
+    if customers > EXACT_LIMIT:
         medians = exact_medians(written, ["predicted_clv", "historical_clv"], customers)
         order["predicted_clv_median"] = medians["predicted_clv"]
         order["historical_clv_customer_median"] = medians["historical_clv"]
-        plotted = sample["predicted_clv"]
+    plotted = sample["predicted_clv"]
     if len(plotted) > PLOT_SAMPLE:
         plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)
     extent = written.agg(F.max("frequency").alias("frequency"), F.max("T").alias("T")).head()

@@ -20,20 +20,48 @@ from scipy.stats import spearmanr
 from models import CustomerHistories
 
 TOP_SHARE = 0.10
-# Spearman's rho needs two full sorts; on tens of millions of customers a fixed, seeded
-# sample of this size estimates it to about ±0.001 in a fraction of the time.
+# Spearman's rho needs two full sorts; on tens of millions of customers a seeded sample of
+# about this size estimates it to about ±0.001 in a fraction of the time.
 RANK_SAMPLE = 1_000_000
 
 
-def rank_correlation(first: np.ndarray, second: np.ndarray, seed: int = 0) -> float:
-    """Spearman's rho, on a seeded random sample of :data:`RANK_SAMPLE` rows when there are more."""
+def rank_sample(customer_ids: Any, customers: int, seed: int = 0) -> np.ndarray:
+    """Which of these customers Spearman's rho is estimated on (a boolean mask).
+
+    Every customer up to :data:`RANK_SAMPLE` customers in all (``customers``); above, those
+    whose id, hashed with ``seed``, falls in the lowest ``RANK_SAMPLE / customers`` of the hash
+    range: about :data:`RANK_SAMPLE` customers, chosen by id alone. So an engine that sees the
+    customers a batch at a time draws the same sample as one that holds them all, and the
+    DuckDB and Spark engines report the same figure. Integer ids hash by value (whatever their
+    width), any other id by its text.
+    """
+    ids = pd.Series(customer_ids)
+    if customers <= RANK_SAMPLE:
+        return np.ones(len(ids), dtype=bool)
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        values = ids.to_numpy(dtype=np.int64)
+    else:
+        values = ids.astype(str).to_numpy(dtype=object)
+    # pandas' hash is fixed across processes and versions' releases of the same algorithm
+    # (SipHash for text, a 64-bit mixer for integers); the seed is mixed in by a second pass.
+    salt = pd.util.hash_array(np.array([seed], dtype=np.int64))[0]
+    hashed = pd.util.hash_array(pd.util.hash_array(values) ^ salt)
+    return hashed < np.uint64(int(RANK_SAMPLE / customers * 2.0**64))
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman's rho of two columns (NaN for fewer than two rows); see :func:`rank_sample` for
+    the rows it is given at scale."""
     first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if len(first) < 2:
         return float("nan")
-    if len(first) > RANK_SAMPLE:
-        rows = np.random.default_rng(seed).choice(len(first), RANK_SAMPLE, replace=False)
-        first, second = first[rows], second[rows]
     return float(spearmanr(first, second).statistic)
+
+
+def customer_ids(table: pd.DataFrame) -> pd.Series | pd.Index:
+    """A customers table's ids: its ``customer_id`` column, or its index."""
+    return table["customer_id"] if "customer_id" in table.columns else table.index
+
 
 # Lower is better for every selection metric; the total error is compared in absolute value.
 SELECTION_KEYS = {
@@ -46,6 +74,7 @@ SELECTION_KEYS = {
 
 
 class _HoldoutColumns(NamedTuple):
+    customer_ids: Any
     actual_purchases: np.ndarray
     predicted_purchases: np.ndarray
     actual_revenue: np.ndarray
@@ -59,6 +88,7 @@ def _holdout_columns(
 ) -> _HoldoutColumns:
     index = calibration.index
     return _HoldoutColumns(
+        customer_ids(calibration),
         calibration["frequency_holdout"].to_numpy(dtype=float),
         predicted_purchases.reindex(index).to_numpy(dtype=float),
         calibration["revenue_holdout"].to_numpy(dtype=float),
@@ -117,25 +147,29 @@ def holdout_partial(
     return _partial(_holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend))
 
 
-def _order_statistics(columns: _HoldoutColumns, seed: int) -> dict[str, float]:
+def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | None = None) -> dict[str, float]:
+    customers = len(columns.actual_purchases) if drawn_from is None else drawn_from
+    sample = rank_sample(columns.customer_ids, customers, seed)
     return {
-        "purchases_spearman": rank_correlation(columns.actual_purchases, columns.predicted_purchases, seed),
-        "revenue_spearman": rank_correlation(columns.actual_revenue, columns.predicted_revenue, seed),
+        "purchases_spearman": rank_correlation(columns.actual_purchases[sample], columns.predicted_purchases[sample]),
+        "revenue_spearman": rank_correlation(columns.actual_revenue[sample], columns.predicted_revenue[sample]),
         "top_decile_revenue_capture": top_share_capture(columns.actual_revenue, columns.predicted_revenue),
     }
 
 
 def holdout_order_statistics(
-    calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series, seed: int = 0
+    calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series, seed: int = 0,
+    drawn_from: int | None = None,
 ) -> dict[str, float]:
     """The figures of :func:`holdout_metrics` that are not sums, from every customer's columns.
 
     Each needs the whole columns, or an estimate from a sample or approximate quantiles:
 
     * ``purchases_spearman``, ``revenue_spearman``: Spearman's rho of actual and predicted
-      purchases (revenue) in the holdout: :func:`rank_correlation`, which on more than
-      :data:`RANK_SAMPLE` customers already works on a seeded sample of that size, so an engine
-      may pass the sample's rows instead of the full columns.
+      purchases (revenue) in the holdout, on the customers :func:`rank_sample` keeps: every
+      customer up to :data:`RANK_SAMPLE`, above that a sample chosen by id, so an engine may
+      pass only the sample's rows, with ``drawn_from`` the number of customers they were drawn
+      from.
     * ``top_decile_revenue_capture``: the share of actual holdout revenue held by the
       :data:`TOP_SHARE` of customers with the highest predicted revenue: :func:`top_share_capture`
       (exact, ties at the cut broken by position). It needs the predicted revenue of the
@@ -145,7 +179,7 @@ def holdout_order_statistics(
       :func:`top_share_capture_from_sums`.
     """
     columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, None)
-    return _order_statistics(columns, seed)
+    return _order_statistics(columns, seed, drawn_from)
 
 
 def _mean(total: float, count: float) -> float:
@@ -263,8 +297,8 @@ def holdout_metrics(
         Expected spend per purchase; scored against the holdout's mean period total
         (``revenue_holdout / frequency_holdout``) among customers who bought in the holdout.
     seed : int
-        Seeds the sample Spearman's rho is estimated on at scale (:func:`rank_correlation`;
-        the pipeline passes the config's ``seed``).
+        Seeds the sample Spearman's rho is estimated on at scale (:func:`rank_sample`; the
+        pipeline passes the config's ``seed``).
     """
     columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend)
     order_statistics = _order_statistics(columns, seed)

@@ -55,7 +55,7 @@ from models.tiers import (
 )
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
-from pipeline.stages.backtest import rank_correlation
+from pipeline.stages.backtest import customer_ids, rank_correlation, rank_sample
 
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 
@@ -445,7 +445,7 @@ def value_partial(customers: pd.DataFrame) -> dict[str, float]:
     return partial
 
 
-def value_order_statistics(customers: pd.DataFrame, seed: int = 0) -> dict[str, float]:
+def value_order_statistics(customers: pd.DataFrame, seed: int = 0, drawn_from: int | None = None) -> dict[str, float]:
     """The figures of :func:`value_summary` that are not sums, from every customer's columns.
 
     Each needs the whole columns, or an estimate from a sample or approximate quantiles:
@@ -455,16 +455,17 @@ def value_order_statistics(customers: pd.DataFrame, seed: int = 0) -> dict[str, 
       values for an even count (``pandas.Series.median``); an engine may supply the 0.5 quantile
       from approximate quantiles.
     * ``predicted_historical_spearman``: Spearman's rho of predicted and historical CLV:
-      :func:`pipeline.stages.backtest.rank_correlation`, which on more than its ``RANK_SAMPLE``
-      customers already works on a seeded sample of that size, so an engine may pass the
-      sample's rows instead of the full columns.
+      on the customers :func:`pipeline.stages.backtest.rank_sample` keeps (above its
+      ``RANK_SAMPLE`` customers, a sample chosen by id), so an engine may pass only the
+      sample's rows, with ``drawn_from`` the number of customers they were drawn from.
     """
     predicted = customers["predicted_clv"]
     historical = customers["historical_clv"]
+    sample = rank_sample(customer_ids(customers), len(customers) if drawn_from is None else drawn_from, seed)
     return {
         "predicted_clv_median": float(predicted.median()),
         "historical_clv_customer_median": float(historical.median()),
-        "predicted_historical_spearman": rank_correlation(predicted.to_numpy(), historical.to_numpy(), seed),
+        "predicted_historical_spearman": rank_correlation(predicted.to_numpy()[sample], historical.to_numpy()[sample]),
     }
 
 
@@ -510,7 +511,7 @@ def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.
                   seed: int = 0) -> dict[str, Any]:
     """Predicted vs historical CLV, side by side, and the tiers (:func:`tier_table`); ``seed``:
     the sample their rank correlation is estimated on at scale (see
-    :func:`pipeline.stages.backtest.rank_correlation`).
+    :func:`pipeline.stages.backtest.rank_sample`).
 
     The whole table's :func:`value_partial` finished with its exact
     :func:`value_order_statistics`: the formulas an engine that reduces batches goes through.

@@ -49,7 +49,7 @@ def test_select_model_picks_the_lowest_metric_and_says_why():
     assert reason.startswith("lowest holdout total_purchases_error (bgnbd 3")
 
 
-def test_rank_correlation_samples_large_inputs_close_to_the_exact_value():
+def test_rank_correlation_is_spearmans_rho():
     from scipy.stats import spearmanr
 
     from pipeline.stages import backtest
@@ -57,16 +57,57 @@ def test_rank_correlation_samples_large_inputs_close_to_the_exact_value():
     rng = np.random.default_rng(3)
     first = rng.normal(size=50_000)
     second = first + rng.normal(size=50_000)
-    exact = spearmanr(first, second).statistic
-    assert backtest.rank_correlation(first, second) == pytest.approx(exact, abs=1e-12)
-    original = backtest.RANK_SAMPLE
-    backtest.RANK_SAMPLE = 5_000
-    try:
-        sampled = backtest.rank_correlation(first, second)
-        assert sampled != exact and sampled == pytest.approx(exact, abs=0.03)
-        assert backtest.rank_correlation(first, second) == sampled  # seeded: same sample every time
-    finally:
-        backtest.RANK_SAMPLE = original
+    assert backtest.rank_correlation(first, second) == pytest.approx(spearmanr(first, second).statistic, abs=1e-12)
+    assert np.isnan(backtest.rank_correlation(first[:1], second[:1]))
+
+
+@pytest.mark.parametrize("ids", [
+    np.arange(40_000, dtype=np.int64) * 7 - 100_000,
+    np.array([f"C{i:06d}" for i in range(40_000)], dtype=object),
+])
+def test_rank_sample_is_chosen_by_id_alone(monkeypatch, ids):
+    from pipeline.stages import backtest
+
+    monkeypatch.setattr(backtest, "RANK_SAMPLE", 4_000)
+    whole = backtest.rank_sample(ids, len(ids), seed=42)
+    # About RANK_SAMPLE customers (binomial: sd 60 here).
+    assert abs(int(whole.sum()) - 4_000) < 400
+    # A batch's mask is the whole mask's rows: engines that see batches draw the same sample.
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(ids), 9_999, replace=False))
+    np.testing.assert_array_equal(backtest.rank_sample(ids[rows], len(ids), seed=42), whole[rows])
+    # Reversed order, same customers kept.
+    np.testing.assert_array_equal(backtest.rank_sample(ids[::-1], len(ids), seed=42), whole[::-1])
+    assert not np.array_equal(backtest.rank_sample(ids, len(ids), seed=7), whole)
+    assert backtest.rank_sample(ids, 4_000, seed=42).all()
+
+
+def test_rank_sample_hashes_integer_ids_by_value_whatever_their_width(monkeypatch):
+    from pipeline.stages import backtest
+
+    monkeypatch.setattr(backtest, "RANK_SAMPLE", 100)
+    ids = np.arange(-5_000, 5_000)
+    np.testing.assert_array_equal(
+        backtest.rank_sample(ids.astype(np.int32), len(ids)), backtest.rank_sample(ids.astype(np.int64), len(ids))
+    )
+
+
+def test_order_statistics_of_the_sample_rows_equal_those_of_the_whole_table(monkeypatch):
+    """An engine passing only the sampled rows (with the count they came from) gets the whole
+    table's figure: what the Spark engine does above RANK_SAMPLE customers."""
+    from pipeline.stages import backtest
+
+    monkeypatch.setattr(backtest, "RANK_SAMPLE", 500)
+    calibration, purchases, revenue, _ = holdout_with_ties(rows=6_000)
+    whole = backtest.holdout_order_statistics(calibration, purchases, revenue, seed=9)
+    kept = backtest.rank_sample(calibration.index, len(calibration), seed=9)
+    sampled = backtest.holdout_order_statistics(
+        calibration[kept], purchases[kept], revenue[kept], seed=9, drawn_from=len(calibration)
+    )
+    for key in ("purchases_spearman", "revenue_spearman"):
+        assert sampled[key] == whole[key]
+    exact = backtest.rank_correlation(calibration["frequency_holdout"], purchases)
+    assert whole["purchases_spearman"] != exact and whole["purchases_spearman"] == pytest.approx(exact, abs=0.1)
 
 
 @pytest.mark.parametrize("share", [0.01, 0.1, 0.37, 1.0])
