@@ -63,6 +63,8 @@ ARTIFACT_FILES = (CUSTOMERS_FILE, SUMMARY_FILE, FEATURES_SUMMARY_FILE, BACKTEST_
 # The calibration features the backtest and its plots read (not first purchase dates, counts
 # of transactions or the holdout's mean transaction value): at 18M customers each column is 144 MB.
 BACKTEST_COLUMNS = [
+    # The id chooses the customers Spearman's rho is estimated on above a million (rank_sample).
+    "customer_id",
     "frequency", "recency", "T", "monetary_value", "total_amount",
     "frequency_holdout", "revenue_holdout", "duration_holdout",
 ]

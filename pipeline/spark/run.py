@@ -119,11 +119,26 @@ def spark_failures(master: str) -> Iterator[None]:
             raise InputDataError(_user_error(exc) or "") from None
         raise EngineError(f"Spark failed: {_first_line(exc)} (spark.master {master}; the Spark logs above "
                           "say more)") from exc
+    except KeyboardInterrupt:
+        _cancel_jobs()
+        raise
     except ConnectionError as exc:
         # py4j's socket to the JVM: the driver JVM died under the run (out of memory, killed).
         raise EngineError(f"Spark failed: the driver JVM stopped answering ({exc}); it may have run out of "
                           f"memory: raise spark.driver.memory (spark.master {master}; the Spark logs above say "
                           "more)") from exc
+
+
+def _cancel_jobs() -> None:
+    """Cancel the running session's jobs, if any (Ctrl-C: the executors stop at once rather
+    than when the driver's JVM exits with this process)."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return
+    with contextlib.suppress(Exception):
+        context.cancelAllJobs()
 
 
 def _first_line(exc: BaseException) -> str:

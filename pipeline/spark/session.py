@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import signal
 import sys
+import threading
+import warnings
 
 from pyspark.sql import SparkSession
 
@@ -26,6 +30,7 @@ def spark_session(settings: SparkSettings) -> SparkSession:
     if settings.master.startswith("local"):
         defaults["spark.sql.shuffle.partitions"] = "8"
     _choose_executor_python(settings)
+    _quiet_known_noise()
     required = {
         "spark.sql.session.timeZone": "UTC",
         # Datetime patterns as documented for Spark 3+, never the Java 7 SimpleDateFormat ones.
@@ -38,7 +43,33 @@ def spark_session(settings: SparkSettings) -> SparkSession:
     # getOrCreate hands back a running session as it is: set what correctness depends on again.
     for key, value in required.items():
         spark.conf.set(key, value)
+    if threading.current_thread() is threading.main_thread():
+        # PySpark's SIGINT handler cancels the jobs through py4j from inside the handler, on the
+        # connection the interrupted call is still reading ("reentrant call", a logged traceback).
+        # Ctrl-C is a plain KeyboardInterrupt again; pipeline.spark.run.spark_failures cancels
+        # the jobs once the interrupted call has let go of its connection.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return spark
+
+
+class _InterruptedCallFilter(logging.Filter):
+    """Drops py4j's report of a Ctrl-C during a call to the JVM: it logs a traceback with
+    ``logging.exception`` on the root logger (py4j/java_gateway.py, ``send_command``), after
+    PySpark's SIGINT handler has cancelled the jobs; the CLI says "interrupted" in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "KeyboardInterrupt while sending command."
+
+
+def _quiet_known_noise() -> None:
+    """Silence what PySpark and py4j print on stderr that is not the user's business."""
+    # PySpark 4 warns that it "does not yet fully support pandas >= 3.0.0" each time a pandas
+    # function is defined; what this project runs on Spark with pandas 3 is tested
+    # (tests/pipeline/test_spark*.py).
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    root = logging.getLogger()
+    if not any(isinstance(existing, _InterruptedCallFilter) for existing in root.filters):
+        root.addFilter(_InterruptedCallFilter())
 
 
 def _choose_executor_python(settings: SparkSettings) -> None:

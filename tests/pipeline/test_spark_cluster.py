@@ -33,8 +33,7 @@ pytest.importorskip("pyspark")
 SAMPLE = str(CONFIGS / "cdnow_sample.yaml")
 
 
-def clv(*args: str) -> subprocess.CompletedProcess:
-    """The ``clv`` console script (``pipeline.cli:main``) on this checkout's code."""
+def _environment() -> dict[str, str]:
     environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
@@ -44,8 +43,34 @@ def clv(*args: str) -> subprocess.CompletedProcess:
     # What the executors' Python is must come from spark_session, not from this process (where
     # a local session of another module may have set it).
     environment.pop("PYSPARK_PYTHON", None)
-    return subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", *args],
-                          env=environment, capture_output=True, text=True, timeout=300)
+    return environment
+
+
+CLV = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+
+
+def clv(*args: str) -> subprocess.CompletedProcess:
+    """The ``clv`` console script (``pipeline.cli:main``) on this checkout's code."""
+    return subprocess.run([*CLV, *args], env=_environment(), capture_output=True, text=True, timeout=300)
+
+
+def clv_until(line: str, *args: str, timeout: float = 240) -> tuple[subprocess.Popen, list[str]]:
+    """``clv ARGS`` started, returned once its stderr has printed a line containing ``line``
+    (a progress line: do not pass ``-q``), with the lines so far."""
+    process = subprocess.Popen([*CLV, *args], env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = process.stderr.readline()
+        if not text:
+            break
+        seen.append(text.rstrip("\n"))
+        if line in text:
+            return process, seen
+    process.kill()
+    raise AssertionError(f"no line with {line!r} in:\n" + "\n".join(seen))
 
 
 # The driver's and executors' JVMs live seconds here: C1 alone compiles soon enough and makes
@@ -173,3 +198,78 @@ def test_spark_failing_under_the_run_is_one_line_exit_5_and_nothing_written(tmp_
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("clv").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["clv.error"].startswith("Spark failed: ")
+
+
+def _executor_processes(app_id: str) -> list[int]:
+    """Process ids of the executor JVMs the worker runs for ``app_id``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in command and app_id.encode() in command:
+            found.append(int(entry))
+    return found
+
+
+def _active_app(cluster, app_name: str) -> str:
+    [app] = [app for app in cluster.state()["activeapps"] if app["name"] == app_name]
+    return app["id"]
+
+
+def test_a_lost_executor_is_replaced_and_the_run_equals_the_duckdb_run(runs, spark_cluster, tmp_path):
+    # The executor is killed between Spark jobs of the run (while the driver fits): the worker
+    # starts another, Spark recomputes what the lost one held, and the run ends as if nothing
+    # happened.
+    import signal
+
+    root, common = runs
+    app_name = "clv-cluster-lost-executor"
+    process, _ = clv_until("fitting", "run", *common, "--set", f"output_dir={tmp_path / 'outputs'}",
+                           *on_cluster(spark_cluster, app_name))
+    try:
+        executors = _executor_processes(_active_app(spark_cluster, app_name))
+        assert executors, spark_cluster.state()
+        for pid in executors:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert_same_runs(run_dir(tmp_path / "outputs"), run_dir(root / "duckdb"))
+    # The worker ran a second executor for the application: the first one's directory and its own.
+    assert len(executors_of(spark_cluster, app_name)) >= 2
+
+
+def test_ctrl_c_on_the_cluster_is_one_line_exit_130_and_nothing_written(spark_cluster, tmp_path):
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    app_name = "clv-cluster-interrupted"
+    # Interrupted as the value stage's first Spark job starts.
+    process, _ = clv_until("valuing customers", "run", "-c", SAMPLE, "--set", f"tracking.uri={uri}",
+                           "--set", f"output_dir={tmp_path / 'outputs'}", *on_cluster(spark_cluster, app_name))
+    try:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "interrupted: nothing was written for the unfinished step", stderr
+    assert "Traceback" not in stderr, stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not any(outputs.iterdir()), list(outputs.iterdir())
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("clv").experiment_id])
+    [run] = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert run.info.status == "KILLED" and run.data.tags["clv.error"] == "KeyboardInterrupt", run.info
+    # The candidates' nested runs, if they were opened, end with it.
+    assert {child.info.status for child in runs if child is not run} <= {"KILLED"}
+    # The application is gone from the cluster with the driver (no executor left running).
+    executors_of(spark_cluster, app_name)
