@@ -37,7 +37,7 @@ from typing import Any
 
 from pipeline.catalog import RunCatalog
 from pipeline.config import Config, FeatureSettings, PeriodSettings, config_digest
-from pipeline.errors import ConfigError, LockHeldError, ReleaseRejectedError, TrackingError
+from pipeline.errors import ConfigError, EngineError, LockHeldError, ReleaseRejectedError, TrackingError
 
 LOCK_FILE = ".retrain.lock"
 MONITOR_PLOT = "champion_forecast"
@@ -59,20 +59,6 @@ class RetrainDecision:
     run_dir: str | None
     failed_checks: dict[str, str] = dataclasses.field(default_factory=dict)
     monitor: dict[str, Any] | None = None
-
-
-def _champion_metric_on_window(champion_scorer: Any, calibration, config: Config) -> float:
-    import numpy as np
-
-    from pipeline.stages.backtest import SELECTION_KEYS, backtest_model
-    from pipeline.stages.fit import group_customers
-
-    histories = group_customers(calibration)  # once, for the fit and the holdout prediction
-    with np.errstate(all="ignore"):
-        purchase = type(champion_scorer.purchase_model)(**champion_scorer.purchase_model.get_params()).fit(histories)
-        spend = type(champion_scorer.spend_model)(**champion_scorer.spend_model.get_params()).fit(calibration)
-        metrics = backtest_model(calibration, purchase, spend, histories, seed=config.seed)
-        return abs(metrics[SELECTION_KEYS[config.models.selection_metric]])
 
 
 def rolling_config(config: Config, as_of: dt.date) -> Config:
@@ -134,15 +120,18 @@ def decide(
             f"the champion (version {champion.version}) could not be loaded "
             f"({champion_view.note if champion_view else 'no detail'}): the challenger, which passed the release gates, "
             "replaces it")}
-    calibration = result.calibration_frame()
     try:
-        champion_metric = _champion_metric_on_window(champion_scorer, calibration, config)
+        champion_metric = result.refitted_holdout_metric(champion_scorer, config)
+    except EngineError:
+        raise  # the engine failed, not the champion's model: no verdict either way
     except Exception as exc:  # noqa: BLE001 - the champion's model not fitting this window is a verdict, not a crash
         from pipeline.stages.fit import failure_reason
 
         return decision | {"promoted": True, "reason": (
             f"the champion's {champion_scorer.purchase_model_name} cannot be refitted on this calibration window "
             f"({failure_reason(exc)}): the challenger, which passed the release gates, replaces it")}
+    if champion_metric is None:  # the run wrote no calibration table (cannot happen with a challenger metric)
+        return decision | {"promoted": False, "reason": "no holdout to compare on: the champion is kept"}
     decision["champion_metric"] = champion_metric
     described = (f"holdout {metric}: challenger {challenger_metric:.6g} vs champion {champion_metric:.6g} "
                  f"(champion's {champion_scorer.purchase_model_name} refitted on the same calibration window)")

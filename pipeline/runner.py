@@ -164,6 +164,26 @@ class PipelineResult:
             return predicted_clv_total(self.cluster_features, scorer)
         return float(scorer.score(self.features.set_index("customer_id"))["predicted_clv"].sum())
 
+    def refitted_holdout_metric(self, scorer: Any, config: Config) -> float | None:
+        """``scorer``'s models refitted on this run's calibration window and scored on its
+        holdout (:func:`pipeline.stages.fit.refitted_holdout_metric`), where the customers are;
+        None without a holdout."""
+        from pipeline.catalog import CALIBRATION_FILE
+        from pipeline.stages.fit import refitted_holdout_metric
+
+        metric = config.models.selection_metric
+        if self.cluster_features is not None:
+            from pipeline.spark.run import refitted_holdout_metric_on_cluster, spark_failures
+
+            path = Path(self.run_dir) / CALIBRATION_FILE
+            if not path.exists():
+                return None
+            with spark_failures(config.spark.master):
+                calibration = self.cluster_features.sparkSession.read.parquet(str(path))
+                return refitted_holdout_metric_on_cluster(scorer, calibration, metric, config.seed)
+        calibration = self.calibration_frame()
+        return None if calibration is None else refitted_holdout_metric(scorer, calibration, metric, config.seed)
+
     def calibration_frame(self):
         """The calibration features with the holdout columns (read back: the run does not keep them), or None."""
         catalog = RunCatalog(Path(self.run_dir), Path(self.run_dir))

@@ -68,6 +68,7 @@ from pipeline.stages.fit import (
     fit_purchase_model,
     fit_spend_model,
     fit_stage,
+    refitted_models,
 )
 from pipeline.stages.partials import merge_partials
 from pipeline.stages.value import (
@@ -400,8 +401,7 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     columns = ["customer_id", "frequency_holdout", "revenue_holdout"]
     columns += [column for name in names for column in _prediction_columns(name)]
     if customers <= EXACT_LIMIT:
-        # Every customer's values, in customer order (ties at the top decile's cut are broken by
-        # position, as on DuckDB): exactly DuckDB's figures.
+        # Every customer's values, in customer order: exactly DuckDB's figures.
         frame = rank_sample_rows(predictions.select(*columns), customers, seed)
         return {
             name: backtest_stage.holdout_order_statistics(
@@ -415,7 +415,8 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     share = backtest_stage.TOP_SHARE
     revenues = {name: _prediction_columns(name)[1] for name in names}
     # The top_share_count-th largest predicted revenue of each model, exactly; ties at it are
-    # shared pro rata. Every model's threshold, then every model's sums, in one pass each.
+    # shared pro rata, as top_share_capture does. Every model's threshold, then every model's
+    # sums, in one pass each.
     top_rank = customers - backtest_stage.top_share_count(customers, share)
     found = values_at_ranks(predictions, {column: [top_rank] for column in revenues.values()}, customers)
     thresholds = {name: found[column][top_rank] for name, column in revenues.items()}
@@ -643,6 +644,24 @@ def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, prog
     catalog.write_summary(summary)
     return PipelineResult(run_dir=catalog.final, summary=summary, features=example, fit=fit, value=value,
                           cluster_features=features)
+
+
+def refitted_holdout_metric_on_cluster(scorer: Any, calibration: DataFrame, metric: str, seed: int) -> float:
+    """:func:`pipeline.stages.fit.refitted_holdout_metric` on the cluster: fitted on the
+    calibration window's histories and spend pairs, scored on the executors."""
+    histories = histories_of(calibration)
+    spend_input, _ = spend_statistics_of(calibration, seed)
+    with np.errstate(all="ignore"):
+        purchase, spend = refitted_models(scorer, histories, spend_input)
+    horizon = float(calibration.select("duration_holdout").head()["duration_holdout"])
+    predictions = holdout_predictions(calibration, {"refitted": purchase}, spend, horizon).persist(
+        StorageLevel.DISK_ONLY
+    )
+    try:
+        metrics = holdout_metrics_on_cluster(predictions, ["refitted"], calibration.count(), seed)
+    finally:
+        predictions.unpersist()
+    return abs(metrics["refitted"][backtest_stage.SELECTION_KEYS[metric]])
 
 
 def predicted_clv_total(features: DataFrame, scorer: Any) -> float:

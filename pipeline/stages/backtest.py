@@ -172,7 +172,7 @@ def holdout_order_statistics(
       from.
     * ``top_decile_revenue_capture``: the share of actual holdout revenue held by the
       :data:`TOP_SHARE` of customers with the highest predicted revenue: :func:`top_share_capture`
-      (exact, ties at the cut broken by position). It needs the predicted revenue of the
+      (exact, customers tied at the cut taken pro rata). It needs the predicted revenue of the
       ``top_share_count(customers)``-th customer from the top (the threshold) and the actual
       revenue above it and at it; with a threshold from approximate quantiles, an engine sums
       :func:`revenue_at_threshold` over batches and finishes with
@@ -222,19 +222,21 @@ def top_share_count(customers: int, share: float = TOP_SHARE) -> int:
 def top_share_capture(actual_revenue: np.ndarray, predicted_value: np.ndarray, share: float = TOP_SHARE) -> float:
     """Share of actual holdout revenue that comes from the customers ranked in the predicted top ``share``.
 
-    Exact, on every customer's values. Ties in the prediction are broken by position (a stable
-    sort), so the result is deterministic for a given customer order.
+    Exact, on every customer's values. Customers tied with the last one in the top (the
+    ``top_share_count``-th largest prediction) are taken pro rata: each brings the same
+    fraction of their revenue, the mean over every order of the ties. So the figure does not
+    depend on how customers are numbered or partitioned, and an engine reducing batches
+    (:func:`revenue_at_threshold`, :func:`top_share_capture_from_sums`) gets the same one.
+    Many customers share one history, so ties are common: the naive baseline's predictions
+    tie by the thousand at 18M customers.
     """
-    total = float(actual_revenue.sum())
-    if total == 0 or len(actual_revenue) == 0:
+    if len(actual_revenue) == 0:
         return float("nan")
     count = top_share_count(len(actual_revenue), share)
-    # The top ``count`` without sorting everyone (a stable argsort of 12M took 2.5 s): all above
-    # the count-th largest value, then the first of the rows tied with it, by position.
+    # The count-th largest value without sorting everyone (a stable argsort of 12M took 2.5 s).
     threshold = np.partition(predicted_value, len(predicted_value) - count)[len(predicted_value) - count]
-    above = predicted_value > threshold
-    tied = np.flatnonzero(predicted_value == threshold)[: count - int(above.sum())]
-    return float((actual_revenue[above].sum() + actual_revenue[tied].sum()) / total)
+    sums = revenue_at_threshold(actual_revenue, predicted_value, threshold)
+    return top_share_capture_from_sums(sums, len(actual_revenue), float(actual_revenue.sum()), share)
 
 
 def revenue_at_threshold(actual_revenue: np.ndarray, predicted_value: np.ndarray, threshold: float) -> dict[str, float]:
@@ -260,11 +262,10 @@ def top_share_capture_from_sums(
     """:func:`top_share_capture` from a threshold's merged :func:`revenue_at_threshold` sums.
 
     The customers at the threshold are taken pro rata (each tied customer counts for the same
-    fraction of their revenue: the mean over random tie breaks), not by position as on full
-    columns. With the exact threshold (the ``top_share_count(customers, share)``-th largest
-    predicted value) and no customer tied with it beyond the top, this is
-    :func:`top_share_capture`; with an approximate threshold, the customers above it stand for
-    the top ``share``, however many they are.
+    fraction of their revenue: the mean over random tie breaks). With the exact threshold (the
+    ``top_share_count(customers, share)``-th largest predicted value) this is
+    :func:`top_share_capture`; with an approximate one, the customers above it stand for the
+    top ``share``, however many they are.
     """
     if total_revenue == 0 or customers == 0:
         return float("nan")

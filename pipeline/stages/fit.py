@@ -311,3 +311,25 @@ def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtes
         spend_model=fit_spend_model(features, settings),
         failed_candidates=failed,
     )
+
+
+def refitted_models(scorer: Any, histories: Any, spend_input: Any) -> tuple[Any, Any]:
+    """The purchase and spend models of a frozen ``scorer`` (their type and settings), fitted
+    again on other customers: ``histories`` for the purchase model, ``spend_input`` (a
+    customers table or ``models.SpendStatistics``) for Gamma-Gamma."""
+    purchase = type(scorer.purchase_model)(**scorer.purchase_model.get_params()).fit(histories)
+    spend = type(scorer.spend_model)(**scorer.spend_model.get_params()).fit(spend_input)
+    return purchase, spend
+
+
+def refitted_holdout_metric(scorer: Any, calibration: pd.DataFrame, metric: str, seed: int = 0) -> float:
+    """``scorer``'s models refitted on ``calibration`` (a calibration window with its holdout)
+    and scored on the holdout: the absolute value of the selection ``metric`` (a retrain's
+    champion judged on the challenger's window)."""
+    from pipeline.stages.backtest import SELECTION_KEYS, backtest_model
+
+    histories = group_customers(calibration)  # once, for the fit and the holdout prediction
+    with np.errstate(all="ignore"):
+        purchase, spend = refitted_models(scorer, histories, calibration)
+        metrics = backtest_model(calibration, purchase, spend, histories, seed=seed)
+    return abs(metrics[SELECTION_KEYS[metric]])

@@ -111,14 +111,24 @@ def test_order_statistics_of_the_sample_rows_equal_those_of_the_whole_table(monk
 
 
 @pytest.mark.parametrize("share", [0.01, 0.1, 0.37, 1.0])
-def test_top_share_capture_equals_a_stable_sort_with_ties_broken_by_position(share):
+def test_top_share_capture_shares_the_ties_at_the_cut_pro_rata(share):
     rng = np.random.default_rng(11)
     # Few distinct predictions, so the cut falls inside a run of ties.
     predicted = rng.integers(0, 7, size=5_000).astype(float)
     actual = rng.gamma(2.0, 10.0, size=5_000)
     count = max(1, int(round(share * len(actual))))
-    reference = actual[np.argsort(-predicted, kind="stable")[:count]].sum() / actual.sum()
-    assert top_share_capture(actual, predicted, share) == pytest.approx(reference, rel=1e-12)
+    # The mean over tie orders: of stable sorts of many shuffles, and in closed form.
+    shuffled = [rng.permutation(len(actual)) for _ in range(400)]
+    by_order = [actual[rows][np.argsort(-predicted[rows], kind="stable")[:count]].sum() / actual.sum()
+                for rows in shuffled]
+    cut = np.sort(predicted)[::-1][count - 1]
+    above, tied = predicted > cut, predicted == cut
+    closed_form = (actual[above].sum() + actual[tied].sum() * (count - above.sum()) / tied.sum()) / actual.sum()
+    assert top_share_capture(actual, predicted, share) == pytest.approx(closed_form, rel=1e-12)
+    assert top_share_capture(actual, predicted, share) == pytest.approx(np.mean(by_order), abs=3 * np.std(by_order) / 20 + 1e-12)
+    # The customers' order does not matter.
+    reversed_order = top_share_capture(actual[::-1], predicted[::-1], share)
+    assert reversed_order == pytest.approx(top_share_capture(actual, predicted, share), rel=1e-12)
 
 
 def test_the_config_seed_chooses_the_rank_sample(monkeypatch):
@@ -229,8 +239,8 @@ def test_top_share_capture_from_a_thresholds_sums():
     sums = revenue_at_threshold(actual, predicted, 3.0)
     assert top_share_count(1_020) == 102
     assert top_share_capture_from_sums(sums, 1_020, actual.sum()) == pytest.approx((100 + 8 * 2 / 4) / 1_024)
-    # By position on the full columns: the tied customer with 8 comes first.
-    assert top_share_capture(actual, predicted) == pytest.approx(108 / 1_024)
+    # The same on the full columns, whichever tied customer comes first.
+    assert top_share_capture(actual, predicted) == pytest.approx((100 + 8 * 2 / 4) / 1_024)
     # An approximate threshold below the cut: everyone above it counts, however many.
     assert top_share_capture_from_sums(revenue_at_threshold(actual, predicted, 2.0), 1_020, actual.sum()) == (
         pytest.approx(108 / 1_024)

@@ -99,3 +99,30 @@ def test_spark_run_equals_duckdb_run_on_a_synthetic_log_with_numeric_ids(runs, t
                                      "--set", f"engine={engine}"])
         assert result.exit_code == 0, result.stderr
     assert_same_runs(run_dir(tmp_path / "spark"), run_dir(tmp_path / "duckdb"))
+
+
+def test_a_retrain_on_spark_judges_the_champion_as_duckdb_does(runs, tmp_path):
+    # The champion's model is refitted on the challenger's calibration window and scored on its
+    # holdout on the cluster (pipeline.spark.run.refitted_holdout_metric_on_cluster): the same
+    # figures and decisions as DuckDB's, with a worse challenger kept out.
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from tests.pipeline.test_retrain import ROLLING, WORSE
+
+    metrics = {}
+    for engine in ("duckdb", "spark"):
+        uri = f"sqlite:///{tmp_path / engine}/mlflow.db"
+        common = ["-c", SAMPLE, "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / engine / 'out'}",
+                  "--set", "models.purchase.candidates=[bgnbd]", *ROLLING, "--set", f"engine={engine}"]
+        for extra in ([], WORSE):
+            done = runner.invoke(app, ["retrain", "-q", *common, "--as-of", "1998-06-30", *extra])
+            assert done.exit_code == 0, done.stderr
+        assert "KEPT champion" in done.output, done.output
+        client = MlflowClient(uri)
+        run = client.get_run(client.get_model_version("clv", "2").run_id)
+        assert run.data.tags["clv.retrain.promoted"] == "false"
+        metrics[engine] = {key: run.data.metrics[key] for key in ("retrain.challenger_metric", "retrain.champion_metric")}
+    for key, value in metrics["duckdb"].items():
+        assert np.isclose(metrics["spark"][key], value, rtol=1e-9, atol=0.0), (key, metrics)
+    assert metrics["spark"]["retrain.challenger_metric"] > metrics["spark"]["retrain.champion_metric"]
