@@ -133,6 +133,7 @@ TIME_PARAMETERS = {"bgnbd": ("alpha",), "mbgnbd": ("alpha",), "paretonbd": ("alp
 OPTIMIZERS = {
     "bgnbd": "BFGS on log-parameters (lifetimes BetaGeoFitter)",
     "mbgnbd": "BFGS on log-parameters (lifetimes ModifiedBetaGeoFitter)",
+    # Only for comparisons: the estimator fits Pareto/NBD with models/_pareto_nbd.py.
     "paretonbd": "Nelder-Mead (lifetimes ParetoNBDFitter)",
 }
 # Workaround 3: each retry after a precision-loss failure loosens tol by this

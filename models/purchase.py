@@ -3,7 +3,9 @@
 Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
 in a common time unit such as weeks) and answers questions about future
 purchases in that unit. Fitting and most closed forms come from lifetimes,
-wrapped in ``_lifetimes_compat.py``; everything is computed once per unique
+wrapped in ``_lifetimes_compat.py``, but Pareto/NBD's fit, which is our own
+(``_pareto_nbd.py``: lifetimes' likelihood evaluated once per distinct pair,
+a gradient method; the same maximum, tested); everything is computed once per unique
 (frequency, recency, T) row and joined back to the customer index. Every method
 that reads customers takes a features table or, to group the customers only once
 for many calls, their :class:`~models.histories.CustomerHistories`.
@@ -31,7 +33,7 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _lifetimes_compat
+from . import _lifetimes_compat, _pareto_nbd
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import check_count, check_horizon
 from .histories import as_histories
@@ -59,8 +61,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         Defaults to lifetimes' starting values, made deterministic.
     tol : float, default 1e-7
         Tolerance passed to ``scipy.optimize.minimize`` (BFGS gradient
-        tolerance for BG/NBD and MBG/NBD, Nelder-Mead ``xatol``/``fatol`` for
-        Pareto/NBD).
+        tolerance for BG/NBD and MBG/NBD; for Pareto/NBD, L-BFGS-B's on the
+        per-customer objective, scaled: see ``_pareto_nbd.fit``).
     max_iter : int, optional
         Iteration limit of the optimiser; None keeps lifetimes' default.
 
@@ -113,6 +115,33 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         if np.max(age) == 0:
             raise ValueError("features: column 'T': every row is 0, so there is no time to learn purchase rates from")
         counts = histories.counts
+        n_customers = int(counts.sum())
+
+        def penalty(values):
+            return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
+
+        params, tol_used, log_likelihood = self._maximise(frequency, recency, age, counts, penalty)
+        point = np.array([params[name] for name in self.parameter_names])
+        # Standard errors from our own Hessian, for every model (_lifetimes_compat, workaround 7).
+        optimum = describe_optimum(
+            log_likelihood,
+            point,
+            n_customers,
+            optimizer=self._optimizer,
+            model_label=type(self).__name__,
+            penalty=penalty,
+        )
+        self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
+        return self
+
+    @property
+    def _optimizer(self) -> str:
+        return _lifetimes_compat.OPTIMIZERS[str(self.model_name)]
+
+    def _maximise(self, frequency, recency, age, counts, penalty):
+        """The maximum of the (penalized) likelihood of distinct histories weighted by ``counts``:
+        ``(params, tol_used, log_likelihood)``, the last the total log-likelihood as a function
+        of the parameter vector. lifetimes' optimiser here; a model may have its own."""
         params, tol_used = _lifetimes_compat.fit_purchase_model(
             self.model_name,
             frequency,
@@ -128,23 +157,7 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         def log_likelihood(values):
             return _lifetimes_compat.total_log_likelihood(self.model_name, values, frequency, recency, age, counts)
 
-        n_customers = int(counts.sum())
-
-        def penalty(values):
-            return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
-
-        point = np.array([params[name] for name in self.parameter_names])
-        # Standard errors from our own Hessian, for every model (_lifetimes_compat, workaround 7).
-        optimum = describe_optimum(
-            log_likelihood,
-            point,
-            n_customers,
-            optimizer=_lifetimes_compat.OPTIMIZERS[self.model_name],
-            model_label=type(self).__name__,
-            penalty=penalty,
-        )
-        self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
-        return self
+        return params, tol_used, log_likelihood
 
     def _per_unique_history(self, features, compute, name):
         """Evaluate ``compute(frequency, recency, T)`` once per unique row, one value per customer.
@@ -391,6 +404,15 @@ class ParetoNBDModel(_PurchaseModel):
 
     model_name = "paretonbd"
     parameter_names = ("r", "alpha", "s", "beta")
+    _optimizer = _pareto_nbd.OPTIMIZER
+
+    def _maximise(self, frequency, recency, age, counts, penalty):
+        # Our own likelihood and optimiser (models/_pareto_nbd.py): lifetimes' maximum, found
+        # in a fraction of Nelder-Mead's time.
+        likelihood = _pareto_nbd.ParetoNBDLikelihood(frequency, recency, age, counts)
+        start = None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
+        point = _pareto_nbd.maximise(likelihood, start, penalty, tol=self.tol, max_iter=self.max_iter)
+        return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
 
     def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
         return _lifetimes_compat.pareto_probability_of_purchases(

@@ -1,0 +1,229 @@
+"""Pareto/NBD maximum likelihood on distinct histories, fast: our own, proven equal to lifetimes.
+
+lifetimes fits Pareto/NBD with Nelder–Mead from a fixed start, evaluating the Gauss
+hypergeometric function 2F1 twice for every distinct history at each of hundreds to
+thousands of evaluations: a minute at 18M customers (231k distinct calibration histories).
+Two things make it fast here:
+
+* **2F1 once per distinct pair.** The likelihood's A_0 term (Fader & Hardie, note 009,
+  eqs. 18–20) evaluates 2F1 at ``(frequency, recency)`` and at ``(frequency, T)``. Those pairs
+  are far fewer than the histories (7.4k and 3.7k of the 231k above), so 2F1 is evaluated per
+  pair and gathered; the rest of the expression is cheap elementwise arithmetic. The pair
+  indices depend on the data only and are built once per fit (:class:`ParetoNBDLikelihood`).
+* **A gradient method** on log-parameters (L-BFGS-B, central-difference gradients, from a
+  deterministic start computed from the data), instead of Nelder–Mead: tens of iterations.
+
+The log-likelihood is lifetimes' expression (``ParetoNBDFitter._conditional_log_likelihood``),
+exact where recency == T as ``_lifetimes_compat`` workaround 12 makes it: equal to it to
+rounding (tested), so the optimum is lifetimes' maximum, found sooner and more tightly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import gammaln, hyp2f1
+
+from ._estimation import ConvergenceError, gradient_and_hessian
+
+PARAMETERS = ("r", "alpha", "s", "beta")
+OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
+# A parameter beyond this factor of its start has run away (to 0 or to infinity): the maximum is
+# on the boundary, where the model degenerates (e.g. nobody drops out).
+RUNAWAY = 1e6
+
+
+class ParetoNBDLikelihood:
+    """The Pareto/NBD log-likelihood of distinct histories weighted by their customers.
+
+    Parameters
+    ----------
+    frequency, recency, age : numpy.ndarray
+        Distinct ``(frequency, recency, T)`` histories (float64).
+    weights : numpy.ndarray
+        Customers per history.
+    """
+
+    def __init__(self, frequency, recency, age, weights):
+        self.frequency = np.asarray(frequency, dtype=np.float64)
+        self.recency = np.asarray(recency, dtype=np.float64)
+        self.age = np.asarray(age, dtype=np.float64)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        # Histories whose last purchase is not at T carry the A_0 term (workaround 12).
+        self.inside = self.recency < self.age
+        inside_frequency = self.frequency[self.inside]
+        self._at_recency = _pairs(inside_frequency, self.recency[self.inside])
+        self._at_age = _pairs(inside_frequency, self.age[self.inside])
+
+    def per_history(self, params) -> np.ndarray:
+        """Each distinct history's log-likelihood at ``params`` = (r, alpha, s, beta)."""
+        r, alpha, s, beta = (float(value) for value in params)
+        x, age = self.frequency, self.age
+        common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+        # Alive at T: no dropout in (0, T].
+        alive = -(r + x) * np.log(alpha + age) - s * np.log(beta + age)
+        if not self.inside.any():
+            return common + alive
+        # A_0 (note 009 eqs. 19-20): with the larger of alpha and beta as the base, 2F1 at
+        # recency minus 2F1 at T, each over its base to the power r + s + x.
+        base, gap = (alpha, alpha - beta) if alpha >= beta else (beta, beta - alpha)
+
+        def log_term(pairs: _Pairs) -> np.ndarray:
+            pair_x, pair_t = pairs.values
+            total = r + s + pair_x
+            second = s + 1.0 if alpha >= beta else r + pair_x
+            value = np.log(hyp2f1(total, second, total + 1.0, gap / (base + pair_t)))
+            return (value - total * np.log(base + pair_t))[pairs.inverse]
+
+        at_recency, at_age = log_term(self._at_recency), log_term(self._at_age)
+        # log(e^u - e^v) = u + log(1 - e^(v - u)): lifetimes' signed logsumexp, more exactly.
+        log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
+        inside = self.inside
+        result = common + alive
+        result[inside] += np.logaddexp(0.0, np.log(s) + log_a0 - np.log(r + s + x[inside]) - alive[inside])
+        return result
+
+    def __call__(self, params) -> float:
+        """The total log-likelihood: every customer's, summed."""
+        return float(np.dot(self.weights, self.per_history(params)))
+
+
+class _Pairs:
+    __slots__ = ("inverse", "values")
+
+    def __init__(self, values, inverse):
+        self.values = values
+        self.inverse = inverse
+
+
+def _pairs(first: np.ndarray, second: np.ndarray) -> _Pairs:
+    """Distinct ``(first, second)`` pairs, and each row's position among them."""
+    if len(first) == 0:
+        return _Pairs(np.empty((2, 0)), np.empty(0, dtype=np.intp))
+    values, inverse = np.unique(np.stack([first, second]), axis=1, return_inverse=True)
+    return _Pairs(values, inverse.reshape(-1))
+
+
+def starting_values(frequency, recency, age, weights) -> np.ndarray:
+    """A deterministic start from the data's moments: unit shapes (r = s = 1), the purchase
+    rate's scale from the purchases per unit of time observed (alpha = sum T / sum x), the
+    dropout rate's from the mean age (beta = mean T: about one dropout per observed lifetime)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    purchases = float(np.dot(weights, frequency))
+    exposure = float(np.dot(weights, age))
+    mean_age = exposure / float(weights.sum())
+    alpha = exposure / max(purchases, 1.0)
+    return np.array([1.0, alpha, 1.0, max(mean_age, 1e-3)])
+
+
+def fit(likelihood: ParetoNBDLikelihood, start, penalty=None, tol: float = 1e-7, max_iter: int | None = None):
+    """Maximise ``likelihood`` (minus ``penalty``, a function of the parameters) from ``start``,
+    on log-parameters. Returns scipy's result, with ``x`` on the natural scale."""
+    n_customers = float(likelihood.weights.sum())
+
+    def objective(log_values):
+        values = np.exp(log_values)
+        if not np.all(np.isfinite(values)):
+            return np.inf
+        value = likelihood(values) - (penalty(values) if penalty is not None else 0.0)
+        # Per customer, so tolerances mean the same at any size.
+        return -value / n_customers if np.isfinite(value) else np.inf
+
+    options = {"ftol": tol * 1e-3, "gtol": tol * 1e-2, "maxiter": max_iter or 1000}
+    result = minimize(objective, np.log(np.asarray(start, dtype=np.float64)), method="L-BFGS-B", jac="3-point",
+                      options=options)
+    result.x = np.exp(result.x)
+    return result
+
+
+def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
+    """Where to start again when the first start fails or runs away: lifetimes' own start
+    (unit shapes, scales equal to the oldest customer's age), then the first start's scales
+    ten times larger and smaller. Bounded: four starts in all."""
+    oldest = float(np.max(age))
+    return [np.array([1.0, oldest, 1.0, oldest]), start * np.array([1.0, 10.0, 1.0, 10.0]),
+            start * np.array([1.0, 0.1, 1.0, 0.1])]
+
+
+def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: float = 1e-7,
+             max_iter: int | None = None) -> np.ndarray:
+    """The maximum-likelihood parameters (r, alpha, s, beta).
+
+    From ``start`` (default :func:`starting_values`), then, if the optimiser fails or a
+    parameter runs away, from each of :func:`fallback_starts` in turn; the first that ends
+    at a finite interior point is returned (the estimator then checks the gradient and the
+    Hessian there).
+
+    Raises
+    ------
+    ConvergenceError
+        When every start fails, naming the parameter that ran away and what that means.
+    """
+    first = starting_values(likelihood.frequency, likelihood.recency, likelihood.age, likelihood.weights)
+    first = first if start is None else np.asarray(start, dtype=np.float64)
+    attempts = []
+    for point in [first, *fallback_starts(first, likelihood.age)]:
+        with np.errstate(all="ignore"):
+            result = fit(likelihood, point, penalty, tol, max_iter)
+        ran_away = _ran_away(result.x, point)
+        finite = bool(np.all(np.isfinite(result.x)) and np.isfinite(result.fun))
+        if result.success and finite and ran_away is None:
+            return newton_polish(likelihood, result.x, penalty)
+        if max_iter is not None and result.status == 1 and finite:
+            # The caller's iteration limit: where it stopped (the estimator's gradient check
+            # says it is short of the maximum).
+            return result.x
+        attempts.append((result, ran_away))
+    result, ran_away = attempts[0]
+    if ran_away is not None:
+        raise ConvergenceError(f"paretonbd: {ran_away} (from {len(attempts)} starts)")
+    raise ConvergenceError(f"paretonbd: the optimiser did not converge from {len(attempts)} starts "
+                           f"({result.message}); try other initial_params, a larger max_iter or a small penalizer")
+
+
+def _ran_away(point: np.ndarray, start: np.ndarray) -> str | None:
+    """What the parameters that left their start by more than :data:`RUNAWAY` mean, or None."""
+    meaning = {
+        "r": "the purchase rates look the same for every customer, so their spread is not identified",
+        "alpha": "the purchase rates' scale is not identified",
+        "s": "the dropout process is not identified (too few customers stop buying within the data)",
+        "beta": "the dropout process is not identified (too few customers stop buying within the data)",
+    }
+    with np.errstate(all="ignore"):
+        ratio = point / start
+    gone = [(name, value) for name, value, factor in zip(PARAMETERS, point, ratio)
+            if not np.isfinite(value) or factor > RUNAWAY or factor < 1 / RUNAWAY]
+    if not gone:
+        return None
+    names = " and ".join(f"{name} ran away to {value:.3g}" for name, value in gone)
+    reasons = "; ".join(dict.fromkeys(meaning[name] for name, _ in gone))
+    return f"{names}: {reasons}"
+
+
+def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=None, steps: int = 4) -> np.ndarray:
+    """Newton steps from a quasi-Newton result, kept while the objective rises.
+
+    L-BFGS-B stops once the objective changes by less than its tolerance, and on the ridge
+    between r and alpha that can leave the parameters 1e-5 (relative) from the maximum with
+    the log-likelihood equal to 1e-11: a few Newton steps with the finite-difference Hessian
+    the standard errors use reach the maximum to the derivatives' precision.
+    """
+
+    def objective(values):
+        return likelihood(values) - (penalty(values) if penalty is not None else 0.0)
+
+    best, best_value = point, objective(point)
+    for _ in range(steps):
+        gradient, hessian = gradient_and_hessian(objective, best)
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            break
+        candidate = best - step
+        if not np.all(candidate > 0):
+            break
+        value = objective(candidate)
+        if not value > best_value:
+            break
+        best, best_value = candidate, value
+    return best
