@@ -24,13 +24,14 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from ._estimation import ConvergenceError, gradient_and_hessian
+from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, gradient_and_hessian
 
 PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
-# A parameter beyond this factor of its start has run away (to 0 or to infinity): the maximum is
-# on the boundary, where the model degenerates (e.g. nobody drops out).
-RUNAWAY = 1e6
+# When no start reaches a maximum, a parameter beyond this factor of its start is named as
+# having run away (to 0 or to infinity): the likelihood keeps rising towards a boundary where
+# the model degenerates (e.g. nobody drops out).
+RUNAWAY = 1e3
 
 
 class ParetoNBDLikelihood:
@@ -54,14 +55,19 @@ class ParetoNBDLikelihood:
         inside_frequency = self.frequency[self.inside]
         self._at_recency = _pairs(inside_frequency, self.recency[self.inside])
         self._at_age = _pairs(inside_frequency, self.age[self.inside])
+        # Terms of one variable are computed per distinct value (tens of frequencies, hundreds
+        # of ages) and gathered: the transcendental functions run on few values.
+        self._frequencies, self._frequency_of = np.unique(self.frequency, return_inverse=True)
+        self._ages, self._age_of = np.unique(self.age, return_inverse=True)
 
     def per_history(self, params) -> np.ndarray:
         """Each distinct history's log-likelihood at ``params`` = (r, alpha, s, beta)."""
         r, alpha, s, beta = (float(value) for value in params)
-        x, age = self.frequency, self.age
-        common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+        x = self.frequency
+        by_frequency, by_age = self._frequency_of, self._age_of
+        common = (gammaln(r + self._frequencies) - gammaln(r) + r * np.log(alpha) + s * np.log(beta))[by_frequency]
         # Alive at T: no dropout in (0, T].
-        alive = -(r + x) * np.log(alpha + age) - s * np.log(beta + age)
+        alive = -(r + x) * np.log(alpha + self._ages)[by_age] - s * np.log(beta + self._ages)[by_age]
         if not self.inside.any():
             return common + alive
         # A_0 (note 009 eqs. 19-20): with the larger of alpha and beta as the base, 2F1 at
@@ -79,8 +85,9 @@ class ParetoNBDLikelihood:
         # log(e^u - e^v) = u + log(1 - e^(v - u)): lifetimes' signed logsumexp, more exactly.
         log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
         inside = self.inside
+        log_weight = (np.log(s) - np.log(r + s + self._frequencies))[by_frequency[inside]]
         result = common + alive
-        result[inside] += np.logaddexp(0.0, np.log(s) + log_a0 - np.log(r + s + x[inside]) - alive[inside])
+        result[inside] += np.logaddexp(0.0, log_weight + log_a0 - alive[inside])
         return result
 
     def __call__(self, params) -> float:
@@ -130,7 +137,9 @@ def fit(likelihood: ParetoNBDLikelihood, start, penalty=None, tol: float = 1e-7,
         return -value / n_customers if np.isfinite(value) else np.inf
 
     options = {"ftol": tol * 1e-3, "gtol": tol * 1e-2, "maxiter": max_iter or 1000}
-    result = minimize(objective, np.log(np.asarray(start, dtype=np.float64)), method="L-BFGS-B", jac="3-point",
+    # Forward differences (five evaluations a gradient, where central ones take nine): near
+    # the maximum their error is what newton_polish removes.
+    result = minimize(objective, np.log(np.asarray(start, dtype=np.float64)), method="L-BFGS-B", jac="2-point",
                       options=options)
     result.x = np.exp(result.x)
     return result
@@ -165,15 +174,18 @@ def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: flo
     for point in [first, *fallback_starts(first, likelihood.age)]:
         with np.errstate(all="ignore"):
             result = fit(likelihood, point, penalty, tol, max_iter)
-        ran_away = _ran_away(result.x, point)
         finite = bool(np.all(np.isfinite(result.x)) and np.isfinite(result.fun))
-        if result.success and finite and ran_away is None:
-            return newton_polish(likelihood, result.x, penalty)
         if max_iter is not None and result.status == 1 and finite:
             # The caller's iteration limit: where it stopped (the estimator's gradient check
             # says it is short of the maximum).
             return result.x
-        attempts.append((result, ran_away))
+        if finite:
+            with np.errstate(all="ignore"):
+                polished, at_maximum = newton_polish(likelihood, result.x, penalty)
+            if at_maximum:
+                return polished
+            result.x = polished
+        attempts.append((result, _ran_away(result.x, point) if finite else None))
     result, ran_away = attempts[0]
     if ran_away is not None:
         raise ConvergenceError(f"paretonbd: {ran_away} (from {len(attempts)} starts)")
@@ -200,8 +212,11 @@ def _ran_away(point: np.ndarray, start: np.ndarray) -> str | None:
     return f"{names}: {reasons}"
 
 
-def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=None, steps: int = 4) -> np.ndarray:
-    """Newton steps from a quasi-Newton result, kept while the objective rises.
+def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=None,
+                  steps: int = 4) -> tuple[np.ndarray, bool]:
+    """Newton steps from a quasi-Newton result, kept while the objective rises; and whether the
+    point reached is a maximum (the gradient flat per customer, as the estimators check it,
+    and the Hessian negative definite).
 
     L-BFGS-B stops once the objective changes by less than its tolerance, and on the ridge
     between r and alpha that can leave the parameters 1e-5 (relative) from the maximum with
@@ -213,17 +228,23 @@ def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=No
         return likelihood(values) - (penalty(values) if penalty is not None else 0.0)
 
     best, best_value = point, objective(point)
+    gradient, hessian = gradient_and_hessian(objective, best)
     for _ in range(steps):
-        gradient, hessian = gradient_and_hessian(objective, best)
         try:
-            step = np.linalg.solve(hessian, gradient)
+            candidate = best - np.linalg.solve(hessian, gradient)
         except np.linalg.LinAlgError:
             break
-        candidate = best - step
         if not np.all(candidate > 0):
             break
         value = objective(candidate)
         if not value > best_value:
             break
         best, best_value = candidate, value
-    return best
+        gradient, hessian = gradient_and_hessian(objective, best)
+    flat = np.max(np.abs(gradient * best)) / max(float(likelihood.weights.sum()), 1.0) <= RELATIVE_GRADIENT_WARNING
+    try:
+        np.linalg.cholesky(-hessian)
+        negative_definite = True
+    except np.linalg.LinAlgError:
+        negative_definite = False
+    return best, bool(flat and negative_definite and np.isfinite(best_value))
