@@ -37,6 +37,7 @@ from benchmarks.bench_features import RESULTS_DIRECTORY, _version, ensure_log
 from benchmarks.bench_pipeline import (
     Step,
     Workspace,
+    default_candidates,
     init_store,
     latest_run_dir,
     machine_description,
@@ -371,23 +372,12 @@ def parse_spark_conf(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def default_candidates() -> list[str]:
-    """The purchase-model candidates a config gets when it names none (configs/default.yaml's)."""
-    from pipeline.config import PurchaseModelSettings
-
-    return list(PurchaseModelSettings().candidates)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The Spark benchmark's own flags (``--rows``, ``--repeats``, ``--seed``, ``--timeout`` are shared)."""
     parser.add_argument("--spark-master", default="local[*]", help="spark.master of the Spark runs (default local[*])")
     parser.add_argument(
         "--spark-conf", type=parse_spark_conf, action="append", default=[], metavar="KEY=VALUE",
         help="extra spark.* setting for the Spark runs (repeatable); none by default, so the driver memory is Spark's default",
-    )
-    parser.add_argument(
-        "--candidates", type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
-        help="purchase-model candidates of both engines' configs (default: the default config's, all three)",
     )
     parser.add_argument(
         "--with-tracking", action="store_true",
@@ -455,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, help="give up on one run after this many seconds (reported as failed)")
     parser.add_argument("--keep", type=Path, help="keep the configs and outputs in this folder")
+    # (benchmarks.run shares bench_pipeline's --candidates, --rows and --timeout.)
+    parser.add_argument(
+        "--candidates", type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        help="purchase-model candidates of both engines' configs (default: the default config's, all three)",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
