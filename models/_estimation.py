@@ -80,6 +80,13 @@ def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
     return gradient, hessian
 
 
+def relative_gradient_per_customer(gradient, point, n_customers) -> float:
+    """The largest ``theta * dLL/dtheta`` per customer: the change of the log-likelihood per
+    relative change of a parameter, which does not grow with the size of the data. A fit is
+    flat at most :data:`RELATIVE_GRADIENT_WARNING`."""
+    return float(np.max(np.abs(np.asarray(gradient) * np.asarray(point))) / max(n_customers, 1))
+
+
 def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label, penalty=None, derivatives=None):
     """Standard errors, covariance and convergence diagnostics at a fitted maximum.
 
@@ -124,9 +131,7 @@ def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label,
         gradient, hessian = gradient_and_hessian(objective, point)
     else:
         gradient, hessian = (np.asarray(values, dtype=np.float64) for values in derivatives(point))
-    # theta * dLL/dtheta is the change per relative change of a parameter; per
-    # customer it does not grow with the size of the data.
-    relative_gradient = float(np.max(np.abs(gradient * point)) / max(n_customers, 1))
+    relative_gradient = relative_gradient_per_customer(gradient, point, n_customers)
     try:
         # Cholesky both tests for a proper maximum and inverts stably.
         cholesky = np.linalg.cholesky(-hessian)

@@ -10,8 +10,9 @@ Two things make it fast here:
   are far fewer than the histories (7.4k and 3.7k of the 231k above), so 2F1 is evaluated per
   pair and gathered; the rest of the expression is cheap elementwise arithmetic. The pair
   indices depend on the data only and are built once per fit (:class:`ParetoNBDLikelihood`).
-* **A gradient method** on log-parameters (L-BFGS-B, central-difference gradients, from a
-  deterministic start computed from the data), instead of Nelder–Mead: tens of iterations.
+* **A gradient method** on log-parameters (L-BFGS-B, forward-difference gradients, from a
+  deterministic start computed from the data, then Newton steps), instead of Nelder–Mead:
+  tens of iterations.
 
 The log-likelihood is lifetimes' expression (``ParetoNBDFitter._conditional_log_likelihood``),
 exact where recency == T as ``_lifetimes_compat`` workaround 12 makes it: equal to it to
@@ -24,7 +25,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, gradient_and_hessian
+from ._estimation import (
+    RELATIVE_GRADIENT_WARNING,
+    ConvergenceError,
+    gradient_and_hessian,
+    relative_gradient_per_customer,
+)
 
 PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
@@ -158,10 +164,10 @@ def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: flo
              max_iter: int | None = None) -> np.ndarray:
     """The maximum-likelihood parameters (r, alpha, s, beta).
 
-    From ``start`` (default :func:`starting_values`), then, if the optimiser fails or a
-    parameter runs away, from each of :func:`fallback_starts` in turn; the first that ends
-    at a finite interior point is returned (the estimator then checks the gradient and the
-    Hessian there).
+    From ``start`` (default :func:`starting_values`), then, if the optimiser does not end at a
+    maximum (:func:`newton_polish`'s check), from each of :func:`fallback_starts` in turn; the
+    first maximum is returned (the estimator checks the gradient and the Hessian there again,
+    for its diagnostics).
 
     Raises
     ------
@@ -241,7 +247,7 @@ def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=No
             break
         best, best_value = candidate, value
         gradient, hessian = gradient_and_hessian(objective, best)
-    flat = np.max(np.abs(gradient * best)) / max(float(likelihood.weights.sum()), 1.0) <= RELATIVE_GRADIENT_WARNING
+    flat = relative_gradient_per_customer(gradient, best, float(likelihood.weights.sum())) <= RELATIVE_GRADIENT_WARNING
     try:
         np.linalg.cholesky(-hessian)
         negative_definite = True

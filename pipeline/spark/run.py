@@ -400,18 +400,17 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
                               partials: dict[str, dict]) -> dict[str, dict]:
     columns = ["customer_id", "frequency_holdout", "revenue_holdout"]
     columns += [column for name in names for column in _prediction_columns(name)]
+    # Spearman's rho on the customers rank_sample keeps (the ones DuckDB keeps: the same figure).
+    sample = rank_sample_rows(predictions.select(*columns), customers, seed)
     if customers <= EXACT_LIMIT:
-        # Every customer's values, in customer order: exactly DuckDB's figures.
-        frame = rank_sample_rows(predictions.select(*columns), customers, seed)
+        # Every customer's values, in customer order: exactly DuckDB's figures, top decile too.
         return {
             name: backtest_stage.holdout_order_statistics(
-                frame[columns[:3]], *(frame[column] for column in _prediction_columns(name)), seed=seed
+                sample[columns[:3]], *(sample[column] for column in _prediction_columns(name)), seed=seed
             )
             for name in names
         }
-    # Spearman's rho on the customers rank_sample keeps (the ones DuckDB keeps: the same
-    # figure), and the top decile from the exact threshold and the revenue above it.
-    sample = rank_sample_rows(predictions.select(*columns), customers, seed)
+    # The top decile from the exact threshold and the revenue above it.
     share = backtest_stage.TOP_SHARE
     revenues = {name: _prediction_columns(name)[1] for name in names}
     # The top_share_count-th largest predicted revenue of each model, exactly; ties at it are
