@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pipeline.config import Config, FeatureSettings, InputSettings, PeriodSettings, ValidationSettings
 from pipeline.spark.reading import read_transactions
 from pipeline.stages.features import FeaturesResult, resolve_calibration_end
+from pipeline.stages.sorted_log import MICRO_UNITS
 from pipeline.transactions import LogSummary
 
 # Amounts are summed as integer micro-units, as the DuckDB engine sums them
@@ -31,7 +32,6 @@ from pipeline.transactions import LogSummary
 # rounding (for values below 2^52), where Spark's own double-to-decimal cast rounds the
 # shortest decimal string and differs for values such as 133.2532915. Sums of 64-bit integers
 # also keep Spark off its arbitrary-precision decimal sums (DECIMAL(28, 6) buffers).
-_MICROS = 1_000_000
 
 _EPOCH = dt.date(1970, 1, 1)
 _EPOCH_MONDAY = dt.date(1970, 1, 5)
@@ -61,13 +61,13 @@ def period_index_of(date: dt.date, period: PeriodSettings) -> int:
 
 
 def _micros(column: Column) -> Column:
-    """``CAST(CAST(column AS DECIMAL(18, 6)) * 1e6 AS BIGINT)`` as DuckDB computes it (see :data:`_MICROS`)."""
-    return F.round(column * float(_MICROS)).cast("long")
+    """``CAST(CAST(column AS DECIMAL(18, 6)) * 1e6 AS BIGINT)`` as DuckDB computes it (see the note above)."""
+    return F.round(column * float(MICRO_UNITS)).cast("long")
 
 
 def _money(micros: Column) -> Column:
     """Micro-units as a double: ``pipeline.stages.sorted_log``'s ``_as_money``."""
-    return micros.cast("double") / float(_MICROS)
+    return micros.cast("double") / float(MICRO_UNITS)
 
 
 def _calibration_table(
