@@ -448,7 +448,10 @@ def plot_clv_distribution(clv: pd.Series, cuts: dict[str, float], path: str | Pa
 
     figure = _new_figure()
     axes = figure.add_subplot()
-    axes.hist(np.clip(values, low, upper), bins=60, range=(low, upper), color="tab:blue", alpha=0.8)
+    # Counted by numpy and drawn as steps: Axes.hist on every customer's value spent a second
+    # per 3.6M customers in its own bookkeeping for the same 60 counts.
+    counts, edges = np.histogram(np.clip(values, low, upper), bins=60, range=(low, upper))
+    axes.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)
     axes.set_yscale("log")
     axes.set_xlim(low, upper)
     colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"]

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from models import CustomerHistories
 
@@ -49,13 +49,27 @@ def rank_sample(customer_ids: Any, customers: int, seed: int = 0) -> np.ndarray:
     return hashed < np.uint64(int(RANK_SAMPLE / customers * 2.0**64))
 
 
-def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman's rho of two columns (NaN for fewer than two rows); see :func:`rank_sample` for
-    the rows it is given at scale."""
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), the ranks Spearman's rho correlates."""
+    return rankdata(np.asarray(values, dtype=float))
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray, first_ranks: np.ndarray | None = None) -> float:
+    """Spearman's rho of two columns (NaN for fewer than two rows, or where a column is constant);
+    see :func:`rank_sample` for the rows it is given at scale.
+
+    ``first_ranks``: :func:`ranks` of ``first``, when the caller correlates one column with
+    several (the holdout's actual purchases with every candidate's predictions): ranking is a
+    sort, most of the cost.
+    """
     first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if len(first) < 2:
         return float("nan")
-    return float(spearmanr(first, second).statistic)
+    if first_ranks is None:
+        first_ranks = ranks(first)
+    # Pearson's r of the average ranks: Spearman's rho with ties, as scipy's spearmanr computes it.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.corrcoef(first_ranks, ranks(second))[0, 1])
 
 
 def customer_ids(table: pd.DataFrame) -> pd.Series | pd.Index:
@@ -147,12 +161,42 @@ def holdout_partial(
     return _partial(_holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend))
 
 
-def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | None = None) -> dict[str, float]:
-    customers = len(columns.actual_purchases) if drawn_from is None else drawn_from
-    sample = rank_sample(columns.customer_ids, customers, seed)
+class HoldoutActuals(NamedTuple):
+    """What every model's holdout order statistics share: which customers Spearman's rho is
+    estimated on and the ranks of their actual holdout purchases and revenue. Computed once
+    per backtest (:func:`holdout_actuals`) instead of once per candidate."""
+
+    sample: np.ndarray
+    purchases_ranks: np.ndarray
+    revenue_ranks: np.ndarray
+
+
+def holdout_actuals(calibration: pd.DataFrame, seed: int = 0, drawn_from: int | None = None) -> HoldoutActuals:
+    """The :class:`HoldoutActuals` of a calibration table's customers (``seed``, ``drawn_from``:
+    see :func:`holdout_order_statistics`)."""
+    return _actuals(customer_ids(calibration), calibration["frequency_holdout"].to_numpy(dtype=float),
+                    calibration["revenue_holdout"].to_numpy(dtype=float), seed, drawn_from)
+
+
+def _actuals(ids: Any, actual_purchases: np.ndarray, actual_revenue: np.ndarray, seed: int,
+             drawn_from: int | None) -> HoldoutActuals:
+    customers = len(actual_purchases) if drawn_from is None else drawn_from
+    sample = rank_sample(ids, customers, seed)
+    return HoldoutActuals(sample, ranks(actual_purchases[sample]), ranks(actual_revenue[sample]))
+
+
+def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | None = None,
+                      actuals: HoldoutActuals | None = None) -> dict[str, float]:
+    if actuals is None:
+        actuals = _actuals(columns.customer_ids, columns.actual_purchases, columns.actual_revenue, seed, drawn_from)
+    sample = actuals.sample
     return {
-        "purchases_spearman": rank_correlation(columns.actual_purchases[sample], columns.predicted_purchases[sample]),
-        "revenue_spearman": rank_correlation(columns.actual_revenue[sample], columns.predicted_revenue[sample]),
+        "purchases_spearman": rank_correlation(
+            columns.actual_purchases[sample], columns.predicted_purchases[sample], actuals.purchases_ranks
+        ),
+        "revenue_spearman": rank_correlation(
+            columns.actual_revenue[sample], columns.predicted_revenue[sample], actuals.revenue_ranks
+        ),
         "top_decile_revenue_capture": top_share_capture(columns.actual_revenue, columns.predicted_revenue),
     }
 
@@ -281,6 +325,7 @@ def holdout_metrics(
     predicted_revenue: pd.Series,
     predicted_spend: pd.Series | None = None,
     seed: int = 0,
+    actuals: HoldoutActuals | None = None,
 ) -> dict[str, float]:
     """Per-customer and aggregate errors of holdout predictions.
 
@@ -300,25 +345,30 @@ def holdout_metrics(
     seed : int
         Seeds the sample Spearman's rho is estimated on at scale (:func:`rank_sample`; the
         pipeline passes the config's ``seed``).
+    actuals : HoldoutActuals, optional
+        :func:`holdout_actuals` of ``calibration`` with the same ``seed``, when several models
+        are scored on it.
     """
     columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend)
-    order_statistics = _order_statistics(columns, seed)
+    order_statistics = _order_statistics(columns, seed, actuals=actuals)
     return finish_holdout_metrics(_partial(columns), order_statistics)
 
 
 def backtest_model(
     calibration: pd.DataFrame, purchase_model: Any, spend_model: Any, histories: CustomerHistories | None = None,
-    seed: int = 0,
+    seed: int = 0, expected_spend: pd.Series | None = None, actuals: HoldoutActuals | None = None,
 ) -> dict[str, float]:
     """Metrics of a purchase model (with the spend model) fitted on ``calibration``.
 
     ``histories``: ``calibration`` grouped (``models.group_histories``), when the caller has
-    them; ``seed``: see :func:`holdout_metrics`.
+    them; ``seed``, ``actuals``: see :func:`holdout_metrics`; ``expected_spend``: the spend
+    model's ``expected_spend(calibration)``, when the caller scores several purchase models
+    with one spend model.
     """
     horizon = float(calibration["duration_holdout"].iloc[0])
     purchases = purchase_model.expected_purchases(calibration if histories is None else histories, horizon)
-    spend = spend_model.expected_spend(calibration)
-    return holdout_metrics(calibration, purchases, purchases * spend, spend, seed=seed)
+    spend = spend_model.expected_spend(calibration) if expected_spend is None else expected_spend
+    return holdout_metrics(calibration, purchases, purchases * spend, spend, seed=seed, actuals=actuals)
 
 
 def rank_models(metrics_by_model: dict[str, dict[str, float]], metric: str) -> list[str]:

@@ -232,13 +232,19 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     is left out as one that cannot fit. ``histories``: ``calibration`` grouped
     (:func:`group_customers`), when the caller has them."""
     from models.historical import naive_holdout_forecast
-    from pipeline.stages.backtest import backtest_model, holdout_metrics, select_model
+    from pipeline.stages.backtest import backtest_model, holdout_actuals, holdout_metrics, select_model
 
+    # One spend prediction and one ranking of the actual holdout for every candidate.
+    actuals = holdout_actuals(calibration, seed)
+    try:
+        spend = fitted.spend.expected_spend(calibration)
+    except Exception:  # noqa: BLE001 - each candidate then fails on it with its reason, below
+        spend = None
     metrics = {}
     for name, model in list(fitted.purchase.items()):
         try:
             with np.errstate(all="ignore"):
-                metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed)
+                metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed, spend, actuals)
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]
@@ -248,7 +254,7 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     fitted.selected = selected
     naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
     metrics["historical_baseline"] = holdout_metrics(
-        calibration, naive["predicted_purchases"], naive["predicted_revenue"], seed=seed
+        calibration, naive["predicted_purchases"], naive["predicted_revenue"], seed=seed, actuals=actuals
     )
     return Backtest(fitted, metrics, selected, reason)
 

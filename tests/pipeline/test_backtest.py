@@ -59,6 +59,23 @@ def test_rank_correlation_is_spearmans_rho():
     second = first + rng.normal(size=50_000)
     assert backtest.rank_correlation(first, second) == pytest.approx(spearmanr(first, second).statistic, abs=1e-12)
     assert np.isnan(backtest.rank_correlation(first[:1], second[:1]))
+    # Ties (holdout purchases are small counts) and the first column's ranks given by the caller.
+    counts = rng.poisson(0.7, size=50_000).astype(float)
+    expected = spearmanr(counts, second).statistic
+    assert backtest.rank_correlation(counts, second) == pytest.approx(expected, abs=1e-12)
+    assert backtest.rank_correlation(counts, second, backtest.ranks(counts)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_holdout_metrics_are_the_same_with_shared_actuals(cdnow_sample_calibration_features):
+    from models import BetaGeoModel
+    from pipeline.stages import backtest
+
+    calibration = cdnow_sample_calibration_features
+    purchases = BetaGeoModel().fit(calibration).expected_purchases(calibration, 39.0)
+    alone = backtest.holdout_metrics(calibration, purchases, purchases * 3.0, seed=7)
+    shared = backtest.holdout_metrics(calibration, purchases, purchases * 3.0, seed=7,
+                                      actuals=backtest.holdout_actuals(calibration, seed=7))
+    assert shared == alone
 
 
 @pytest.mark.parametrize("ids", [
