@@ -17,6 +17,11 @@ Two things make it fast here:
 The log-likelihood is lifetimes' expression (``ParetoNBDFitter._conditional_log_likelihood``),
 exact where recency == T as ``_lifetimes_compat`` workaround 12 makes it: equal to it to
 rounding (tested), so the optimum is lifetimes' maximum, found sooner and more tightly.
+
+With static covariates alpha and beta differ by design pattern (:mod:`models.covariates`):
+:meth:`ParetoNBDLikelihood.per_history_by_pattern` evaluates the same expression with each
+history's own alpha and beta, 2F1 once per distinct (pattern, frequency, recency) and
+(pattern, frequency, T); :func:`probability_alive` is its P(alive) for per-row parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._estimation import (
     gradient_and_hessian,
     relative_gradient_per_customer,
 )
+from ._validation import group_rows
 
 PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
@@ -49,9 +55,11 @@ class ParetoNBDLikelihood:
         Distinct ``(frequency, recency, T)`` histories (float64).
     weights : numpy.ndarray
         Customers per history.
+    pattern : numpy.ndarray of int, optional
+        Each history's design pattern, for :meth:`per_history_by_pattern`.
     """
 
-    def __init__(self, frequency, recency, age, weights):
+    def __init__(self, frequency, recency, age, weights, pattern=None):
         self.frequency = np.asarray(frequency, dtype=np.float64)
         self.recency = np.asarray(recency, dtype=np.float64)
         self.age = np.asarray(age, dtype=np.float64)
@@ -65,6 +73,13 @@ class ParetoNBDLikelihood:
         # of ages) and gathered: the transcendental functions run on few values.
         self._frequencies, self._frequency_of = np.unique(self.frequency, return_inverse=True)
         self._ages, self._age_of = np.unique(self.age, return_inverse=True)
+        self.pattern = None if pattern is None else np.asarray(pattern, dtype=np.intp)
+        if self.pattern is not None:
+            inside_pattern = self.pattern[self.inside]
+            self._by_pattern_at = tuple(
+                _triples(inside_pattern, inside_frequency, times)
+                for times in (self.recency[self.inside], self.age[self.inside])
+            )
 
     def per_history(self, params) -> np.ndarray:
         """Each distinct history's log-likelihood at ``params`` = (r, alpha, s, beta)."""
@@ -99,6 +114,86 @@ class ParetoNBDLikelihood:
     def __call__(self, params) -> float:
         """The total log-likelihood: every customer's, summed."""
         return float(np.dot(self.weights, self.per_history(params)))
+
+    def per_history_by_pattern(self, r, alpha, s, beta) -> np.ndarray:
+        """Each distinct history's log-likelihood when alpha and beta are per design pattern.
+
+        ``alpha`` and ``beta`` are arrays with one value per pattern (the ``pattern`` given
+        at construction indexes them); ``r`` and ``s`` are shared. The expression of
+        :meth:`per_history`, term by term, with each history's own alpha and beta.
+        """
+        if self.pattern is None:
+            raise ValueError("per_history_by_pattern needs the histories' patterns at construction")
+        alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+        x, age = self.frequency, self.age
+        own_alpha, own_beta = alpha[self.pattern], beta[self.pattern]
+        common = gammaln(r + x) - gammaln(r) + r * np.log(own_alpha) + s * np.log(own_beta)
+        alive = -(r + x) * np.log(own_alpha + age) - s * np.log(own_beta + age)
+        result = common + alive
+        if not self.inside.any():
+            return result
+
+        def log_term(triples: _Triples) -> np.ndarray:
+            pair_pattern, pair_x, pair_t = triples.values
+            return _log_a0_term(r, s, pair_x, pair_t, alpha[pair_pattern], beta[pair_pattern])[triples.inverse]
+
+        at_recency, at_age = (log_term(triples) for triples in self._by_pattern_at)
+        log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
+        inside = self.inside
+        log_weight = np.log(s) - np.log(r + s + x[inside])
+        result[inside] += np.logaddexp(0.0, log_weight + log_a0 - alive[inside])
+        return result
+
+
+def _log_a0_term(r, s, x, t, alpha, beta):
+    """log of one of A_0's two terms (note 009 eqs. 19-20) at time ``t``, elementwise in
+    ``alpha`` and ``beta``: 2F1 over its base (the larger of alpha and beta) to the power
+    r + s + x, as :meth:`ParetoNBDLikelihood.per_history` takes it."""
+    alpha_larger = alpha >= beta
+    base = np.where(alpha_larger, alpha, beta)
+    gap = np.abs(alpha - beta)
+    total = r + s + x
+    second = np.where(alpha_larger, s + 1.0, r + x)
+    return np.log(hyp2f1(total, second, total + 1.0, gap / (base + t))) - total * np.log(base + t)
+
+
+def probability_alive(r, alpha, s, beta, frequency, recency, age) -> np.ndarray:
+    """Pareto/NBD P(alive at T | history) with per-row ``alpha`` and ``beta`` (arrays like
+    ``frequency``), for models with covariates.
+
+    Fader & Hardie, note 009 eqs. 36-37: 1 / (1 + s / (r + s + x) (alpha + T)^(r + x)
+    (beta + T)^s A_0), computed as lifetimes' ``conditional_probability_alive``; exactly 1
+    where recency == T, where A_0 is 0 (``_lifetimes_compat`` workaround 12).
+    """
+    x, recency, age = (np.asarray(v, dtype=np.float64) for v in (frequency, recency, age))
+    alpha, beta = np.broadcast_to(alpha, x.shape), np.broadcast_to(beta, x.shape)
+    alive = np.ones(len(x))
+    inside = recency < age
+    if inside.any():
+        xi, ai, bi = x[inside], alpha[inside], beta[inside]
+        at_recency = _log_a0_term(r, s, xi, recency[inside], ai, bi)
+        at_age = _log_a0_term(r, s, xi, age[inside], ai, bi)
+        log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
+        exponent = (np.log(s) - np.log(r + s + xi) + (r + xi) * np.log(ai + age[inside])
+                    + s * np.log(bi + age[inside]) + log_a0)
+        alive[inside] = 1.0 / (1.0 + np.exp(exponent))
+    return alive
+
+
+class _Triples:
+    __slots__ = ("inverse", "values")
+
+    def __init__(self, values, inverse):
+        self.values = values
+        self.inverse = inverse
+
+
+def _triples(pattern: np.ndarray, first: np.ndarray, second: np.ndarray) -> _Triples:
+    """Distinct ``(pattern, first, second)`` rows, and each row's position among them."""
+    if len(first) == 0:
+        return _Triples((np.empty(0, dtype=np.intp), np.empty(0), np.empty(0)), np.empty(0, dtype=np.intp))
+    (patterns, firsts, seconds), inverse = group_rows([pattern, first, second])
+    return _Triples((patterns, firsts, seconds), inverse)
 
 
 class _Pairs:

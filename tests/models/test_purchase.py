@@ -535,7 +535,7 @@ def test_unfitted_model_refuses_to_predict(features, name, predict):
 def test_get_params_set_params_and_clone_round_trip():
     model = ParetoNBDModel(penalizer=0.1, tol=1e-6, max_iter=500)
     params = model.get_params()
-    assert params == {"penalizer": 0.1, "initial_params": None, "tol": 1e-6, "max_iter": 500}
+    assert params == {"penalizer": 0.1, "initial_params": None, "tol": 1e-6, "max_iter": 500, "covariates": None}
     copy = ParetoNBDModel().set_params(**params)
     assert copy.get_params() == params
     assert clone(model).get_params() == params
