@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import digamma, expit, gammaln
 
+from . import _optimum
+
 PARAMETERS = ("r", "alpha", "a", "b")
 
 
@@ -155,3 +157,53 @@ class BetaGeometricLikelihood:
     def __call__(self, params) -> float:
         """The total log-likelihood: every customer's, summed."""
         return self.value_and_gradient(params)[0]
+
+
+OPTIMIZER = "L-BFGS-B on log-parameters (own {model} likelihood with its analytic gradient)"
+# The parameters the fallback starts move (models/_optimum.py): the purchase rates' scale and
+# b, which sets how many purchases a customer survives on average.
+SCALES = (False, True, False, True)
+# What each parameter running away (to 0 or to infinity) says about the data: b -> infinity
+# or a -> 0 is a dropout probability of 0 after every purchase, nobody drops out.
+RUNAWAY_MEANINGS = {
+    "r": "the purchase rates look the same for every customer, so their spread is not identified",
+    "alpha": "the purchase rates' scale is not identified",
+    "a": "dropout is not identified (too few customers stop buying within the data)",
+    "b": "dropout is not identified (too few customers stop buying within the data)",
+}
+
+
+def starting_values(frequency, recency, age, weights) -> np.ndarray:
+    """A deterministic start from the data's moments: unit shapes (r = a = 1), the purchase
+    rate's scale from the purchases per unit of time observed (alpha = sum T / sum x), and
+    b = 1 + mean x: a mean dropout probability a / (a + b) of one per the purchases the mean
+    customer made, as if the data saw about one dropout per customer."""
+    mean_frequency, _, alpha = _optimum.moments(frequency, age, weights)
+    return np.array([1.0, alpha, 1.0, 1.0 + mean_frequency])
+
+
+def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
+    """Where to start again when the first start fails or runs away: lifetimes' own start
+    (every log-parameter 0.1 in its time unit, where the oldest customer's age is 1), then the
+    first start's alpha and b ten times larger and smaller. Bounded: four starts in all."""
+    lifetimes_start = np.exp(0.1) * np.array([1.0, float(np.max(age)), 1.0, 1.0])
+    return _optimum.fallback_starts(start, lifetimes_start, SCALES)
+
+
+def maximise(likelihood: BetaGeometricLikelihood, start=None, penalty=None, tol: float = 1e-7,
+             max_iter: int | None = None) -> np.ndarray:
+    """The maximum-likelihood parameters (r, alpha, a, b).
+
+    From ``start`` (default :func:`starting_values`), then from each of :func:`fallback_starts`
+    until one ends at a maximum (:func:`models._optimum.maximise`, with the analytic gradient).
+
+    Raises
+    ------
+    ConvergenceError
+        When every start fails, naming the parameter that ran away and what that means.
+    """
+    first = starting_values(likelihood.frequency, likelihood.recency, likelihood.age, likelihood.weights)
+    first = first if start is None else np.asarray(start, dtype=np.float64)
+    model_name = "mbgnbd" if likelihood.modified else "bgnbd"
+    return _optimum.maximise(likelihood, [first, *fallback_starts(first, likelihood.age)], model_name, PARAMETERS,
+                             RUNAWAY_MEANINGS, penalty, tol, max_iter)

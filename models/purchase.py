@@ -2,11 +2,15 @@
 
 Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
 in a common time unit such as weeks) and answers questions about future
-purchases in that unit. Fitting and most closed forms come from lifetimes,
-wrapped in ``_lifetimes_compat.py``, but Pareto/NBD's fit, which is our own
-(``_pareto_nbd.py``: lifetimes' likelihood evaluated once per distinct pair,
-a gradient method; the same maximum, tested); everything is computed once per unique
-(frequency, recency, T) row and joined back to the customer index. Every method
+purchases in that unit. Every fit is our own: lifetimes' likelihoods, evaluated
+once per distinct history (BG/NBD and MBG/NBD in ``_beta_geometric.py``, with
+their analytic gradient; Pareto/NBD in ``_pareto_nbd.py``, 2F1 once per distinct
+pair) and maximised by one optimiser (``_optimum.py``: L-BFGS-B on log-parameters
+from a start computed from the data, Newton steps, bounded fallback starts),
+reaching lifetimes' maxima (tested) in a fraction of its time. Most closed-form
+predictions come from lifetimes, wrapped in ``_lifetimes_compat.py``. Everything
+is computed once per unique (frequency, recency, T) row and joined back to the
+customer index. Every method
 that reads customers takes a features table or, to group the customers only once
 for many calls, their :class:`~models.histories.CustomerHistories`.
 
@@ -33,7 +37,7 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _lifetimes_compat, _pareto_nbd
+from . import _beta_geometric, _lifetimes_compat, _pareto_nbd
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import check_count, check_horizon
 from .histories import as_histories
@@ -58,13 +62,15 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         estimate.
     initial_params : dict of str to float, optional
         Starting values for the optimiser, in the time unit of the features.
-        Defaults to lifetimes' starting values, made deterministic.
+        Defaults to a deterministic start computed from the data (each
+        model's ``starting_values``), with bounded fallback starts.
     tol : float, default 1e-7
-        Tolerance passed to ``scipy.optimize.minimize`` (BFGS gradient
-        tolerance for BG/NBD and MBG/NBD; for Pareto/NBD, L-BFGS-B's on the
-        per-customer objective, scaled: see ``_pareto_nbd.fit``).
+        Tolerance of L-BFGS-B on the per-customer objective, scaled (see
+        ``_optimum.fit``); Newton steps then polish the maximum.
     max_iter : int, optional
-        Iteration limit of the optimiser; None keeps lifetimes' default.
+        Iteration limit of L-BFGS-B; None keeps 1000. A fit that reaches it
+        stops there, with a ConvergenceWarning and ``convergence_["converged"]``
+        False.
 
     Attributes
     ----------
@@ -84,10 +90,9 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
     n_unique_rows_ : int
         Distinct (frequency, recency, T) rows, the size of the likelihood sum.
     convergence_ : dict
-        Optimiser name, the tolerance that succeeded (looser than ``tol`` if
-        the first attempt ended in precision loss), relative gradient per
-        customer at the fit, whether the Hessian is negative definite, and an
-        overall ``converged`` flag.
+        Optimiser name, the tolerance used, relative gradient per customer at
+        the fit, whether the Hessian is negative definite, and an overall
+        ``converged`` flag.
     """
 
     def fit(self, features, y=None):
@@ -134,30 +139,18 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
         return self
 
-    @property
-    def _optimizer(self) -> str:
-        return _lifetimes_compat.OPTIMIZERS[str(self.model_name)]
+    # The optimiser's name in convergence_, set by each model.
+    _optimizer = ""
 
     def _maximise(self, frequency, recency, age, counts, penalty):
         """The maximum of the (penalized) likelihood of distinct histories weighted by ``counts``:
         ``(params, tol_used, log_likelihood)``, the last the total log-likelihood as a function
-        of the parameter vector. lifetimes' optimiser here; a model may have its own."""
-        params, tol_used = _lifetimes_compat.fit_purchase_model(
-            self.model_name,
-            frequency,
-            recency,
-            age,
-            counts,
-            penalizer=self.penalizer,
-            initial_params=self.initial_params,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        )
+        of the parameter vector. Each model has its own."""
+        raise NotImplementedError
 
-        def log_likelihood(values):
-            return _lifetimes_compat.total_log_likelihood(self.model_name, values, frequency, recency, age, counts)
-
-        return params, tol_used, log_likelihood
+    def _start(self):
+        """``initial_params`` as a vector in the order of ``parameter_names``, or None."""
+        return None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
 
     def _per_unique_history(self, features, compute, name):
         """Evaluate ``compute(frequency, recency, T)`` once per unique row, one value per customer.
@@ -344,6 +337,15 @@ class _BetaGeometricModel(_PurchaseModel):
     # alive at T: x for BG/NBD, x + 1 for MBG/NBD (which adds one at time 0).
     _dropout_opportunities_offset = 0
 
+    def _maximise(self, frequency, recency, age, counts, penalty):
+        # Our own likelihood with its analytic gradient (models/_beta_geometric.py): lifetimes'
+        # maximum, without its autograd gradients and Hessian.
+        likelihood = _beta_geometric.BetaGeometricLikelihood(
+            frequency, recency, age, counts, modified=self._dropout_opportunities_offset == 1
+        )
+        point = _beta_geometric.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
+        return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
+
     def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
         # Given alive at T, the history's likelihood factorises into
         # lambda^x exp(-lambda T) (1 - p)^k with k surviving dropout
@@ -378,6 +380,7 @@ class BetaGeoModel(_BetaGeometricModel):
     model_name = "bgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 0
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="BG/NBD")
 
 
 class ModifiedBetaGeoModel(_BetaGeometricModel):
@@ -391,6 +394,7 @@ class ModifiedBetaGeoModel(_BetaGeometricModel):
     model_name = "mbgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 1
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="MBG/NBD")
 
 
 class ParetoNBDModel(_PurchaseModel):
@@ -410,8 +414,7 @@ class ParetoNBDModel(_PurchaseModel):
         # Our own likelihood and optimiser (models/_pareto_nbd.py): lifetimes' maximum, found
         # in a fraction of Nelder-Mead's time.
         likelihood = _pareto_nbd.ParetoNBDLikelihood(frequency, recency, age, counts)
-        start = None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
-        point = _pareto_nbd.maximise(likelihood, start, penalty, tol=self.tol, max_iter=self.max_iter)
+        point = _pareto_nbd.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
         return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
 
     def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
