@@ -105,7 +105,7 @@ def patterns_of(design) -> tuple[np.ndarray, np.ndarray]:
 
 
 def maximise(log_likelihood, start, real_line, n_customers, penalty=None, tol=1e-7, max_iter=None,
-             derivatives=None, model_label="model"):
+             gradient=None, derivatives=None, model_label="model"):
     """The maximum of ``log_likelihood`` (minus ``penalty``) from ``start``.
 
     Parameters
@@ -121,9 +121,12 @@ def maximise(log_likelihood, start, real_line, n_customers, penalty=None, tol=1e
         any size.
     penalty : callable, optional
         Subtracted from the log-likelihood (a function of the full vector).
+    gradient : callable, optional
+        The gradient of the penalized objective in the natural scale, for a model that has it
+        in closed form; default forward differences.
     derivatives : callable, optional
-        The gradient and Hessian of the penalized objective in the natural scale, for a model
-        that has them in closed form; default finite differences.
+        The gradient and Hessian of the penalized objective, for the Newton steps; default
+        finite differences of the objective.
 
     Returns
     -------
@@ -157,13 +160,15 @@ def maximise(log_likelihood, start, real_line, n_customers, penalty=None, tol=1e
         return -value / n_customers if np.isfinite(value) else np.inf
 
     jac: object = "2-point"
-    if derivatives is not None:
+    if gradient is not None:
         def minimised_with_gradient(u):
             values = natural(u)
             value = objective_of(values) if np.all(np.isfinite(values)) else np.nan
             if not np.isfinite(value):
                 return np.inf, np.zeros_like(u)
-            derivative = np.asarray(derivatives(values)[0], dtype=np.float64)
+            derivative = np.asarray(gradient(values), dtype=np.float64)
+            if not np.all(np.isfinite(derivative)):
+                return np.inf, np.zeros_like(u)
             # Chain rule through the log of the positive parameters.
             derivative = np.where(positive, derivative * values, derivative)
             return -value / n_customers, -derivative / n_customers
@@ -183,6 +188,38 @@ def maximise(log_likelihood, start, real_line, n_customers, penalty=None, tol=1e
                                "try fewer covariates or a small penalizer")
     with np.errstate(all="ignore"):
         return newton_polish(objective_of, point, real_line, n_customers, derivatives)
+
+
+def hessian_from_gradient(gradient, point, real_line, relative_step=1e-6) -> np.ndarray:
+    """The Hessian by central differences of an analytic ``gradient``, symmetrised: first
+    differences carry the rounding of the gradient over the step, where second differences
+    of the log-likelihood carry its rounding over the squared step. Steps are relative for
+    positive parameters and absolute near 0 for coefficients (``real_line``)."""
+    point = np.asarray(point, dtype=np.float64)
+    real_line = np.asarray(real_line, dtype=bool)
+    steps = relative_step * np.where(real_line, np.maximum(1.0, np.abs(point)), np.abs(point))
+    columns = []
+    for index, step in enumerate(steps):
+        moved = point.copy()
+        moved[index] += step
+        forward = np.asarray(gradient(moved), dtype=np.float64)
+        moved[index] -= 2 * step
+        backward = np.asarray(gradient(moved), dtype=np.float64)
+        columns.append((forward - backward) / (2 * step))
+    hessian = np.column_stack(columns)
+    return (hessian + hessian.T) / 2
+
+
+def penalty_gradient(penalty, values) -> np.ndarray:
+    """Central differences of a quadratic ``penalty`` (exact but for rounding), with absolute
+    steps where a value is 0 (a coefficient the penalty does not read)."""
+    values = np.asarray(values, dtype=np.float64)
+    gradient = np.empty(len(values))
+    for index in range(len(values)):
+        step = np.zeros(len(values))
+        step[index] = 1e-4 * max(abs(values[index]), 1.0)
+        gradient[index] = (penalty(values + step) - penalty(values - step)) / (2 * step[index])
+    return gradient
 
 
 def newton_polish(objective, point, real_line, n_customers, derivatives=None, steps=6) -> tuple[np.ndarray, bool]:

@@ -1,11 +1,19 @@
 """Every workaround for lifetimes, each with what breaks and on which versions.
 
-lifetimes (0.11.3, the last release, unmaintained since 2020) is the fitting
-engine and the source of most closed-form predictions for the purchase models.
-The estimators in ``purchase.py`` never touch a lifetimes object: they call the
-functions here, which take plain arrays and a dict of parameters in the
-features' time unit, and return plain arrays. The problems worked around, as
-seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
+lifetimes (0.11.3, the last release, unmaintained since 2020) is the source of
+most closed-form predictions for the purchase models, and the reference their
+fits are tested and benchmarked against. The estimators in ``purchase.py``
+never touch a lifetimes object: they call the functions here, which take plain
+arrays and a dict of parameters in the features' time unit, and return plain
+arrays. The estimators fit with our own likelihoods and optimiser
+(``_beta_geometric.py``, ``_pareto_nbd.py``, ``_optimum.py``), so the
+workarounds of lifetimes' fitters (2, 3, 4, 5, 9, 11) apply only to
+:func:`fit_purchase_model` and :func:`total_log_likelihood`, kept for the
+tests and benchmarks that compare with lifetimes; the estimators keep
+lifetimes' penalty (:func:`penalty`, whose scale workarounds 5 and 9 explain).
+The problems
+worked around, as seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and
+scipy 1.17:
 
 1. Import side effects. ``lifetimes/fitters/__init__.py`` calls
    ``warnings.simplefilter("ignore", FutureWarning)`` for the whole process,
@@ -136,12 +144,6 @@ PARAMETER_NAMES = {
 }
 # Parameters measured in units of time; lifetimes rescales them with the data.
 TIME_PARAMETERS = {"bgnbd": ("alpha",), "mbgnbd": ("alpha",), "paretonbd": ("alpha", "beta")}
-OPTIMIZERS = {
-    "bgnbd": "BFGS on log-parameters (lifetimes BetaGeoFitter)",
-    "mbgnbd": "BFGS on log-parameters (lifetimes ModifiedBetaGeoFitter)",
-    # Only for comparisons: the estimator fits Pareto/NBD with models/_pareto_nbd.py.
-    "paretonbd": "Nelder-Mead (lifetimes ParetoNBDFitter)",
-}
 # Workaround 3: each retry after a precision-loss failure loosens tol by this
 # factor, but never beyond the flatness the estimators require afterwards.
 PRECISION_LOSS_TOL_FACTOR = 1e3
@@ -171,6 +173,8 @@ def _lifetimes_time_scale(age):
 
 def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, initial_params, tol, max_iter):
     """Fit a purchase model with lifetimes on unique rows weighted by their counts.
+
+    The reference the estimators' own fits are compared with (tests, benchmarks).
 
     Parameters
     ----------

@@ -12,7 +12,9 @@ Two things make it fast here:
   indices depend on the data only and are built once per fit (:class:`ParetoNBDLikelihood`).
 * **A gradient method** on log-parameters (L-BFGS-B, forward-difference gradients, from a
   deterministic start computed from the data, then Newton steps), instead of Nelder–Mead:
-  tens of iterations.
+  tens of iterations. The optimiser, its fallback starts and its account of a parameter that
+  ran away are shared with BG/NBD and MBG/NBD (``_optimum.py``); what is Pareto/NBD's own is
+  here: the likelihood, the start, and what each parameter running away means.
 
 The log-likelihood is lifetimes' expression (``ParetoNBDFitter._conditional_log_likelihood``),
 exact where recency == T as ``_lifetimes_compat`` workaround 12 makes it: equal to it to
@@ -27,23 +29,22 @@ history's own alpha and beta, 2F1 once per distinct (pattern, frequency, recency
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from ._estimation import (
-    RELATIVE_GRADIENT_WARNING,
-    ConvergenceError,
-    gradient_and_hessian,
-    relative_gradient_per_customer,
-)
+from . import _optimum
 from ._validation import group_rows
 
 PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
-# When no start reaches a maximum, a parameter beyond this factor of its start is named as
-# having run away (to 0 or to infinity): the likelihood keeps rising towards a boundary where
-# the model degenerates (e.g. nobody drops out).
-RUNAWAY = 1e3
+# The scale parameters, which the fallback starts move (models/_optimum.py).
+SCALES = (False, True, False, True)
+# What each parameter running away (to 0 or to infinity) says about the data.
+RUNAWAY_MEANINGS = {
+    "r": "the purchase rates look the same for every customer, so their spread is not identified",
+    "alpha": "the purchase rates' scale is not identified",
+    "s": "the dropout process is not identified (too few customers stop buying within the data)",
+    "beta": "the dropout process is not identified (too few customers stop buying within the data)",
+}
 
 
 class ParetoNBDLikelihood:
@@ -216,34 +217,8 @@ def starting_values(frequency, recency, age, weights) -> np.ndarray:
     """A deterministic start from the data's moments: unit shapes (r = s = 1), the purchase
     rate's scale from the purchases per unit of time observed (alpha = sum T / sum x), the
     dropout rate's from the mean age (beta = mean T: about one dropout per observed lifetime)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    purchases = float(np.dot(weights, frequency))
-    exposure = float(np.dot(weights, age))
-    mean_age = exposure / float(weights.sum())
-    alpha = exposure / max(purchases, 1.0)
+    _, mean_age, alpha = _optimum.moments(frequency, age, weights)
     return np.array([1.0, alpha, 1.0, max(mean_age, 1e-3)])
-
-
-def fit(likelihood: ParetoNBDLikelihood, start, penalty=None, tol: float = 1e-7, max_iter: int | None = None):
-    """Maximise ``likelihood`` (minus ``penalty``, a function of the parameters) from ``start``,
-    on log-parameters. Returns scipy's result, with ``x`` on the natural scale."""
-    n_customers = float(likelihood.weights.sum())
-
-    def objective(log_values):
-        values = np.exp(log_values)
-        if not np.all(np.isfinite(values)):
-            return np.inf
-        value = likelihood(values) - (penalty(values) if penalty is not None else 0.0)
-        # Per customer, so tolerances mean the same at any size.
-        return -value / n_customers if np.isfinite(value) else np.inf
-
-    options = {"ftol": tol * 1e-3, "gtol": tol * 1e-2, "maxiter": max_iter or 1000}
-    # Forward differences (five evaluations a gradient, where central ones take nine): near
-    # the maximum their error is what newton_polish removes.
-    result = minimize(objective, np.log(np.asarray(start, dtype=np.float64)), method="L-BFGS-B", jac="2-point",
-                      options=options)
-    result.x = np.exp(result.x)
-    return result
 
 
 def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
@@ -251,18 +226,16 @@ def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
     (unit shapes, scales equal to the oldest customer's age), then the first start's scales
     ten times larger and smaller. Bounded: four starts in all."""
     oldest = float(np.max(age))
-    return [np.array([1.0, oldest, 1.0, oldest]), start * np.array([1.0, 10.0, 1.0, 10.0]),
-            start * np.array([1.0, 0.1, 1.0, 0.1])]
+    return _optimum.fallback_starts(start, np.array([1.0, oldest, 1.0, oldest]), SCALES)
 
 
 def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: float = 1e-7,
              max_iter: int | None = None) -> np.ndarray:
     """The maximum-likelihood parameters (r, alpha, s, beta).
 
-    From ``start`` (default :func:`starting_values`), then, if the optimiser does not end at a
-    maximum (:func:`newton_polish`'s check), from each of :func:`fallback_starts` in turn; the
-    first maximum is returned (the estimator checks the gradient and the Hessian there again,
-    for its diagnostics).
+    From ``start`` (default :func:`starting_values`), then from each of :func:`fallback_starts`
+    until one ends at a maximum (:func:`models._optimum.maximise`, with forward-difference
+    gradients).
 
     Raises
     ------
@@ -271,81 +244,5 @@ def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: flo
     """
     first = starting_values(likelihood.frequency, likelihood.recency, likelihood.age, likelihood.weights)
     first = first if start is None else np.asarray(start, dtype=np.float64)
-    attempts = []
-    for point in [first, *fallback_starts(first, likelihood.age)]:
-        with np.errstate(all="ignore"):
-            result = fit(likelihood, point, penalty, tol, max_iter)
-        finite = bool(np.all(np.isfinite(result.x)) and np.isfinite(result.fun))
-        if max_iter is not None and result.status == 1 and finite:
-            # The caller's iteration limit: where it stopped (the estimator's gradient check
-            # says it is short of the maximum).
-            return result.x
-        if finite:
-            with np.errstate(all="ignore"):
-                polished, at_maximum = newton_polish(likelihood, result.x, penalty)
-            if at_maximum:
-                return polished
-            result.x = polished
-        attempts.append((result, _ran_away(result.x, point) if finite else None))
-    result, ran_away = attempts[0]
-    if ran_away is not None:
-        raise ConvergenceError(f"paretonbd: {ran_away} (from {len(attempts)} starts)")
-    raise ConvergenceError(f"paretonbd: the optimiser did not converge from {len(attempts)} starts "
-                           f"({result.message}); try other initial_params, a larger max_iter or a small penalizer")
-
-
-def _ran_away(point: np.ndarray, start: np.ndarray) -> str | None:
-    """What the parameters that left their start by more than :data:`RUNAWAY` mean, or None."""
-    meaning = {
-        "r": "the purchase rates look the same for every customer, so their spread is not identified",
-        "alpha": "the purchase rates' scale is not identified",
-        "s": "the dropout process is not identified (too few customers stop buying within the data)",
-        "beta": "the dropout process is not identified (too few customers stop buying within the data)",
-    }
-    with np.errstate(all="ignore"):
-        ratio = point / start
-    gone = [(name, value) for name, value, factor in zip(PARAMETERS, point, ratio)
-            if not np.isfinite(value) or factor > RUNAWAY or factor < 1 / RUNAWAY]
-    if not gone:
-        return None
-    names = " and ".join(f"{name} ran away to {value:.3g}" for name, value in gone)
-    reasons = "; ".join(dict.fromkeys(meaning[name] for name, _ in gone))
-    return f"{names}: {reasons}"
-
-
-def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=None,
-                  steps: int = 4) -> tuple[np.ndarray, bool]:
-    """Newton steps from a quasi-Newton result, kept while the objective rises; and whether the
-    point reached is a maximum (the gradient flat per customer, as the estimators check it,
-    and the Hessian negative definite).
-
-    L-BFGS-B stops once the objective changes by less than its tolerance, and on the ridge
-    between r and alpha that can leave the parameters 1e-5 (relative) from the maximum with
-    the log-likelihood equal to 1e-11: a few Newton steps with the finite-difference Hessian
-    the standard errors use reach the maximum to the derivatives' precision.
-    """
-
-    def objective(values):
-        return likelihood(values) - (penalty(values) if penalty is not None else 0.0)
-
-    best, best_value = point, objective(point)
-    gradient, hessian = gradient_and_hessian(objective, best)
-    for _ in range(steps):
-        try:
-            candidate = best - np.linalg.solve(hessian, gradient)
-        except np.linalg.LinAlgError:
-            break
-        if not np.all(candidate > 0):
-            break
-        value = objective(candidate)
-        if not value > best_value:
-            break
-        best, best_value = candidate, value
-        gradient, hessian = gradient_and_hessian(objective, best)
-    flat = relative_gradient_per_customer(gradient, best, float(likelihood.weights.sum())) <= RELATIVE_GRADIENT_WARNING
-    try:
-        np.linalg.cholesky(-hessian)
-        negative_definite = True
-    except np.linalg.LinAlgError:
-        negative_definite = False
-    return best, bool(flat and negative_definite and np.isfinite(best_value))
+    return _optimum.maximise(likelihood, [first, *fallback_starts(first, likelihood.age)], "paretonbd", PARAMETERS,
+                             RUNAWAY_MEANINGS, penalty, tol, max_iter)

@@ -2,11 +2,15 @@
 
 Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
 in a common time unit such as weeks) and answers questions about future
-purchases in that unit. Fitting and most closed forms come from lifetimes,
-wrapped in ``_lifetimes_compat.py``, but Pareto/NBD's fit, which is our own
-(``_pareto_nbd.py``: lifetimes' likelihood evaluated once per distinct pair,
-a gradient method; the same maximum, tested); everything is computed once per unique
-(frequency, recency, T) row and joined back to the customer index. Every method
+purchases in that unit. Every fit is our own: lifetimes' likelihoods, evaluated
+once per distinct history (BG/NBD and MBG/NBD in ``_beta_geometric.py``, with
+their analytic gradient; Pareto/NBD in ``_pareto_nbd.py``, 2F1 once per distinct
+pair) and maximised by one optimiser (``_optimum.py``: L-BFGS-B on log-parameters
+from a start computed from the data, Newton steps, bounded fallback starts),
+reaching lifetimes' maxima (tested) in a fraction of its time. Most closed-form
+predictions come from lifetimes, wrapped in ``_lifetimes_compat.py``. Everything
+is computed once per unique (frequency, recency, T) row and joined back to the
+customer index. Every method
 that reads customers takes a features table or, to group the customers only once
 for many calls, their :class:`~models.histories.CustomerHistories`.
 
@@ -38,7 +42,7 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _covariate_fit, _lifetimes_compat, _pareto_nbd
+from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _pareto_nbd
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import check_count, check_horizon
 from .covariates import check_covariate_row, check_covariates
@@ -64,13 +68,15 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         estimate.
     initial_params : dict of str to float, optional
         Starting values for the optimiser, in the time unit of the features.
-        Defaults to lifetimes' starting values, made deterministic.
+        Defaults to a deterministic start computed from the data (each
+        model's ``starting_values``), with bounded fallback starts.
     tol : float, default 1e-7
-        Tolerance passed to ``scipy.optimize.minimize`` (BFGS gradient
-        tolerance for BG/NBD and MBG/NBD; for Pareto/NBD, L-BFGS-B's on the
-        per-customer objective, scaled: see ``_pareto_nbd.fit``).
+        Tolerance of L-BFGS-B on the per-customer objective, scaled (see
+        ``_optimum.fit``); Newton steps then polish the maximum.
     max_iter : int, optional
-        Iteration limit of the optimiser; None keeps lifetimes' default.
+        Iteration limit of L-BFGS-B; None keeps 1000. A fit that reaches it
+        stops there, with a ConvergenceWarning and ``convergence_["converged"]``
+        False.
     covariates : sequence of str, optional
         Design columns of the features (:class:`~models.covariates.CovariateEncoder`) that
         scale alpha (purchase) and the dropout parameters per customer, with the links of
@@ -95,10 +101,9 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
     n_unique_rows_ : int
         Distinct (frequency, recency, T) rows, the size of the likelihood sum.
     convergence_ : dict
-        Optimiser name, the tolerance that succeeded (looser than ``tol`` if
-        the first attempt ended in precision loss), relative gradient per
-        customer at the fit, whether the Hessian is negative definite, and an
-        overall ``converged`` flag.
+        Optimiser name, the tolerance used, relative gradient per customer at
+        the fit, whether the Hessian is negative definite, and an overall
+        ``converged`` flag.
     coefficients_ : pandas.DataFrame or None
         With covariates: ``process``, ``parameter``, ``covariate``, ``coefficient``,
         ``standard_error``, ``z``, ``p_value``, one row per coefficient; ``params_`` and
@@ -168,16 +173,28 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         # natural start: the optimiser then only has to find the covariates' effects.
         plain, _, _ = self._maximise(frequency, recency, age, counts, penalty)
         start = layout.start([plain[name] for name in self.parameter_names])
-        log_likelihood = self._covariate_log_likelihood(layout, frequency, recency, age, counts, pattern, patterns)
+        log_likelihood, likelihood_gradient = self._covariate_log_likelihood(
+            layout, frequency, recency, age, counts, pattern, patterns
+        )
 
         def base_penalty(values):
             return penalty(values[:layout.n_base])
 
+        gradient = derivatives = None
+        if likelihood_gradient is not None:
+            def gradient(values):
+                return likelihood_gradient(values) - _covariate_fit.penalty_gradient(base_penalty, values)
+
+            def derivatives(values):
+                return gradient(values), _covariate_fit.hessian_from_gradient(gradient, values, layout.real_line)
+
         label = type(self).__name__
         point, _ = _covariate_fit.maximise(log_likelihood, start, layout.real_line, n_customers, base_penalty,
-                                           tol=self.tol, max_iter=self.max_iter, model_label=label)
+                                           tol=self.tol, max_iter=self.max_iter, gradient=gradient,
+                                           derivatives=derivatives, model_label=label)
         optimum = describe_optimum(log_likelihood, point, n_customers, optimizer=self._covariate_optimizer,
-                                   model_label=label, penalty=base_penalty, real_line=layout.real_line)
+                                   model_label=label, penalty=base_penalty, derivatives=derivatives,
+                                   real_line=layout.real_line)
         self._store_optimum(point, optimum, n_customers, len(counts), layout=layout, tol=self.tol)
         return self
 
@@ -185,7 +202,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
 
     def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
         """The total log-likelihood of the full parameter vector (``layout``) over distinct rows,
-        each with its pattern's parameters."""
+        each with its pattern's parameters, and its gradient (a callable, or None to have it by
+        finite differences)."""
         raise NotImplementedError
 
     def _fitted_covariates(self) -> tuple[str, ...]:
@@ -209,30 +227,18 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         covariates = self._fitted_covariates()
         return self._params_for(histories.unique_design(covariates) if covariates else None)
 
-    @property
-    def _optimizer(self) -> str:
-        return _lifetimes_compat.OPTIMIZERS[str(self.model_name)]
+    # The optimiser's name in convergence_, set by each model.
+    _optimizer = ""
 
     def _maximise(self, frequency, recency, age, counts, penalty):
         """The maximum of the (penalized) likelihood of distinct histories weighted by ``counts``:
         ``(params, tol_used, log_likelihood)``, the last the total log-likelihood as a function
-        of the parameter vector. lifetimes' optimiser here; a model may have its own."""
-        params, tol_used = _lifetimes_compat.fit_purchase_model(
-            self.model_name,
-            frequency,
-            recency,
-            age,
-            counts,
-            penalizer=self.penalizer,
-            initial_params=self.initial_params,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        )
+        of the parameter vector. Each model has its own."""
+        raise NotImplementedError
 
-        def log_likelihood(values):
-            return _lifetimes_compat.total_log_likelihood(self.model_name, values, frequency, recency, age, counts)
-
-        return params, tol_used, log_likelihood
+    def _start(self):
+        """``initial_params`` as a vector in the order of ``parameter_names``, or None."""
+        return None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
 
     def _per_unique_history(self, features, compute, name):
         """Evaluate ``compute(params, frequency, recency, T)`` once per unique row, one value per customer.
@@ -447,6 +453,58 @@ class _BetaGeometricModel(_PurchaseModel):
     # alive at T: x for BG/NBD, x + 1 for MBG/NBD (which adds one at time 0).
     _dropout_opportunities_offset = 0
 
+    def _maximise(self, frequency, recency, age, counts, penalty):
+        # Our own likelihood with its analytic gradient (models/_beta_geometric.py): lifetimes'
+        # maximum, without its autograd gradients and Hessian.
+        likelihood = _beta_geometric.BetaGeometricLikelihood(
+            frequency, recency, age, counts, modified=self._dropout_opportunities_offset == 1
+        )
+        point = _beta_geometric.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
+        return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
+
+    def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
+        # _beta_geometric.per_history takes per-row parameters and gives each row's gradient in
+        # them; the chain rule through theta_i = theta exp(sign c . x_i) gives the gradient in
+        # the baseline (d theta_i / d theta = theta_i / theta) and in c (sign x_i theta_i).
+        weights = np.asarray(counts, dtype=np.float64)
+        design = patterns[pattern]
+        modified = self._dropout_opportunities_offset == 1
+        linked = {parameter: (position, sign) for position, (_, parameter, sign) in enumerate(layout.links)}
+        k = len(layout.covariates)
+
+        def evaluate(point):
+            values = layout.individual(point, design)
+            if not (values["r"] > 0):
+                return -np.inf, None
+            per_row, per_row_gradient = _beta_geometric.per_history(
+                values["r"], values["alpha"], values["a"], values["b"], frequency, recency, age, modified
+            )
+            return float(np.dot(weights, per_row)), (values, per_row_gradient)
+
+        def log_likelihood(point):
+            return evaluate(point)[0]
+
+        def gradient(point):
+            total, parts = evaluate(point)
+            if parts is None or not np.isfinite(total):
+                return np.full(len(point), np.nan)
+            values, per_row_gradient = parts
+            result = np.zeros(len(point))
+            for index, name in enumerate(self.parameter_names):
+                weighted = weights * per_row_gradient[index]
+                if name not in linked:
+                    result[index] = weighted.sum()
+                    continue
+                position, sign = linked[name]
+                # d LL / d log(theta_i), row by row.
+                by_log = weighted * values[name]
+                result[index] = by_log.sum() / point[index]
+                start = layout.n_base + position * k
+                result[start:start + k] = sign * (design.T @ by_log)
+            return result
+
+        return log_likelihood, gradient
+
     def _conditional_probability_of_purchases(self, params, n_purchases, horizon, frequency, recency, age):
         # Given alive at T, the history's likelihood factorises into
         # lambda^x exp(-lambda T) (1 - p)^k with k surviving dropout
@@ -481,6 +539,7 @@ class BetaGeoModel(_BetaGeometricModel):
     model_name = "bgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 0
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="BG/NBD")
     _covariate_links = (("purchase", "alpha", -1), ("dropout", "a", 1), ("dropout", "b", 1))
 
 
@@ -495,6 +554,7 @@ class ModifiedBetaGeoModel(_BetaGeometricModel):
     model_name = "mbgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 1
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="MBG/NBD")
     _covariate_links = (("purchase", "alpha", -1), ("dropout", "a", 1), ("dropout", "b", 1))
 
 
@@ -518,8 +578,7 @@ class ParetoNBDModel(_PurchaseModel):
         # Our own likelihood and optimiser (models/_pareto_nbd.py): lifetimes' maximum, found
         # in a fraction of Nelder-Mead's time.
         likelihood = _pareto_nbd.ParetoNBDLikelihood(frequency, recency, age, counts)
-        start = None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
-        point = _pareto_nbd.maximise(likelihood, start, penalty, tol=self.tol, max_iter=self.max_iter)
+        point = _pareto_nbd.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
         return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
 
     def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
@@ -533,7 +592,7 @@ class ParetoNBDModel(_PurchaseModel):
             per_history = likelihood.per_history_by_pattern(values["r"], values["alpha"], values["s"], values["beta"])
             return float(np.dot(weights, per_history))
 
-        return log_likelihood
+        return log_likelihood, None
 
     def _conditional_probability_of_purchases(self, params, n_purchases, horizon, frequency, recency, age):
         if np.ndim(params["alpha"]) == 0:

@@ -717,17 +717,24 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         def penalty(values):
             return n_repeat * self.penalizer * float(np.sum(values[:3] ** 2))
 
+        def penalty_gradient(values):
+            gradient = np.zeros_like(values)
+            gradient[:3] = 2 * n_repeat * self.penalizer * values[:3]
+            return gradient
+
+        def gradient(values):
+            return _covariate_log_likelihood_and_derivatives(values, statistics, covariates, hessian=False)[1] - \
+                penalty_gradient(values)
+
         def derivatives(values):
             _, gradient, hessian = _covariate_log_likelihood_and_derivatives(values, statistics, covariates)
-            penalty_gradient = np.zeros_like(values)
-            penalty_gradient[:3] = 2 * n_repeat * self.penalizer * values[:3]
             penalty_hessian = np.diag((np.arange(len(values)) < 3) * 2.0 * n_repeat * self.penalizer)
-            return gradient - penalty_gradient, hessian - penalty_hessian
+            return gradient - penalty_gradient(values), hessian - penalty_hessian
 
         label = type(self).__name__
         point, _ = _covariate_fit.maximise(log_likelihood, layout.start(plain), layout.real_line, n_repeat, penalty,
-                                           tol=self.tol, max_iter=self.max_iter, derivatives=derivatives,
-                                           model_label=label)
+                                           tol=self.tol, max_iter=self.max_iter, gradient=gradient,
+                                           derivatives=derivatives, model_label=label)
         optimum = describe_optimum(
             log_likelihood, point, n_repeat,
             optimizer="L-BFGS-B on log-parameters and coefficients from the plain maximum, then Newton steps",
