@@ -5,6 +5,7 @@ pipeline does that around these estimators.
 """
 
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
+from .covariates import CovariateEncoder, LikelihoodRatioTest, likelihood_ratio_test
 from .historical import (
     CompanyHistoricalCLV,
     HistoricalCLV,
@@ -23,10 +24,12 @@ __all__ = [
     "BetaGeoModel",
     "CompanyHistoricalCLV",
     "ConvergenceError",
+    "CovariateEncoder",
     "CustomerHistories",
     "GammaGammaModel",
     "HistoricalCLV",
     "HistoricalTotals",
+    "LikelihoodRatioTest",
     "ModifiedBetaGeoModel",
     "ParetoNBDModel",
     "SpendStatistics",
@@ -34,5 +37,6 @@ __all__ = [
     "historical_clv",
     "historical_clv_from_totals",
     "historical_totals",
+    "likelihood_ratio_test",
     "spend_statistics",
 ]

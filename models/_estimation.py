@@ -17,6 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import check_settings
+from .covariates import check_covariates
 
 # The optimum should be flat: a relative change of any parameter should move
 # the mean log-likelihood per customer by less than this. lifetimes' BFGS stops
@@ -32,17 +33,21 @@ class ConvergenceError(RuntimeError):
     """The optimiser stopped without reaching a maximum of the likelihood."""
 
 
-def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
+def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP, real_line=None):
     """Central finite-difference gradient and Hessian of a scalar function.
 
     Parameters
     ----------
     log_likelihood : callable
-        Maps a 1-d float array of strictly positive parameters to a float.
+        Maps a 1-d float array of parameters to a float.
     point : numpy.ndarray
-        Where to differentiate; every entry must be positive.
+        Where to differentiate; every entry must be positive, but those marked ``real_line``.
     relative_step : float
-        Step as a fraction of each parameter.
+        Step as a fraction of each positive parameter.
+    real_line : numpy.ndarray of bool, optional
+        Parameters on the whole real line (covariate coefficients). A step relative to the
+        value would be 0 at a coefficient of 0, so theirs is ``relative_step`` times
+        max(1, |value|): absolute near 0, on the scale of standardised covariates.
 
     Returns
     -------
@@ -52,6 +57,9 @@ def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
     point = np.asarray(point, dtype=np.float64)
     dimension = len(point)
     steps = relative_step * np.abs(point)
+    if real_line is not None:
+        real_line = np.asarray(real_line, dtype=bool)
+        steps[real_line] = relative_step * np.maximum(1.0, np.abs(point[real_line]))
     centre = log_likelihood(point)
 
     def shifted(*moves):
@@ -80,14 +88,20 @@ def gradient_and_hessian(log_likelihood, point, relative_step=RELATIVE_STEP):
     return gradient, hessian
 
 
-def relative_gradient_per_customer(gradient, point, n_customers) -> float:
+def relative_gradient_per_customer(gradient, point, n_customers, real_line=None) -> float:
     """The largest ``theta * dLL/dtheta`` per customer: the change of the log-likelihood per
     relative change of a parameter, which does not grow with the size of the data. A fit is
-    flat at most :data:`RELATIVE_GRADIENT_WARNING`."""
-    return float(np.max(np.abs(np.asarray(gradient) * np.asarray(point))) / max(n_customers, 1))
+    flat at most :data:`RELATIVE_GRADIENT_WARNING`. For parameters marked ``real_line``
+    (coefficients of standardised or 0/1 covariates, 0 when there is no effect) the change
+    per unit change, ``dLL/dtheta``: a relative change of 0 would hide any slope there."""
+    scale = np.abs(np.asarray(point, dtype=np.float64))
+    if real_line is not None:
+        scale = np.where(np.asarray(real_line, dtype=bool), 1.0, scale)
+    return float(np.max(np.abs(np.asarray(gradient)) * scale) / max(n_customers, 1))
 
 
-def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label, penalty=None, derivatives=None):
+def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label, penalty=None, derivatives=None,
+                     real_line=None):
     """Standard errors, covariance and convergence diagnostics at a fitted maximum.
 
     Parameters
@@ -113,6 +127,10 @@ def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label,
         Default: central finite differences (:func:`gradient_and_hessian`), whose
         Hessian carries the rounding of the log-likelihood divided by the squared step,
         so a sum taken in another order moves the standard errors in their fourth digit.
+    real_line : numpy.ndarray of bool, optional
+        Parameters on the whole real line (covariate coefficients): differentiated with an
+        absolute step and checked for flatness per unit (:func:`gradient_and_hessian`,
+        :func:`relative_gradient_per_customer`).
 
     Returns
     -------
@@ -128,10 +146,10 @@ def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label,
         return log_likelihood(values) - (penalty(values) if penalty is not None else 0.0)
 
     if derivatives is None:
-        gradient, hessian = gradient_and_hessian(objective, point)
+        gradient, hessian = gradient_and_hessian(objective, point, real_line=real_line)
     else:
         gradient, hessian = (np.asarray(values, dtype=np.float64) for values in derivatives(point))
-    relative_gradient = relative_gradient_per_customer(gradient, point, n_customers)
+    relative_gradient = relative_gradient_per_customer(gradient, point, n_customers, real_line)
     try:
         # Cholesky both tests for a proper maximum and inverts stably.
         cholesky = np.linalg.cholesky(-hessian)
@@ -197,6 +215,10 @@ class MaximumLikelihoodEstimator(BaseEstimator):
         Tolerance of the optimiser.
     max_iter : int, optional
         Iteration limit of the optimiser; None keeps its default.
+    covariates : sequence of str, optional
+        Design columns (:class:`~models.covariates.CovariateEncoder`) whose coefficients scale
+        the model's parameters per customer (see :mod:`models.covariates`); None or empty
+        gives the plain model.
 
     Each model's docstring says what these mean for its optimiser. ``get_params`` (what the
     pipeline logs as MLflow params) returns the constructor's arguments, as in scikit-learn;
@@ -221,16 +243,24 @@ class MaximumLikelihoodEstimator(BaseEstimator):
     convergence_ : dict
         Optimiser, relative gradient per customer at the fit, whether the Hessian is
         negative definite, an overall ``converged`` flag, and what the model adds.
+    coefficients_ : pandas.DataFrame or None
+        With covariates, one row per coefficient: ``process``, ``parameter``, ``covariate``,
+        ``coefficient``, ``standard_error``, ``z``, ``p_value``; ``params_`` are then the
+        baseline (all design columns 0) and ``covariance_`` covers the coefficients too
+        (named ``parameter:covariate``). None without covariates.
+    covariates_ : tuple of str
+        The design columns the fit used, whose values every prediction reads (() without).
     """
 
     model_name: str | None = None
     parameter_names: tuple[str, ...] = ()
 
-    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None):
+    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None, covariates=None):
         self.penalizer = penalizer
         self.initial_params = initial_params
         self.tol = tol
         self.max_iter = max_iter
+        self.covariates = covariates
 
     def __sklearn_is_fitted__(self):
         # Fitted means having parameters; every prediction reads params_ first.
@@ -239,8 +269,9 @@ class MaximumLikelihoodEstimator(BaseEstimator):
     def _check_settings(self):
         """Check the settings at ``fit`` (the constructor stores them unchecked)."""
         check_settings(self)
+        check_covariates(self.covariates)
 
-    def _store_optimum(self, point, optimum, n_customers, n_unique_rows, **convergence):
+    def _store_optimum(self, point, optimum, n_customers, n_unique_rows, layout=None, **convergence):
         """Set the fitted attributes from the maximum and :func:`describe_optimum`'s account of it.
 
         Parameters
@@ -251,13 +282,18 @@ class MaximumLikelihoodEstimator(BaseEstimator):
             What :func:`describe_optimum` returned for ``point``.
         n_customers, n_unique_rows : int
             Customers and distinct rows the likelihood summed over.
+        layout : models._covariate_fit.CoefficientLayout, optional
+            With covariates: where the coefficients follow the parameters in ``point``.
         **convergence
             The model's own diagnostics, added to ``convergence_`` (e.g. the tolerance used).
         """
         names = list(self.parameter_names)
         self.params_ = {name: float(value) for name, value in zip(names, point)}
         self.standard_errors_ = {name: float(error) for name, error in zip(names, optimum["standard_errors"])}
-        self.covariance_ = pd.DataFrame(optimum["covariance"], index=names, columns=names)
+        all_names = names if layout is None else layout.names
+        self.covariance_ = pd.DataFrame(optimum["covariance"], index=all_names, columns=all_names)
+        self.coefficients_ = None if layout is None else layout.table(point, optimum["standard_errors"])
+        self.covariates_ = () if layout is None else layout.covariates
         self.log_likelihood_ = optimum["log_likelihood"]
         self.n_customers_ = int(n_customers)
         self.n_unique_rows_ = int(n_unique_rows)
@@ -275,14 +311,21 @@ class MaximumLikelihoodEstimator(BaseEstimator):
         dict
             Keys ``model``, ``estimator``, ``settings`` (``get_params()``), ``params``,
             ``standard_errors``, ``log_likelihood``, ``n_customers``, ``n_unique_rows``, the
-            model's own figures (:meth:`_summary_extras`) and ``convergence``. Non-finite
+            model's own figures (:meth:`_summary_extras`), ``convergence`` and, with
+            covariates, ``coefficients`` (the rows of ``coefficients_`` as dicts). Non-finite
             numbers are None.
         """
         check_is_fitted(self)
+        coefficients = getattr(self, "coefficients_", None)
+        extra = {} if coefficients is None else {"coefficients": [
+            {key: (json_number(value) if isinstance(value, float) else value) for key, value in row.items()}
+            for row in coefficients.to_dict(orient="records")
+        ]}
         return {
             "model": self.model_name,
             "estimator": type(self).__name__,
-            "settings": self.get_params(),
+            "settings": {name: list(value) if isinstance(value, tuple) else value
+                         for name, value in self.get_params().items()},
             "params": {name: json_number(value) for name, value in self.params_.items()},
             "standard_errors": {name: json_number(value) for name, value in self.standard_errors_.items()},
             "log_likelihood": json_number(self.log_likelihood_),
@@ -290,4 +333,5 @@ class MaximumLikelihoodEstimator(BaseEstimator):
             "n_unique_rows": self.n_unique_rows_,
             **{name: json_number(value) for name, value in self._summary_extras().items()},
             "convergence": dict(self.convergence_),
+            **extra,
         }

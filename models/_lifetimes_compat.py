@@ -1,11 +1,19 @@
 """Every workaround for lifetimes, each with what breaks and on which versions.
 
-lifetimes (0.11.3, the last release, unmaintained since 2020) is the fitting
-engine and the source of most closed-form predictions for the purchase models.
-The estimators in ``purchase.py`` never touch a lifetimes object: they call the
-functions here, which take plain arrays and a dict of parameters in the
-features' time unit, and return plain arrays. The problems worked around, as
-seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
+lifetimes (0.11.3, the last release, unmaintained since 2020) is the source of
+most closed-form predictions for the purchase models, and the reference their
+fits are tested and benchmarked against. The estimators in ``purchase.py``
+never touch a lifetimes object: they call the functions here, which take plain
+arrays and a dict of parameters in the features' time unit, and return plain
+arrays. The estimators fit with our own likelihoods and optimiser
+(``_beta_geometric.py``, ``_pareto_nbd.py``, ``_optimum.py``), so the
+workarounds of lifetimes' fitters (2, 3, 4, 5, 9, 11) apply only to
+:func:`fit_purchase_model` and :func:`total_log_likelihood`, kept for the
+tests and benchmarks that compare with lifetimes; the estimators keep
+lifetimes' penalty (:func:`penalty`, whose scale workarounds 5 and 9 explain).
+The problems
+worked around, as seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and
+scipy 1.17:
 
 1. Import side effects. ``lifetimes/fitters/__init__.py`` calls
    ``warnings.simplefilter("ignore", FutureWarning)`` for the whole process,
@@ -64,6 +72,11 @@ seen with lifetimes 0.11.3 on pandas 3.1, numpy 2.4 and scipy 1.17:
    and conditional PMF are NaN for that customer. A_0 is exactly 0 there:
    the fitter used here skips the term, P(alive) is 1, and the expectation
    is P(alive) times the closed form for a customer known to be alive.
+13. With static covariates the parameters are per customer (arrays). lifetimes' closed
+   forms are numpy expressions that broadcast over them, except where Pareto/NBD branches
+   on ``alpha < beta`` for the whole call (``_log_A_0``, the conditional PMF): P(alive) then
+   comes from ``_pareto_nbd.probability_alive`` (the same expression, elementwise), and the
+   PMF is called per group sharing (alpha, beta) (``ParetoNBDModel``).
 """
 
 import contextlib
@@ -74,8 +87,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from . import _pareto_nbd
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError
-from ._validation import unique_rows
+from ._validation import group_rows, unique_rows
 
 # Workaround 1: catch_warnings restores the process-wide filter list after the
 # import, undoing lifetimes' simplefilter; the pandas 3 deprecation warning for
@@ -130,12 +144,6 @@ PARAMETER_NAMES = {
 }
 # Parameters measured in units of time; lifetimes rescales them with the data.
 TIME_PARAMETERS = {"bgnbd": ("alpha",), "mbgnbd": ("alpha",), "paretonbd": ("alpha", "beta")}
-OPTIMIZERS = {
-    "bgnbd": "BFGS on log-parameters (lifetimes BetaGeoFitter)",
-    "mbgnbd": "BFGS on log-parameters (lifetimes ModifiedBetaGeoFitter)",
-    # Only for comparisons: the estimator fits Pareto/NBD with models/_pareto_nbd.py.
-    "paretonbd": "Nelder-Mead (lifetimes ParetoNBDFitter)",
-}
 # Workaround 3: each retry after a precision-loss failure loosens tol by this
 # factor, but never beyond the flatness the estimators require afterwards.
 PRECISION_LOSS_TOL_FACTOR = 1e3
@@ -165,6 +173,8 @@ def _lifetimes_time_scale(age):
 
 def fit_purchase_model(model_name, frequency, recency, age, weights, penalizer, initial_params, tol, max_iter):
     """Fit a purchase model with lifetimes on unique rows weighted by their counts.
+
+    The reference the estimators' own fits are compared with (tests, benchmarks).
 
     Parameters
     ----------
@@ -361,8 +371,18 @@ def _fitter_with_params(model_name, params):
     # Workaround 6: a fitter holding only the parameters, enough for lifetimes'
     # prediction methods (they read self.params_ and nothing else).
     fitter = _ParetoNBDFitterExactAtRecencyT() if model_name == "paretonbd" else FITTERS[model_name]()
-    fitter.params_ = pd.Series({name: params[name] for name in PARAMETER_NAMES[model_name]})
+    names = PARAMETER_NAMES[model_name]
+    if any(np.ndim(params[name]) for name in names):
+        # Workaround 13: per-customer arrays, held as objects so lifetimes reads them whole.
+        fitter.params_ = pd.Series([params[name] for name in names], index=list(names), dtype=object)
+    else:
+        fitter.params_ = pd.Series({name: params[name] for name in names})
     return fitter
+
+
+def _per_row(params) -> bool:
+    """Whether some parameter is an array (one per customer: a model with covariates)."""
+    return any(np.ndim(value) for value in params.values())
 
 
 def conditional_expected_purchases(model_name, params, horizon, frequency, recency, age):
@@ -424,14 +444,15 @@ def _beta_geometric_expectation_denominator(model_name, params, frequency, recen
     return 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + age) / (alpha + recency)) ** (r + x)
 
 
-def conditional_expected_purchases_by_horizon(model_name, params, horizons, frequency, recency, age):
+def conditional_expected_purchases_by_horizon(model_name, params, horizons, frequency, recency, age, pattern=None):
     """Expected purchases in (T, T + h] for every customer and each horizon ``h``.
 
     Column ``k`` equals ``conditional_expected_purchases(model_name, params,
     horizons[k], ...)``; the parts that do not depend on the horizon (P(alive)
     for Pareto/NBD, the history's factor for BG/NBD and MBG/NBD) are computed
     once, and the hypergeometric term once per distinct (frequency, T)
-    (workaround 10).
+    (workaround 10), or per distinct (pattern, frequency, T) when ``params`` are per
+    row (covariates; ``pattern`` numbers the rows' distinct parameters).
 
     Returns
     -------
@@ -448,13 +469,20 @@ def conditional_expected_purchases_by_horizon(model_name, params, horizons, freq
             if horizon != 0:
                 result[:, position] = alive * _pareto_expected_when_alive(params, horizon, frequency, age)
         return result
-    (pair_frequency, pair_age), pair, _ = unique_rows([frequency, age])
+    pair_params = params
+    if _per_row(params):
+        (pair_frequency, pair_age, _), pair = group_rows([frequency, age, pattern])
+        first_row = np.empty(len(pair_frequency), dtype=np.intp)
+        first_row[pair[::-1]] = np.arange(len(pair))[::-1]
+        pair_params = {name: value[first_row] if np.ndim(value) else value for name, value in params.items()}
+    else:
+        (pair_frequency, pair_age), pair, _ = unique_rows([frequency, age])
     with _contained_lifetimes_call():
         denominator = _beta_geometric_expectation_denominator(model_name, params, frequency, recency, age)
         for position, horizon in enumerate(horizons):
             if horizon != 0:
                 numerator = _beta_geometric_expectation_numerator(
-                    model_name, params, horizon, pair_frequency, pair_age
+                    model_name, pair_params, horizon, pair_frequency, pair_age
                 )
                 result[:, position] = numerator[pair] / denominator
     return result
@@ -495,6 +523,10 @@ def _pareto_probability_alive(params, frequency, recency, age):
     frequency = np.asarray(frequency, dtype=np.float64)
     recency = np.asarray(recency, dtype=np.float64)
     age = np.asarray(age, dtype=np.float64)
+    if _per_row(params):
+        # Workaround 13: lifetimes branches on alpha < beta for the whole call.
+        return _pareto_nbd.probability_alive(params["r"], params["alpha"], params["s"], params["beta"],
+                                             frequency, recency, age)
     fitter = _fitter_with_params("paretonbd", params)
     alive = np.ones(len(frequency))
     inside = recency < age

@@ -12,32 +12,39 @@ Two things make it fast here:
   indices depend on the data only and are built once per fit (:class:`ParetoNBDLikelihood`).
 * **A gradient method** on log-parameters (L-BFGS-B, forward-difference gradients, from a
   deterministic start computed from the data, then Newton steps), instead of Nelder–Mead:
-  tens of iterations.
+  tens of iterations. The optimiser, its fallback starts and its account of a parameter that
+  ran away are shared with BG/NBD and MBG/NBD (``_optimum.py``); what is Pareto/NBD's own is
+  here: the likelihood, the start, and what each parameter running away means.
 
 The log-likelihood is lifetimes' expression (``ParetoNBDFitter._conditional_log_likelihood``),
 exact where recency == T as ``_lifetimes_compat`` workaround 12 makes it: equal to it to
 rounding (tested), so the optimum is lifetimes' maximum, found sooner and more tightly.
+
+With static covariates alpha and beta differ by design pattern (:mod:`models.covariates`):
+:meth:`ParetoNBDLikelihood.per_history_by_pattern` evaluates the same expression with each
+history's own alpha and beta, 2F1 once per distinct (pattern, frequency, recency) and
+(pattern, frequency, T); :func:`probability_alive` is its P(alive) for per-row parameters.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from ._estimation import (
-    RELATIVE_GRADIENT_WARNING,
-    ConvergenceError,
-    gradient_and_hessian,
-    relative_gradient_per_customer,
-)
+from . import _optimum
+from ._validation import group_rows
 
 PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
-# When no start reaches a maximum, a parameter beyond this factor of its start is named as
-# having run away (to 0 or to infinity): the likelihood keeps rising towards a boundary where
-# the model degenerates (e.g. nobody drops out).
-RUNAWAY = 1e3
+# The scale parameters, which the fallback starts move (models/_optimum.py).
+SCALES = (False, True, False, True)
+# What each parameter running away (to 0 or to infinity) says about the data.
+RUNAWAY_MEANINGS = {
+    "r": "the purchase rates look the same for every customer, so their spread is not identified",
+    "alpha": "the purchase rates' scale is not identified",
+    "s": "the dropout process is not identified (too few customers stop buying within the data)",
+    "beta": "the dropout process is not identified (too few customers stop buying within the data)",
+}
 
 
 class ParetoNBDLikelihood:
@@ -49,9 +56,11 @@ class ParetoNBDLikelihood:
         Distinct ``(frequency, recency, T)`` histories (float64).
     weights : numpy.ndarray
         Customers per history.
+    pattern : numpy.ndarray of int, optional
+        Each history's design pattern, for :meth:`per_history_by_pattern`.
     """
 
-    def __init__(self, frequency, recency, age, weights):
+    def __init__(self, frequency, recency, age, weights, pattern=None):
         self.frequency = np.asarray(frequency, dtype=np.float64)
         self.recency = np.asarray(recency, dtype=np.float64)
         self.age = np.asarray(age, dtype=np.float64)
@@ -65,6 +74,13 @@ class ParetoNBDLikelihood:
         # of ages) and gathered: the transcendental functions run on few values.
         self._frequencies, self._frequency_of = np.unique(self.frequency, return_inverse=True)
         self._ages, self._age_of = np.unique(self.age, return_inverse=True)
+        self.pattern = None if pattern is None else np.asarray(pattern, dtype=np.intp)
+        if self.pattern is not None:
+            inside_pattern = self.pattern[self.inside]
+            self._by_pattern_at = tuple(
+                _triples(inside_pattern, inside_frequency, times)
+                for times in (self.recency[self.inside], self.age[self.inside])
+            )
 
     def per_history(self, params) -> np.ndarray:
         """Each distinct history's log-likelihood at ``params`` = (r, alpha, s, beta)."""
@@ -100,6 +116,86 @@ class ParetoNBDLikelihood:
         """The total log-likelihood: every customer's, summed."""
         return float(np.dot(self.weights, self.per_history(params)))
 
+    def per_history_by_pattern(self, r, alpha, s, beta) -> np.ndarray:
+        """Each distinct history's log-likelihood when alpha and beta are per design pattern.
+
+        ``alpha`` and ``beta`` are arrays with one value per pattern (the ``pattern`` given
+        at construction indexes them); ``r`` and ``s`` are shared. The expression of
+        :meth:`per_history`, term by term, with each history's own alpha and beta.
+        """
+        if self.pattern is None:
+            raise ValueError("per_history_by_pattern needs the histories' patterns at construction")
+        alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+        x, age = self.frequency, self.age
+        own_alpha, own_beta = alpha[self.pattern], beta[self.pattern]
+        common = gammaln(r + x) - gammaln(r) + r * np.log(own_alpha) + s * np.log(own_beta)
+        alive = -(r + x) * np.log(own_alpha + age) - s * np.log(own_beta + age)
+        result = common + alive
+        if not self.inside.any():
+            return result
+
+        def log_term(triples: _Triples) -> np.ndarray:
+            pair_pattern, pair_x, pair_t = triples.values
+            return _log_a0_term(r, s, pair_x, pair_t, alpha[pair_pattern], beta[pair_pattern])[triples.inverse]
+
+        at_recency, at_age = (log_term(triples) for triples in self._by_pattern_at)
+        log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
+        inside = self.inside
+        log_weight = np.log(s) - np.log(r + s + x[inside])
+        result[inside] += np.logaddexp(0.0, log_weight + log_a0 - alive[inside])
+        return result
+
+
+def _log_a0_term(r, s, x, t, alpha, beta):
+    """log of one of A_0's two terms (note 009 eqs. 19-20) at time ``t``, elementwise in
+    ``alpha`` and ``beta``: 2F1 over its base (the larger of alpha and beta) to the power
+    r + s + x, as :meth:`ParetoNBDLikelihood.per_history` takes it."""
+    alpha_larger = alpha >= beta
+    base = np.where(alpha_larger, alpha, beta)
+    gap = np.abs(alpha - beta)
+    total = r + s + x
+    second = np.where(alpha_larger, s + 1.0, r + x)
+    return np.log(hyp2f1(total, second, total + 1.0, gap / (base + t))) - total * np.log(base + t)
+
+
+def probability_alive(r, alpha, s, beta, frequency, recency, age) -> np.ndarray:
+    """Pareto/NBD P(alive at T | history) with per-row ``alpha`` and ``beta`` (arrays like
+    ``frequency``), for models with covariates.
+
+    Fader & Hardie, note 009 eqs. 36-37: 1 / (1 + s / (r + s + x) (alpha + T)^(r + x)
+    (beta + T)^s A_0), computed as lifetimes' ``conditional_probability_alive``; exactly 1
+    where recency == T, where A_0 is 0 (``_lifetimes_compat`` workaround 12).
+    """
+    x, recency, age = (np.asarray(v, dtype=np.float64) for v in (frequency, recency, age))
+    alpha, beta = np.broadcast_to(alpha, x.shape), np.broadcast_to(beta, x.shape)
+    alive = np.ones(len(x))
+    inside = recency < age
+    if inside.any():
+        xi, ai, bi = x[inside], alpha[inside], beta[inside]
+        at_recency = _log_a0_term(r, s, xi, recency[inside], ai, bi)
+        at_age = _log_a0_term(r, s, xi, age[inside], ai, bi)
+        log_a0 = at_recency + np.log(-np.expm1(at_age - at_recency))
+        exponent = (np.log(s) - np.log(r + s + xi) + (r + xi) * np.log(ai + age[inside])
+                    + s * np.log(bi + age[inside]) + log_a0)
+        alive[inside] = 1.0 / (1.0 + np.exp(exponent))
+    return alive
+
+
+class _Triples:
+    __slots__ = ("inverse", "values")
+
+    def __init__(self, values, inverse):
+        self.values = values
+        self.inverse = inverse
+
+
+def _triples(pattern: np.ndarray, first: np.ndarray, second: np.ndarray) -> _Triples:
+    """Distinct ``(pattern, first, second)`` rows, and each row's position among them."""
+    if len(first) == 0:
+        return _Triples((np.empty(0, dtype=np.intp), np.empty(0), np.empty(0)), np.empty(0, dtype=np.intp))
+    (patterns, firsts, seconds), inverse = group_rows([pattern, first, second])
+    return _Triples((patterns, firsts, seconds), inverse)
+
 
 class _Pairs:
     __slots__ = ("inverse", "values")
@@ -121,34 +217,8 @@ def starting_values(frequency, recency, age, weights) -> np.ndarray:
     """A deterministic start from the data's moments: unit shapes (r = s = 1), the purchase
     rate's scale from the purchases per unit of time observed (alpha = sum T / sum x), the
     dropout rate's from the mean age (beta = mean T: about one dropout per observed lifetime)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    purchases = float(np.dot(weights, frequency))
-    exposure = float(np.dot(weights, age))
-    mean_age = exposure / float(weights.sum())
-    alpha = exposure / max(purchases, 1.0)
+    _, mean_age, alpha = _optimum.moments(frequency, age, weights)
     return np.array([1.0, alpha, 1.0, max(mean_age, 1e-3)])
-
-
-def fit(likelihood: ParetoNBDLikelihood, start, penalty=None, tol: float = 1e-7, max_iter: int | None = None):
-    """Maximise ``likelihood`` (minus ``penalty``, a function of the parameters) from ``start``,
-    on log-parameters. Returns scipy's result, with ``x`` on the natural scale."""
-    n_customers = float(likelihood.weights.sum())
-
-    def objective(log_values):
-        values = np.exp(log_values)
-        if not np.all(np.isfinite(values)):
-            return np.inf
-        value = likelihood(values) - (penalty(values) if penalty is not None else 0.0)
-        # Per customer, so tolerances mean the same at any size.
-        return -value / n_customers if np.isfinite(value) else np.inf
-
-    options = {"ftol": tol * 1e-3, "gtol": tol * 1e-2, "maxiter": max_iter or 1000}
-    # Forward differences (five evaluations a gradient, where central ones take nine): near
-    # the maximum their error is what newton_polish removes.
-    result = minimize(objective, np.log(np.asarray(start, dtype=np.float64)), method="L-BFGS-B", jac="2-point",
-                      options=options)
-    result.x = np.exp(result.x)
-    return result
 
 
 def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
@@ -156,18 +226,16 @@ def fallback_starts(start: np.ndarray, age) -> list[np.ndarray]:
     (unit shapes, scales equal to the oldest customer's age), then the first start's scales
     ten times larger and smaller. Bounded: four starts in all."""
     oldest = float(np.max(age))
-    return [np.array([1.0, oldest, 1.0, oldest]), start * np.array([1.0, 10.0, 1.0, 10.0]),
-            start * np.array([1.0, 0.1, 1.0, 0.1])]
+    return _optimum.fallback_starts(start, np.array([1.0, oldest, 1.0, oldest]), SCALES)
 
 
 def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: float = 1e-7,
              max_iter: int | None = None) -> np.ndarray:
     """The maximum-likelihood parameters (r, alpha, s, beta).
 
-    From ``start`` (default :func:`starting_values`), then, if the optimiser does not end at a
-    maximum (:func:`newton_polish`'s check), from each of :func:`fallback_starts` in turn; the
-    first maximum is returned (the estimator checks the gradient and the Hessian there again,
-    for its diagnostics).
+    From ``start`` (default :func:`starting_values`), then from each of :func:`fallback_starts`
+    until one ends at a maximum (:func:`models._optimum.maximise`, with forward-difference
+    gradients).
 
     Raises
     ------
@@ -176,81 +244,5 @@ def maximise(likelihood: ParetoNBDLikelihood, start=None, penalty=None, tol: flo
     """
     first = starting_values(likelihood.frequency, likelihood.recency, likelihood.age, likelihood.weights)
     first = first if start is None else np.asarray(start, dtype=np.float64)
-    attempts = []
-    for point in [first, *fallback_starts(first, likelihood.age)]:
-        with np.errstate(all="ignore"):
-            result = fit(likelihood, point, penalty, tol, max_iter)
-        finite = bool(np.all(np.isfinite(result.x)) and np.isfinite(result.fun))
-        if max_iter is not None and result.status == 1 and finite:
-            # The caller's iteration limit: where it stopped (the estimator's gradient check
-            # says it is short of the maximum).
-            return result.x
-        if finite:
-            with np.errstate(all="ignore"):
-                polished, at_maximum = newton_polish(likelihood, result.x, penalty)
-            if at_maximum:
-                return polished
-            result.x = polished
-        attempts.append((result, _ran_away(result.x, point) if finite else None))
-    result, ran_away = attempts[0]
-    if ran_away is not None:
-        raise ConvergenceError(f"paretonbd: {ran_away} (from {len(attempts)} starts)")
-    raise ConvergenceError(f"paretonbd: the optimiser did not converge from {len(attempts)} starts "
-                           f"({result.message}); try other initial_params, a larger max_iter or a small penalizer")
-
-
-def _ran_away(point: np.ndarray, start: np.ndarray) -> str | None:
-    """What the parameters that left their start by more than :data:`RUNAWAY` mean, or None."""
-    meaning = {
-        "r": "the purchase rates look the same for every customer, so their spread is not identified",
-        "alpha": "the purchase rates' scale is not identified",
-        "s": "the dropout process is not identified (too few customers stop buying within the data)",
-        "beta": "the dropout process is not identified (too few customers stop buying within the data)",
-    }
-    with np.errstate(all="ignore"):
-        ratio = point / start
-    gone = [(name, value) for name, value, factor in zip(PARAMETERS, point, ratio)
-            if not np.isfinite(value) or factor > RUNAWAY or factor < 1 / RUNAWAY]
-    if not gone:
-        return None
-    names = " and ".join(f"{name} ran away to {value:.3g}" for name, value in gone)
-    reasons = "; ".join(dict.fromkeys(meaning[name] for name, _ in gone))
-    return f"{names}: {reasons}"
-
-
-def newton_polish(likelihood: ParetoNBDLikelihood, point: np.ndarray, penalty=None,
-                  steps: int = 4) -> tuple[np.ndarray, bool]:
-    """Newton steps from a quasi-Newton result, kept while the objective rises; and whether the
-    point reached is a maximum (the gradient flat per customer, as the estimators check it,
-    and the Hessian negative definite).
-
-    L-BFGS-B stops once the objective changes by less than its tolerance, and on the ridge
-    between r and alpha that can leave the parameters 1e-5 (relative) from the maximum with
-    the log-likelihood equal to 1e-11: a few Newton steps with the finite-difference Hessian
-    the standard errors use reach the maximum to the derivatives' precision.
-    """
-
-    def objective(values):
-        return likelihood(values) - (penalty(values) if penalty is not None else 0.0)
-
-    best, best_value = point, objective(point)
-    gradient, hessian = gradient_and_hessian(objective, best)
-    for _ in range(steps):
-        try:
-            candidate = best - np.linalg.solve(hessian, gradient)
-        except np.linalg.LinAlgError:
-            break
-        if not np.all(candidate > 0):
-            break
-        value = objective(candidate)
-        if not value > best_value:
-            break
-        best, best_value = candidate, value
-        gradient, hessian = gradient_and_hessian(objective, best)
-    flat = relative_gradient_per_customer(gradient, best, float(likelihood.weights.sum())) <= RELATIVE_GRADIENT_WARNING
-    try:
-        np.linalg.cholesky(-hessian)
-        negative_definite = True
-    except np.linalg.LinAlgError:
-        negative_definite = False
-    return best, bool(flat and negative_definite and np.isfinite(best_value))
+    return _optimum.maximise(likelihood, [first, *fallback_starts(first, likelihood.age)], "paretonbd", PARAMETERS,
+                             RUNAWAY_MEANINGS, penalty, tol, max_iter)

@@ -104,6 +104,12 @@ def _expected_purchases_by_step_of_rows(purchase_model, unique_features, n_steps
     return np.diff(cumulative, axis=1)
 
 
+def _covariates_of(purchase_model) -> tuple[str, ...]:
+    """The design columns a model fitted with covariates reads (grouped with the histories, so
+    that the distinct rows carry each customer's design to the model)."""
+    return tuple(getattr(purchase_model, "covariates_", ()))
+
+
 def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
     """Expected purchases of each customer in each of the next ``n_steps`` steps.
 
@@ -116,7 +122,8 @@ def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
     features : pandas.DataFrame or CustomerHistories
         Columns ``frequency``, ``recency``, ``T`` (model periods), indexed by
         customer id, or those customers grouped
-        (:func:`~models.histories.group_histories`).
+        (:func:`~models.histories.group_histories`); for a model fitted with
+        covariates, with its design columns (grouped with them).
     n_steps : int
         Number of future steps.
     step_periods : float
@@ -132,7 +139,7 @@ def expected_purchases_by_step(purchase_model, features, n_steps, step_periods):
     """
     n_steps = check_positive_int(n_steps, "n_steps")
     step_periods = check_positive_real(step_periods, "step_periods")
-    histories = as_histories(features)
+    histories = as_histories(features, _covariates_of(purchase_model))
     # Read first: histories built from counts alone refuse here, before any computing.
     inverse, index = histories.inverse, histories.index
     by_step = (
@@ -154,7 +161,8 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
     features : pandas.DataFrame or CustomerHistories
         Columns ``frequency``, ``recency``, ``T`` (model periods), indexed by
         customer id, or those customers grouped
-        (:func:`~models.histories.group_histories`).
+        (:func:`~models.histories.group_histories`); for a model fitted with
+        covariates, with its design columns (grouped with them).
     n_steps : int
         Number of future steps (12 for a year of monthly steps).
     step_periods : float
@@ -176,7 +184,7 @@ def discounted_expected_purchases(purchase_model, features, n_steps, step_period
         raise ValueError(f"discount_rate_per_step must be above -1, got {discount_rate_per_step}")
     n_steps = check_positive_int(n_steps, "n_steps")
     step_periods = check_positive_real(step_periods, "step_periods")
-    histories = as_histories(features)
+    histories = as_histories(features, _covariates_of(purchase_model))
     # Read first: histories built from counts alone refuse here, before any computing.
     inverse, index = histories.inverse, histories.index
     unique = histories.unique

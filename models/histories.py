@@ -8,6 +8,11 @@ times groups them once with :func:`group_histories` and passes the result wherev
 features table is accepted. The grouping lives as long as the caller keeps it: there is no
 cache in the models.
 
+With static covariates (:mod:`models.covariates`) a customer is a history and a design row
+(their encoded attributes): :func:`group_histories` with ``covariates`` groups on both, and
+``unique`` then holds the design columns beside the history. A few channels multiply the
+distinct rows by a few; a numeric covariate can make nearly every customer distinct.
+
 A fit needs only the distinct histories and their counts. An engine that groups on a
 cluster (Spark) sends the driver just that, and :meth:`CustomerHistories.from_counts` holds
 it without any per-customer positions: enough to fit, not to return values per customer.
@@ -19,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ._validation import PURCHASE_COLUMNS, check_features, group_rows, rows
+from .covariates import check_covariates, design_matrix
 
 HISTORY_COLUMNS = PURCHASE_COLUMNS
 
@@ -49,6 +55,9 @@ class CustomerHistories:
         row must be some customer's. Held without a copy (it is 8 bytes a customer).
     index : pandas.Index, optional
         The customers, one per entry of ``inverse``; default ``RangeIndex(len(inverse))``.
+    covariates : sequence of str, optional
+        Design columns of ``unique`` that are part of each row (numeric, finite); the models
+        with these covariates read each row's design from here.
 
     Raises
     ------
@@ -62,8 +71,11 @@ class CustomerHistories:
     Attributes
     ----------
     unique : pandas.DataFrame
-        The distinct histories (float64, ``RangeIndex``), a new frame over read-only columns
-        at each access.
+        The distinct histories (float64, ``RangeIndex``), with the design columns after
+        ``frequency``, ``recency`` and ``T`` when grouped with covariates; a new frame over
+        read-only columns at each access.
+    covariates : tuple of str
+        The design columns held (empty without covariates).
     inverse : numpy.ndarray
         Read-only; each customer's row in ``unique``. A ValueError when built by
         :meth:`from_counts`, which knows no customers' positions.
@@ -75,13 +87,15 @@ class CustomerHistories:
         pipeline's positional frames). A ValueError when built by :meth:`from_counts`.
     """
 
-    __slots__ = ("_columns", "_counts", "_index", "_inverse")
+    __slots__ = ("_columns", "_counts", "_covariates", "_design", "_index", "_inverse")
     # None when built by from_counts: no customer's position is known.
     _inverse: np.ndarray | None
     _index: pd.Index | None
 
-    def __init__(self, unique, inverse, index=None):
+    def __init__(self, unique, inverse, index=None, covariates=None):
         columns = check_features(unique, HISTORY_COLUMNS)
+        covariates = check_covariates(covariates)
+        design = design_matrix(unique, covariates)
         inverse = np.asarray(inverse)
         if inverse.ndim != 1 or not np.issubdtype(inverse.dtype, np.integer):
             raise TypeError(f"inverse must be a 1-d array of integers, got {inverse.dtype} with {inverse.ndim} dimension(s)")
@@ -101,9 +115,11 @@ class CustomerHistories:
         self._inverse = _read_only(inverse.view())
         self._counts = _read_only(counts)
         self._index = index
+        self._covariates = covariates
+        self._design = _read_only(design)
 
     @classmethod
-    def from_counts(cls, unique, counts) -> CustomerHistories:
+    def from_counts(cls, unique, counts, covariates=None) -> CustomerHistories:
         """Distinct histories and the number of customers with each, without the customers.
 
         What a cluster sends after grouping its customers by ``(frequency, recency, T)``
@@ -124,6 +140,9 @@ class CustomerHistories:
             the index are ignored.
         counts : array_like of int
             Customers with each history, one positive whole number per row of ``unique``.
+        covariates : sequence of str, optional
+            Design columns of ``unique`` that are part of each row (then no two rows may be
+            alike in history and design together).
 
         Returns
         -------
@@ -138,8 +157,10 @@ class CustomerHistories:
             not one positive whole number per row; the message names the argument.
         """
         columns = check_features(unique, HISTORY_COLUMNS)
+        covariates = check_covariates(covariates)
+        design = design_matrix(unique, covariates)
         counts = _check_counts(counts, len(unique))
-        distinct, _ = group_rows([columns[name] for name in HISTORY_COLUMNS])
+        distinct, _ = group_rows([*design.T, *(columns[name] for name in HISTORY_COLUMNS)])
         repeated = len(unique) - (len(distinct[0]) if len(unique) else 0)
         if repeated:
             # The fit would be right, but n_unique_rows_ and every per-row prediction would
@@ -152,11 +173,36 @@ class CustomerHistories:
         histories._inverse = None
         histories._counts = _read_only(counts)
         histories._index = None
+        histories._covariates = covariates
+        histories._design = _read_only(design)
         return histories
 
     @property
     def unique(self) -> pd.DataFrame:
-        return pd.DataFrame(dict(zip(HISTORY_COLUMNS, self._columns)), copy=False)
+        columns = dict(zip(HISTORY_COLUMNS, self._columns))
+        columns.update(zip(self._covariates, self._design.T))
+        return pd.DataFrame(columns, copy=False)
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        return self._covariates
+
+    def unique_design(self, covariates) -> np.ndarray:
+        """The distinct rows' values of the design columns ``covariates`` (rows x covariates).
+
+        Raises
+        ------
+        ValueError
+            If a column is not among those these histories were grouped with.
+        """
+        missing = [name for name in covariates if name not in self._covariates]
+        if missing:
+            raise ValueError(
+                f"these CustomerHistories were grouped without the covariate column(s) {missing}; "
+                "group the features with group_histories(features, covariates=...) naming them"
+            )
+        positions = [self._covariates.index(name) for name in covariates]
+        return self._design[:, positions]
 
     @property
     def inverse(self) -> np.ndarray:
@@ -183,10 +229,11 @@ class CustomerHistories:
         return len(self._inverse) if self._inverse is not None else int(self._counts.sum())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(customers={len(self)}, unique={len(self._counts)})"
+        covariates = f", covariates={list(self._covariates)}" if self._covariates else ""
+        return f"{type(self).__name__}(customers={len(self)}, unique={len(self._counts)}{covariates})"
 
 
-def group_histories(features) -> CustomerHistories:
+def group_histories(features, covariates=None) -> CustomerHistories:
     """Group the customers of a features table into their distinct histories, checking them once.
 
     Parameters
@@ -194,13 +241,16 @@ def group_histories(features) -> CustomerHistories:
     features : pandas.DataFrame
         One row per customer with columns ``frequency`` (repeat purchases), ``recency`` (age
         at the last repeat purchase) and ``T`` (age at the end of the period); other columns
-        are ignored.
+        are ignored, but the design columns named in ``covariates``.
+    covariates : sequence of str, optional
+        Design columns (:class:`~models.covariates.CovariateEncoder`) to group on with the
+        history, for models fitted with covariates.
 
     Returns
     -------
     CustomerHistories
-        Distinct histories in the order of their first customer, each customer's position
-        among them, and ``features.index``.
+        Distinct rows (history and design) in the order of their first customer, each
+        customer's position among them, and ``features.index``.
 
     Raises
     ------
@@ -212,17 +262,26 @@ def group_histories(features) -> CustomerHistories:
         the number of rows.
     """
     columns = check_features(features, HISTORY_COLUMNS)
-    unique, inverse = group_rows([columns[name] for name in HISTORY_COLUMNS])
-    return CustomerHistories(pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique)), copy=False), inverse, features.index)
+    covariates = check_covariates(covariates)
+    if not covariates:
+        unique, inverse = group_rows([columns[name] for name in HISTORY_COLUMNS])
+        return CustomerHistories(pd.DataFrame(dict(zip(HISTORY_COLUMNS, unique)), copy=False), inverse, features.index)
+    design = design_matrix(features, covariates)
+    grouped, inverse = group_rows([*(columns[name] for name in HISTORY_COLUMNS), *design.T])
+    unique = pd.DataFrame(dict(zip([*HISTORY_COLUMNS, *covariates], grouped)), copy=False)
+    return CustomerHistories(unique, inverse, features.index, covariates=covariates)
 
 
-def as_histories(features) -> CustomerHistories:
-    """``features`` grouped by :func:`group_histories`, or as they are when already grouped."""
+def as_histories(features, covariates=()) -> CustomerHistories:
+    """``features`` grouped by :func:`group_histories` (with ``covariates``), or as they are when
+    already grouped (checked to hold ``covariates``)."""
     if isinstance(features, CustomerHistories):
+        if covariates:
+            features.unique_design(covariates)  # refuses histories grouped without them
         return features
     if not isinstance(features, pd.DataFrame):
         raise TypeError(f"features must be a pandas DataFrame or CustomerHistories, got {type(features).__name__}")
-    return group_histories(features)
+    return group_histories(features, covariates)
 
 
 def _check_counts(counts, n_rows: int) -> np.ndarray:

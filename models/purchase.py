@@ -2,13 +2,22 @@
 
 Each estimator reads one row per customer (``frequency``, ``recency``, ``T``,
 in a common time unit such as weeks) and answers questions about future
-purchases in that unit. Fitting and most closed forms come from lifetimes,
-wrapped in ``_lifetimes_compat.py``, but Pareto/NBD's fit, which is our own
-(``_pareto_nbd.py``: lifetimes' likelihood evaluated once per distinct pair,
-a gradient method; the same maximum, tested); everything is computed once per unique
-(frequency, recency, T) row and joined back to the customer index. Every method
+purchases in that unit. Every fit is our own: lifetimes' likelihoods, evaluated
+once per distinct history (BG/NBD and MBG/NBD in ``_beta_geometric.py``, with
+their analytic gradient; Pareto/NBD in ``_pareto_nbd.py``, 2F1 once per distinct
+pair) and maximised by one optimiser (``_optimum.py``: L-BFGS-B on log-parameters
+from a start computed from the data, Newton steps, bounded fallback starts),
+reaching lifetimes' maxima (tested) in a fraction of its time. Most closed-form
+predictions come from lifetimes, wrapped in ``_lifetimes_compat.py``. Everything
+is computed once per unique (frequency, recency, T) row and joined back to the
+customer index. Every method
 that reads customers takes a features table or, to group the customers only once
 for many calls, their :class:`~models.histories.CustomerHistories`.
+
+With ``covariates`` (design columns, :mod:`models.covariates`) alpha and the dropout
+parameters differ by customer; the fit is over distinct (design, frequency, recency, T)
+rows, and every prediction evaluates the same closed forms with each row's own parameters
+(arrays that broadcast, never a loop over customers).
 
 References
 ----------
@@ -33,9 +42,10 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _lifetimes_compat, _pareto_nbd
+from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _pareto_nbd
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import check_count, check_horizon
+from .covariates import check_covariate_row, check_covariates
 from .histories import as_histories
 
 
@@ -58,13 +68,20 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         estimate.
     initial_params : dict of str to float, optional
         Starting values for the optimiser, in the time unit of the features.
-        Defaults to lifetimes' starting values, made deterministic.
+        Defaults to a deterministic start computed from the data (each
+        model's ``starting_values``), with bounded fallback starts.
     tol : float, default 1e-7
-        Tolerance passed to ``scipy.optimize.minimize`` (BFGS gradient
-        tolerance for BG/NBD and MBG/NBD; for Pareto/NBD, L-BFGS-B's on the
-        per-customer objective, scaled: see ``_pareto_nbd.fit``).
+        Tolerance of L-BFGS-B on the per-customer objective, scaled (see
+        ``_optimum.fit``); Newton steps then polish the maximum.
     max_iter : int, optional
-        Iteration limit of the optimiser; None keeps lifetimes' default.
+        Iteration limit of L-BFGS-B; None keeps 1000. A fit that reaches it
+        stops there, with a ConvergenceWarning and ``convergence_["converged"]``
+        False.
+    covariates : sequence of str, optional
+        Design columns of the features (:class:`~models.covariates.CovariateEncoder`) that
+        scale alpha (purchase) and the dropout parameters per customer, with the links of
+        :mod:`models.covariates`. None or empty: the plain model, to the bit. The penalty,
+        if any, applies to the baseline parameters only; ``initial_params`` start them.
 
     Attributes
     ----------
@@ -84,11 +101,19 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
     n_unique_rows_ : int
         Distinct (frequency, recency, T) rows, the size of the likelihood sum.
     convergence_ : dict
-        Optimiser name, the tolerance that succeeded (looser than ``tol`` if
-        the first attempt ended in precision loss), relative gradient per
-        customer at the fit, whether the Hessian is negative definite, and an
-        overall ``converged`` flag.
+        Optimiser name, the tolerance used, relative gradient per customer at
+        the fit, whether the Hessian is negative definite, and an overall
+        ``converged`` flag.
+    coefficients_ : pandas.DataFrame or None
+        With covariates: ``process``, ``parameter``, ``covariate``, ``coefficient``,
+        ``standard_error``, ``z``, ``p_value``, one row per coefficient; ``params_`` and
+        ``standard_errors_`` are then the baseline's (every design column 0) and
+        ``covariance_`` also covers the coefficients. None without covariates.
     """
+
+    # (process, parameter, sign): the parameters a covariate scales, theta_i =
+    # theta exp(sign c . x_i). See models.covariates for the choice.
+    _covariate_links: tuple[tuple[str, str, int], ...] = ()
 
     def fit(self, features, y=None):
         """Estimate the model's parameters by maximum likelihood.
@@ -108,7 +133,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         self
         """
         self._check_settings()
-        histories = as_histories(features)
+        covariates = check_covariates(self.covariates)
+        histories = as_histories(features, covariates)
         if len(histories) == 0:
             raise ValueError("features: no rows to fit on")
         frequency, recency, age = histories.unique_arrays()
@@ -120,6 +146,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         def penalty(values):
             return _lifetimes_compat.penalty(self.model_name, values, age, n_customers, self.penalizer)
 
+        if covariates:
+            return self._fit_with_covariates(histories, covariates, penalty)
         params, tol_used, log_likelihood = self._maximise(frequency, recency, age, counts, penalty)
         point = np.array([params[name] for name in self.parameter_names])
         # Standard errors from our own Hessian, for every model (_lifetimes_compat, workaround 7).
@@ -134,44 +162,98 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
         return self
 
-    @property
-    def _optimizer(self) -> str:
-        return _lifetimes_compat.OPTIMIZERS[str(self.model_name)]
+    def _fit_with_covariates(self, histories, covariates, penalty):
+        """Baseline parameters and coefficients by maximum likelihood, from the plain maximum."""
+        frequency, recency, age = histories.unique_arrays()
+        counts = histories.counts
+        n_customers = int(counts.sum())
+        patterns, pattern = _covariate_fit.patterns_of(histories.unique_design(covariates))
+        layout = _covariate_fit.CoefficientLayout(self.parameter_names, self._covariate_links, covariates)
+        # At coefficients 0 the two likelihoods are equal, so the plain maximum is the
+        # natural start: the optimiser then only has to find the covariates' effects.
+        plain, _, _ = self._maximise(frequency, recency, age, counts, penalty)
+        start = layout.start([plain[name] for name in self.parameter_names])
+        log_likelihood, likelihood_gradient = self._covariate_log_likelihood(
+            layout, frequency, recency, age, counts, pattern, patterns
+        )
+
+        def base_penalty(values):
+            return penalty(values[:layout.n_base])
+
+        gradient = derivatives = None
+        if likelihood_gradient is not None:
+            def gradient(values):
+                return likelihood_gradient(values) - _covariate_fit.penalty_gradient(base_penalty, values)
+
+            def derivatives(values):
+                return gradient(values), _covariate_fit.hessian_from_gradient(gradient, values, layout.real_line)
+
+        label = type(self).__name__
+        point, _ = _covariate_fit.maximise(log_likelihood, start, layout.real_line, n_customers, base_penalty,
+                                           tol=self.tol, max_iter=self.max_iter, gradient=gradient,
+                                           derivatives=derivatives, model_label=label)
+        optimum = describe_optimum(log_likelihood, point, n_customers, optimizer=self._covariate_optimizer,
+                                   model_label=label, penalty=base_penalty, derivatives=derivatives,
+                                   real_line=layout.real_line)
+        self._store_optimum(point, optimum, n_customers, len(counts), layout=layout, tol=self.tol)
+        return self
+
+    _covariate_optimizer = "L-BFGS-B on log-parameters and coefficients from the plain maximum, then Newton steps"
+
+    def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
+        """The total log-likelihood of the full parameter vector (``layout``) over distinct rows,
+        each with its pattern's parameters, and its gradient (a callable, or None to have it by
+        finite differences)."""
+        raise NotImplementedError
+
+    def _fitted_covariates(self) -> tuple[str, ...]:
+        """The design columns the fit used; () for a plain fit (or one pickled before covariates)."""
+        return tuple(getattr(self, "covariates_", ()))
+
+    def _params_for(self, design):
+        """The parameters of each row of ``design`` (rows x fitted covariates): ``params_`` as it is
+        without covariates (the plain path, bit for bit), else arrays for the linked ones."""
+        covariates = self._fitted_covariates()
+        if not covariates:
+            return self.params_
+        layout = _covariate_fit.CoefficientLayout(self.parameter_names, self._covariate_links, covariates)
+        point = [*(self.params_[name] for name in self.parameter_names), *self.coefficients_["coefficient"]]
+        return layout.individual(point, design)
+
+    def _histories(self, features):
+        return as_histories(features, self._fitted_covariates())
+
+    def _row_params(self, histories):
+        covariates = self._fitted_covariates()
+        return self._params_for(histories.unique_design(covariates) if covariates else None)
+
+    # The optimiser's name in convergence_, set by each model.
+    _optimizer = ""
 
     def _maximise(self, frequency, recency, age, counts, penalty):
         """The maximum of the (penalized) likelihood of distinct histories weighted by ``counts``:
         ``(params, tol_used, log_likelihood)``, the last the total log-likelihood as a function
-        of the parameter vector. lifetimes' optimiser here; a model may have its own."""
-        params, tol_used = _lifetimes_compat.fit_purchase_model(
-            self.model_name,
-            frequency,
-            recency,
-            age,
-            counts,
-            penalizer=self.penalizer,
-            initial_params=self.initial_params,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        )
+        of the parameter vector. Each model has its own."""
+        raise NotImplementedError
 
-        def log_likelihood(values):
-            return _lifetimes_compat.total_log_likelihood(self.model_name, values, frequency, recency, age, counts)
-
-        return params, tol_used, log_likelihood
+    def _start(self):
+        """``initial_params`` as a vector in the order of ``parameter_names``, or None."""
+        return None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
 
     def _per_unique_history(self, features, compute, name):
-        """Evaluate ``compute(frequency, recency, T)`` once per unique row, one value per customer.
+        """Evaluate ``compute(params, frequency, recency, T)`` once per unique row, one value per customer.
 
-        The Series is indexed like ``features``: a DataFrame's index, or a CustomerHistories'
-        ``index`` (that of the features it grouped).
+        ``params`` is ``params_``, or with covariates each row's own (arrays for the linked
+        parameters). The Series is indexed like ``features``: a DataFrame's index, or a
+        CustomerHistories' ``index`` (that of the features it grouped).
         """
         check_is_fitted(self)
-        histories = as_histories(features)
+        histories = self._histories(features)
         # Read first: histories built from counts alone refuse here, before any computing.
         inverse, index = histories.inverse, histories.index
         if len(histories) == 0:
             return pd.Series([], index=index, name=name, dtype=np.float64)
-        values = np.asarray(compute(*histories.unique_arrays()), dtype=np.float64)
+        values = np.asarray(compute(self._row_params(histories), *histories.unique_arrays()), dtype=np.float64)
         return pd.Series(values[inverse], index=index, name=name)
 
     def expected_purchases(self, features, horizon):
@@ -193,8 +275,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         horizon = check_horizon(horizon)
         return self._per_unique_history(
             features,
-            lambda frequency, recency, age: _lifetimes_compat.conditional_expected_purchases(
-                self.model_name, self.params_, horizon, frequency, recency, age
+            lambda params, frequency, recency, age: _lifetimes_compat.conditional_expected_purchases(
+                self.model_name, params, horizon, frequency, recency, age
             ),
             "expected_purchases",
         )
@@ -221,12 +303,16 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         """
         check_is_fitted(self)
         horizons = [check_horizon(h) for h in horizons]
-        histories = as_histories(features)
+        histories = self._histories(features)
         inverse = histories.inverse  # histories built from counts alone refuse here
         if len(histories) == 0:
             return np.zeros((0, len(horizons)))
+        covariates = self._fitted_covariates()
+        pattern = None
+        if covariates:
+            pattern = _covariate_fit.patterns_of(histories.unique_design(covariates))[1]
         per_unique = _lifetimes_compat.conditional_expected_purchases_by_horizon(
-            self.model_name, self.params_, horizons, *histories.unique_arrays()
+            self.model_name, self._row_params(histories), horizons, *histories.unique_arrays(), pattern=pattern
         )
         return per_unique[inverse]
 
@@ -246,8 +332,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         """
         return self._per_unique_history(
             features,
-            lambda frequency, recency, age: _lifetimes_compat.probability_alive(
-                self.model_name, self.params_, frequency, recency, age
+            lambda params, frequency, recency, age: _lifetimes_compat.probability_alive(
+                self.model_name, params, frequency, recency, age
             ),
             "probability_alive",
         )
@@ -289,34 +375,57 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         n_purchases = check_count(n_purchases)
         horizon = check_horizon(horizon)
 
-        def compute(frequency, recency, age):
+        def compute(params, frequency, recency, age):
             if horizon == 0:
                 # Nothing can happen in an empty period; exact, unlike the formulas' rounding.
                 return np.full(len(frequency), float(n_purchases == 0))
-            return self._conditional_probability_of_purchases(n_purchases, horizon, frequency, recency, age)
+            return self._conditional_probability_of_purchases(params, n_purchases, horizon, frequency, recency, age)
 
         return self._per_unique_history(features, compute, "probability_of_purchases")
 
-    def expected_purchases_new_customer(self, horizon):
+    def expected_purchases_new_customer(self, horizon, covariates=None):
         """Expected repeat purchases of a newly acquired customer within ``horizon`` periods of the first.
 
         Parameters
         ----------
         horizon : float or array_like of float
             Time since the first purchase, in the model's time unit.
+        covariates : dict, pandas.Series or pandas.DataFrame, optional
+            For a model fitted with covariates, the new customer's design values (a dict or
+            Series of design column to value), or a table of several customers' (one row
+            each, e.g. ``encoder.transform(new_customers)``). None: the baseline customer
+            (every design column 0: reference levels, mean numerics). Ignored without
+            covariates.
 
         Returns
         -------
-        float or numpy.ndarray
-            Unconditional E[X(horizon)], shaped like ``horizon``.
+        float, numpy.ndarray or pandas.Series
+            Unconditional E[X(horizon)], shaped like ``horizon``; for a table of customers a
+            Series indexed like it (scalar ``horizon``) or an array (customers, *horizon's shape).
         """
         check_is_fitted(self)
         values = np.asarray(horizon, dtype=np.float64)
         if np.any(~np.isfinite(values)) or np.any(values < 0):
             raise ValueError("horizon must be finite and non-negative")
-        expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, self.params_, values)
-        expected = expected.reshape(values.shape)
-        return float(expected) if expected.ndim == 0 else expected
+        fitted_covariates = self._fitted_covariates()
+        if not fitted_covariates or covariates is None or not isinstance(covariates, pd.DataFrame):
+            params = self.params_
+            if fitted_covariates and covariates is not None:
+                one_row = self._params_for(check_covariate_row(covariates, fitted_covariates))
+                params = {name: float(np.asarray(value).reshape(-1)[0]) for name, value in one_row.items()}
+            expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, params, values)
+            expected = expected.reshape(values.shape)
+            return float(expected) if expected.ndim == 0 else expected
+        design = check_covariate_row(covariates, fitted_covariates)
+        per_row = self._params_for(design)
+        shaped = {name: (np.asarray(value).reshape((-1,) + (1,) * values.ndim) if np.ndim(value) else value)
+                  for name, value in per_row.items()}
+        expected = _lifetimes_compat.expected_purchases_new_customer(self.model_name, shaped, values[np.newaxis, ...])
+        expected = np.broadcast_to(expected, (len(design), *values.shape))
+        if values.ndim == 0:
+            return pd.Series(np.array(expected, dtype=np.float64), index=covariates.index,
+                             name="expected_purchases_new_customer")
+        return np.array(expected, dtype=np.float64)
 
 
 def _probability_of_purchases_when_alive(n_purchases, horizon, r, alpha, a, b):
@@ -344,7 +453,59 @@ class _BetaGeometricModel(_PurchaseModel):
     # alive at T: x for BG/NBD, x + 1 for MBG/NBD (which adds one at time 0).
     _dropout_opportunities_offset = 0
 
-    def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
+    def _maximise(self, frequency, recency, age, counts, penalty):
+        # Our own likelihood with its analytic gradient (models/_beta_geometric.py): lifetimes'
+        # maximum, without its autograd gradients and Hessian.
+        likelihood = _beta_geometric.BetaGeometricLikelihood(
+            frequency, recency, age, counts, modified=self._dropout_opportunities_offset == 1
+        )
+        point = _beta_geometric.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
+        return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
+
+    def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
+        # _beta_geometric.per_history takes per-row parameters and gives each row's gradient in
+        # them; the chain rule through theta_i = theta exp(sign c . x_i) gives the gradient in
+        # the baseline (d theta_i / d theta = theta_i / theta) and in c (sign x_i theta_i).
+        weights = np.asarray(counts, dtype=np.float64)
+        design = patterns[pattern]
+        modified = self._dropout_opportunities_offset == 1
+        linked = {parameter: (position, sign) for position, (_, parameter, sign) in enumerate(layout.links)}
+        k = len(layout.covariates)
+
+        def evaluate(point):
+            values = layout.individual(point, design)
+            if not (values["r"] > 0):
+                return -np.inf, None
+            per_row, per_row_gradient = _beta_geometric.per_history(
+                values["r"], values["alpha"], values["a"], values["b"], frequency, recency, age, modified
+            )
+            return float(np.dot(weights, per_row)), (values, per_row_gradient)
+
+        def log_likelihood(point):
+            return evaluate(point)[0]
+
+        def gradient(point):
+            total, parts = evaluate(point)
+            if parts is None or not np.isfinite(total):
+                return np.full(len(point), np.nan)
+            values, per_row_gradient = parts
+            result = np.zeros(len(point))
+            for index, name in enumerate(self.parameter_names):
+                weighted = weights * per_row_gradient[index]
+                if name not in linked:
+                    result[index] = weighted.sum()
+                    continue
+                position, sign = linked[name]
+                # d LL / d log(theta_i), row by row.
+                by_log = weighted * values[name]
+                result[index] = by_log.sum() / point[index]
+                start = layout.n_base + position * k
+                result[start:start + k] = sign * (design.T @ by_log)
+            return result
+
+        return log_likelihood, gradient
+
+    def _conditional_probability_of_purchases(self, params, n_purchases, horizon, frequency, recency, age):
         # Given alive at T, the history's likelihood factorises into
         # lambda^x exp(-lambda T) (1 - p)^k with k surviving dropout
         # opportunities, so lambda | history ~ Gamma(r + x, alpha + T) and
@@ -353,8 +514,8 @@ class _BetaGeometricModel(_PurchaseModel):
         # from T on the customer is a BG/NBD customer with those parameters
         # ([1] eq. 8). A customer dead at T makes no purchases. For MBG/NBD
         # ([2]) this reproduces Wagner & Hoppe's conditional expectation.
-        r, alpha, a, b = (self.params_[name] for name in self.parameter_names)
-        alive = _lifetimes_compat.probability_alive(self.model_name, self.params_, frequency, recency, age)
+        r, alpha, a, b = (params[name] for name in self.parameter_names)
+        alive = _lifetimes_compat.probability_alive(self.model_name, params, frequency, recency, age)
         when_alive = _probability_of_purchases_when_alive(
             n_purchases,
             horizon,
@@ -378,6 +539,8 @@ class BetaGeoModel(_BetaGeometricModel):
     model_name = "bgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 0
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="BG/NBD")
+    _covariate_links = (("purchase", "alpha", -1), ("dropout", "a", 1), ("dropout", "b", 1))
 
 
 class ModifiedBetaGeoModel(_BetaGeometricModel):
@@ -391,6 +554,8 @@ class ModifiedBetaGeoModel(_BetaGeometricModel):
     model_name = "mbgnbd"
     parameter_names = ("r", "alpha", "a", "b")
     _dropout_opportunities_offset = 1
+    _optimizer = _beta_geometric.OPTIMIZER.format(model="MBG/NBD")
+    _covariate_links = (("purchase", "alpha", -1), ("dropout", "a", 1), ("dropout", "b", 1))
 
 
 class ParetoNBDModel(_PurchaseModel):
@@ -405,19 +570,47 @@ class ParetoNBDModel(_PurchaseModel):
     model_name = "paretonbd"
     parameter_names = ("r", "alpha", "s", "beta")
     _optimizer = _pareto_nbd.OPTIMIZER
+    # CLVTools' links (Fader & Hardie note 019): a positive coefficient means faster purchases
+    # (smaller alpha), or faster dropout (smaller beta).
+    _covariate_links = (("purchase", "alpha", -1), ("dropout", "beta", -1))
 
     def _maximise(self, frequency, recency, age, counts, penalty):
         # Our own likelihood and optimiser (models/_pareto_nbd.py): lifetimes' maximum, found
         # in a fraction of Nelder-Mead's time.
         likelihood = _pareto_nbd.ParetoNBDLikelihood(frequency, recency, age, counts)
-        start = None if self.initial_params is None else [self.initial_params[name] for name in self.parameter_names]
-        point = _pareto_nbd.maximise(likelihood, start, penalty, tol=self.tol, max_iter=self.max_iter)
+        point = _pareto_nbd.maximise(likelihood, self._start(), penalty, tol=self.tol, max_iter=self.max_iter)
         return dict(zip(self.parameter_names, (float(value) for value in point))), self.tol, likelihood
 
-    def _conditional_probability_of_purchases(self, n_purchases, horizon, frequency, recency, age):
-        return _lifetimes_compat.pareto_probability_of_purchases(
-            self.params_, n_purchases, horizon, frequency, recency, age
-        )
+    def _covariate_log_likelihood(self, layout, frequency, recency, age, counts, pattern, patterns):
+        likelihood = _pareto_nbd.ParetoNBDLikelihood(frequency, recency, age, counts, pattern=pattern)
+        weights = likelihood.weights
+
+        def log_likelihood(point):
+            values = layout.individual(point, patterns)
+            if not (values["r"] > 0 and values["s"] > 0):
+                return -np.inf
+            per_history = likelihood.per_history_by_pattern(values["r"], values["alpha"], values["s"], values["beta"])
+            return float(np.dot(weights, per_history))
+
+        return log_likelihood, None
+
+    def _conditional_probability_of_purchases(self, params, n_purchases, horizon, frequency, recency, age):
+        if np.ndim(params["alpha"]) == 0:
+            return _lifetimes_compat.pareto_probability_of_purchases(
+                params, n_purchases, horizon, frequency, recency, age
+            )
+        # lifetimes' conditional PMF (note 028 eq. 16) branches on alpha < beta for the whole
+        # call, so customers go through it in groups sharing (alpha, beta): one vectorised call
+        # per design pattern (few for channels; this method is not on the CLV path).
+        pairs, group = _covariate_fit.patterns_of(np.column_stack([params["alpha"], params["beta"]]))
+        result = np.empty(len(frequency))
+        for position, (alpha, beta) in enumerate(pairs):
+            rows = group == position
+            own = {"r": params["r"], "alpha": float(alpha), "s": params["s"], "beta": float(beta)}
+            result[rows] = _lifetimes_compat.pareto_probability_of_purchases(
+                own, n_purchases, horizon, frequency[rows], recency[rows], age[rows]
+            )
+        return result
 
 
 PURCHASE_MODELS = {

@@ -7,6 +7,11 @@ References
    Research 42(4), 415-430.
 .. [2] Fader, P. S. and Hardie, B. G. S. (2013), "The Gamma-Gamma model of
    monetary value", http://brucehardie.com/notes/025/.
+
+With static covariates (:mod:`models.covariates`) the scale of a customer's spend rate is
+gamma_i = gamma exp(d . x_i), so their expected spend per purchase p gamma_i / (q - 1) is the
+baseline's times exp(d . x_i); no published anchor has this link, which mirrors the purchase
+models' (Fader & Hardie, note 019). The fit reads distinct (design, frequency, spend) rows.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from scipy.optimize import minimize
 from scipy.special import digamma, gammaln, polygamma
 from sklearn.utils.validation import check_is_fitted
 
+from . import _covariate_fit
 from ._estimation import RELATIVE_GRADIENT_WARNING, ConvergenceError, MaximumLikelihoodEstimator, describe_optimum
 from ._validation import SPEND_COLUMNS, check_features, check_real, rows, unique_rows
+from .covariates import check_covariates, design_matrix
 
 
 class SpendStatistics:
@@ -61,6 +68,11 @@ class SpendStatistics:
     sum_frequency_log_spend : float, optional
         Sum over the repeat customers of frequency * log(monetary_value). Default
         ``sum(counts * frequency * log(monetary_value))``.
+    covariates : sequence of str, optional
+        Names of the design columns of ``design``.
+    design : array_like of float, optional
+        With ``covariates``: each row's design values (rows x covariates); rows are then
+        distinct in (design, frequency, monetary_value) together.
 
     Raises
     ------
@@ -75,6 +87,10 @@ class SpendStatistics:
     ----------
     frequency, monetary_value, counts : numpy.ndarray
         The distinct pairs and their counts (read-only; float64, float64, int64).
+    covariates : tuple of str
+        The design columns held (empty without covariates).
+    design : numpy.ndarray
+        Read-only (rows x covariates) design values of each row.
     n_customers : int
         Repeat customers, ``sum(counts)``.
     sum_log_spend, sum_frequency_log_spend : float
@@ -93,6 +109,8 @@ class SpendStatistics:
         "_by_frequency",
         "_correlation",
         "_counts",
+        "_covariates",
+        "_design",
         "_frequency",
         "_mean_spend",
         "_monetary_value",
@@ -101,8 +119,16 @@ class SpendStatistics:
         "_sum_log_spend",
     )
 
-    def __init__(self, frequency, monetary_value, counts, sum_log_spend=None, sum_frequency_log_spend=None):
+    def __init__(self, frequency, monetary_value, counts, sum_log_spend=None, sum_frequency_log_spend=None,
+                 covariates=None, design=None):
+        covariates = check_covariates(covariates)
         frequency = _float_array(frequency, "frequency")
+        design = np.zeros((len(frequency), 0)) if design is None else np.asarray(design, dtype=np.float64)
+        if design.ndim != 2 or design.shape != (len(frequency), len(covariates)):
+            raise ValueError(f"design must be one row of {len(covariates)} covariate value(s) per pair, "
+                             f"got shape {design.shape}")
+        if not np.all(np.isfinite(design)):
+            raise ValueError(f"design: {rows(int(np.count_nonzero(~np.isfinite(design).all(axis=1))))} NaN or infinite")
         monetary_value = _float_array(monetary_value, "monetary_value")
         counts = _float_array(counts, "counts")
         for name, values in (("monetary_value", monetary_value), ("counts", counts)):
@@ -116,7 +142,7 @@ class SpendStatistics:
                 "(customers without spend are not fitted on)"
             )
         _check_whole_positive(counts, "counts", "customers")
-        (distinct, _), _, _ = unique_rows([frequency, monetary_value])
+        distinct = unique_rows([frequency, monetary_value, *design.T])[0][0]
         repeated = len(frequency) - len(distinct)
         if repeated:
             raise ValueError(
@@ -155,6 +181,8 @@ class SpendStatistics:
             checked["sum_frequency_log_spend"],
             mean_spend,
             _weighted_correlation(frequency, monetary_value, counts),
+            covariates,
+            design,
         )
 
     @classmethod
@@ -164,7 +192,11 @@ class SpendStatistics:
         statistics._set(*values)
         return statistics
 
-    def _set(self, frequency, monetary_value, counts, sum_log_spend, sum_frequency_log_spend, mean_spend, correlation):
+    def _set(self, frequency, monetary_value, counts, sum_log_spend, sum_frequency_log_spend, mean_spend, correlation,
+             covariates=(), design=None):
+        self._covariates = tuple(covariates)
+        self._design = _read_only(np.zeros((len(frequency), 0)) if design is None
+                                  else np.array(design, dtype=np.float64).reshape(len(frequency), len(covariates)))
         self._frequency = _read_only(np.array(frequency, dtype=np.float64))
         self._monetary_value = _read_only(np.array(monetary_value, dtype=np.float64))
         self._counts = _read_only(np.array(counts, dtype=np.int64))
@@ -197,6 +229,14 @@ class SpendStatistics:
         return self._n_customers
 
     @property
+    def covariates(self) -> tuple[str, ...]:
+        return self._covariates
+
+    @property
+    def design(self) -> np.ndarray:
+        return self._design
+
+    @property
     def sum_log_spend(self) -> float:
         return self._sum_log_spend
 
@@ -220,7 +260,7 @@ class SpendStatistics:
         return f"{type(self).__name__}(customers={self.n_customers}, pairs={len(self)})"
 
 
-def spend_statistics(features) -> SpendStatistics:
+def spend_statistics(features, covariates=None) -> SpendStatistics:
     """The repeat customers of a features table reduced to :class:`SpendStatistics`.
 
     The customers :meth:`GammaGammaModel.fit` reads: frequency > 0 and monetary_value > 0.
@@ -232,6 +272,9 @@ def spend_statistics(features) -> SpendStatistics:
         One row per customer with columns ``frequency`` (repeat purchases) and
         ``monetary_value`` (mean spend over the repeat purchases); other columns are
         ignored. Or a seeded uniform sample of such rows (see :class:`SpendStatistics`).
+    covariates : sequence of str, optional
+        Design columns to keep with each pair (for a fit with covariates); rows are then
+        distinct (design, frequency, monetary_value).
 
     Returns
     -------
@@ -247,9 +290,15 @@ def spend_statistics(features) -> SpendStatistics:
         message names the column and the number of rows.
     """
     columns = check_features(features, SPEND_COLUMNS)
+    covariates = check_covariates(covariates)
     repeat = (columns["frequency"] > 0) & (columns["monetary_value"] > 0)
     frequency, spend = columns["frequency"][repeat], columns["monetary_value"][repeat]
-    (pair_frequencies, pair_spends), _, pair_counts = unique_rows([frequency, spend])
+    design = design_matrix(features, covariates)[repeat] if covariates else None
+    if design is None:
+        (pair_frequencies, pair_spends), _, pair_counts = unique_rows([frequency, spend])
+    else:
+        (pair_frequencies, pair_spends, *pair_design), _, pair_counts = unique_rows([frequency, spend, *design.T])
+        design = np.column_stack(pair_design) if len(pair_frequencies) else np.zeros((0, len(covariates)))
     log_spend = np.log(spend)
     varied = len(spend) > 0 and np.ptp(frequency) > 0 and np.ptp(spend) > 0
     # The customers are at hand, so the mean and the correlation are taken over them as
@@ -262,6 +311,8 @@ def spend_statistics(features) -> SpendStatistics:
         float(np.sum(frequency * log_spend)),
         float(np.mean(spend)) if len(spend) else float("nan"),
         float(np.corrcoef(frequency, spend)[0, 1]) if varied else float("nan"),
+        covariates,
+        design,
     )
 
 
@@ -374,6 +425,80 @@ def _log_likelihood_hessian(params, statistics):
     return np.array([[p_p, p_q, p_gamma], [p_q, q_q, q_gamma], [p_gamma, q_gamma, gamma_gamma]])
 
 
+def _covariate_log_likelihood_and_derivatives(point, statistics, covariates, hessian=True):
+    """Total Gamma-Gamma log-likelihood with gamma_i = gamma exp(d . x_i), its gradient and Hessian.
+
+    ``point`` is (p, q, gamma, d_1..d_k) for the design columns ``covariates`` of
+    ``statistics``. The density of [1]_ eq. 3 with each row's gamma_i: the terms of x alone
+    are summed per distinct frequency as in the plain model, q log(gamma_i) and
+    (p x + q) log(gamma_i + m x) per row. With u = gamma_i / (gamma_i + m x) and c the row's
+    count, d/d log(gamma_i) = c (q - (p x + q) u), whose derivative in log(gamma_i) is
+    -c (p x + q) u (1 - u); the chain rule through gamma_i = gamma exp(d . x_i) gives the rest.
+    """
+    point = np.asarray(point, dtype=np.float64)
+    p, q, gamma = point[:3]
+    coefficients = point[3:]
+    design = _design_of(statistics, covariates)
+    x, counts, log_frequencies = statistics._by_frequency
+    shape = p * x
+    per_frequency = gammaln(shape + q) - gammaln(shape) - gammaln(q) + shape * log_frequencies
+    pair_x, pair_m = statistics.frequency, statistics.monetary_value
+    pair_counts = statistics.counts.astype(np.float64)
+    own_gamma = gamma * np.exp(design @ coefficients)
+    denominator = own_gamma + pair_m * pair_x
+    log_denominator = np.log(denominator)
+    log_own_gamma = np.log(own_gamma)
+    exponent = p * pair_x + q
+    total = (
+        np.dot(counts, per_frequency)
+        + p * statistics.sum_frequency_log_spend
+        - statistics.sum_log_spend
+        + np.dot(pair_counts, q * log_own_gamma - exponent * log_denominator)
+    )
+    share = own_gamma / denominator
+    by_log_gamma = pair_counts * (q - exponent * share)
+    digamma_shape_q = digamma(shape + q)
+    gradient = np.concatenate([
+        [
+            np.dot(counts, x * (digamma_shape_q - digamma(shape) + log_frequencies))
+            + statistics.sum_frequency_log_spend
+            - np.dot(pair_counts, pair_x * log_denominator),
+            np.dot(counts, digamma_shape_q - digamma(q)) + np.dot(pair_counts, log_own_gamma - log_denominator),
+            by_log_gamma.sum() / gamma,
+        ],
+        design.T @ by_log_gamma,
+    ])
+    if not hessian:
+        return float(total), gradient, None
+    trigamma_shape_q = polygamma(1, shape + q)
+    curvature = -pair_counts * exponent * share * (1.0 - share)
+    p_by_log_gamma = -pair_counts * pair_x * share
+    q_by_log_gamma = pair_counts * (1.0 - share)
+    size = 3 + len(coefficients)
+    result = np.empty((size, size))
+    result[0, 0] = np.dot(counts, x**2 * (trigamma_shape_q - polygamma(1, shape)))
+    result[0, 1] = result[1, 0] = np.dot(counts, x * trigamma_shape_q)
+    result[1, 1] = np.dot(counts, trigamma_shape_q - polygamma(1, q))
+    result[0, 2] = result[2, 0] = p_by_log_gamma.sum() / gamma
+    result[1, 2] = result[2, 1] = q_by_log_gamma.sum() / gamma
+    result[2, 2] = (curvature.sum() - by_log_gamma.sum()) / gamma**2
+    result[0, 3:] = result[3:, 0] = design.T @ p_by_log_gamma
+    result[1, 3:] = result[3:, 1] = design.T @ q_by_log_gamma
+    result[2, 3:] = result[3:, 2] = design.T @ curvature / gamma
+    result[3:, 3:] = design.T @ (curvature[:, np.newaxis] * design)
+    return float(total), gradient, result
+
+
+def _design_of(statistics, covariates):
+    missing = [name for name in covariates if name not in statistics.covariates]
+    if missing:
+        raise ValueError(
+            f"these SpendStatistics hold no covariate column(s) {missing}; "
+            "build them with spend_statistics(features, covariates=...) naming them"
+        )
+    return statistics.design[:, [statistics.covariates.index(name) for name in covariates]]
+
+
 def _newton_polish(params, derivatives, max_steps=5):
     """A few Newton steps from where BFGS stopped, onto the maximum itself.
 
@@ -425,6 +550,11 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
     min_repeat_customers : int, default 30
         Refuse to fit on fewer repeat customers (frequency > 0 and
         monetary_value > 0) than this.
+    covariates : sequence of str, optional
+        Design columns of the features (:class:`~models.covariates.CovariateEncoder`) that
+        scale gamma per customer, gamma_i = gamma exp(d . x_i), and so the expected spend per
+        purchase by exp(d . x_i). None or empty: the plain model, to the bit. The penalty,
+        if any, applies to p, q and gamma only.
 
     Attributes
     ----------
@@ -451,13 +581,22 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
     convergence_ : dict
         Optimiser, iterations, message, relative gradient at the fit and
         whether the Hessian is negative definite.
+    coefficients_ : pandas.DataFrame or None
+        With covariates: one row per design column (``process`` ``spend``, ``parameter``
+        ``gamma``) with its coefficient d, standard error, z and p-value; ``params_``,
+        ``population_mean_spend_`` and ``standard_errors_`` are then the baseline's (every
+        design column 0). None without covariates.
     """
+
+    _covariate_links = (("spend", "gamma", 1),)
 
     model_name = "gammagamma"
     parameter_names = ("p", "q", "gamma")
 
-    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None, min_repeat_customers=30):
-        super().__init__(penalizer=penalizer, initial_params=initial_params, tol=tol, max_iter=max_iter)
+    def __init__(self, penalizer=0.0, initial_params=None, tol=1e-7, max_iter=None, min_repeat_customers=30,
+                 covariates=None):
+        super().__init__(penalizer=penalizer, initial_params=initial_params, tol=tol, max_iter=max_iter,
+                         covariates=covariates)
         self.min_repeat_customers = min_repeat_customers
 
     def _check_settings(self):
@@ -485,10 +624,12 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         self
         """
         self._check_settings()
+        covariates = check_covariates(self.covariates)
         if isinstance(features, SpendStatistics):
             statistics = features
+            _design_of(statistics, covariates)  # refuses statistics without the covariates
         elif isinstance(features, pd.DataFrame):
-            statistics = spend_statistics(features)
+            statistics = spend_statistics(features, covariates)
         else:
             raise TypeError(f"features must be a pandas DataFrame or SpendStatistics, got {type(features).__name__}")
         n_repeat = statistics.n_customers
@@ -535,28 +676,72 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
             )
 
         params = _newton_polish(np.exp(result.x), derivatives)
-        optimum = describe_optimum(
-            lambda values: _log_likelihood_and_gradient(values, statistics)[0],
-            params,
-            n_repeat,
-            optimizer="BFGS on log-parameters (scipy), then Newton steps",
-            model_label=type(self).__name__,
-            penalty=lambda values: n_repeat * self.penalizer * float(np.sum(values**2)),
-            derivatives=derivatives,
-        )
-        self._store_optimum(
-            params,
-            optimum,
-            n_repeat,
-            len(statistics),
-            iterations=int(result.nit),
-            message=str(result.message),
-        )
-        p, q, gamma = params
+        if covariates:
+            # The plain maximum is the start; the diagnostics are the covariate fit's.
+            params = self._fit_with_covariates(statistics, covariates, params)
+        else:
+            optimum = describe_optimum(
+                lambda values: _log_likelihood_and_gradient(values, statistics)[0],
+                params,
+                n_repeat,
+                optimizer="BFGS on log-parameters (scipy), then Newton steps",
+                model_label=type(self).__name__,
+                penalty=lambda values: n_repeat * self.penalizer * float(np.sum(values**2)),
+                derivatives=derivatives,
+            )
+            self._store_optimum(
+                params,
+                optimum,
+                n_repeat,
+                len(statistics),
+                iterations=int(result.nit),
+                message=str(result.message),
+            )
+        p, q, gamma = params[:3]
         # Fader, Hardie & Lee (2005) [1]_: E[Z] = p gamma / (q - 1), finite only for q > 1.
         self.population_mean_spend_ = float(p * gamma / (q - 1)) if q > 1 else float("inf")
         self.frequency_monetary_correlation_ = statistics.frequency_monetary_correlation
         return self
+
+    def _fit_with_covariates(self, statistics, covariates, plain):
+        """p, q, gamma and the coefficients d by maximum likelihood, from the plain maximum ``plain``
+        with d = 0 (where the likelihoods are equal); returns the full parameter vector."""
+        n_repeat = statistics.n_customers
+        layout = _covariate_fit.CoefficientLayout(self.parameter_names, self._covariate_links, covariates)
+
+        def log_likelihood(values):
+            if not np.all(values[:3] > 0):
+                return -np.inf
+            return _covariate_log_likelihood_and_derivatives(values, statistics, covariates, hessian=False)[0]
+
+        def penalty(values):
+            return n_repeat * self.penalizer * float(np.sum(values[:3] ** 2))
+
+        def penalty_gradient(values):
+            gradient = np.zeros_like(values)
+            gradient[:3] = 2 * n_repeat * self.penalizer * values[:3]
+            return gradient
+
+        def gradient(values):
+            return _covariate_log_likelihood_and_derivatives(values, statistics, covariates, hessian=False)[1] - \
+                penalty_gradient(values)
+
+        def derivatives(values):
+            _, gradient, hessian = _covariate_log_likelihood_and_derivatives(values, statistics, covariates)
+            penalty_hessian = np.diag((np.arange(len(values)) < 3) * 2.0 * n_repeat * self.penalizer)
+            return gradient - penalty_gradient(values), hessian - penalty_hessian
+
+        label = type(self).__name__
+        point, _ = _covariate_fit.maximise(log_likelihood, layout.start(plain), layout.real_line, n_repeat, penalty,
+                                           tol=self.tol, max_iter=self.max_iter, gradient=gradient,
+                                           derivatives=derivatives, model_label=label)
+        optimum = describe_optimum(
+            log_likelihood, point, n_repeat,
+            optimizer="L-BFGS-B on log-parameters and coefficients from the plain maximum, then Newton steps",
+            model_label=label, penalty=penalty, derivatives=derivatives, real_line=layout.real_line,
+        )
+        self._store_optimum(point, optimum, n_repeat, len(statistics), layout=layout)
+        return point
 
     def expected_spend(self, features):
         """Expected mean spend per future purchase of each customer, given their history.
@@ -564,16 +749,25 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         Parameters
         ----------
         features : pandas.DataFrame
-            Columns ``frequency`` and ``monetary_value``, indexed by customer id.
+            Columns ``frequency`` and ``monetary_value``, indexed by customer id, and the
+            design columns of a model fitted with covariates.
 
         Returns
         -------
         pandas.Series
             E[Z | x, m], indexed like ``features``. Customers without repeat
-            purchases get the population mean ``population_mean_spend_``.
+            purchases get the population mean ``population_mean_spend_`` (with covariates,
+            their own: times exp(d . x_i)).
         """
         check_is_fitted(self)
         columns = check_features(features, SPEND_COLUMNS)
+        population_mean_spend = self.population_mean_spend_
+        covariates = tuple(getattr(self, "covariates_", ()))
+        if covariates:
+            # Each customer's own population mean: gamma_i = gamma exp(d . x_i) scales it.
+            coefficients = self.coefficients_.set_index("covariate")["coefficient"]
+            design = design_matrix(features, covariates)
+            population_mean_spend = population_mean_spend * np.exp(design @ coefficients[list(covariates)].to_numpy())
         p, q = self.params_["p"], self.params_["q"]
         if not q > 1:
             raise ValueError(
@@ -592,7 +786,7 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         expected -= 1
         own_weight /= expected
         np.subtract(1, own_weight, out=expected)
-        expected *= self.population_mean_spend_
+        expected *= population_mean_spend
         own_weight *= spend
         expected += own_weight
         return pd.Series(expected, index=features.index, name="expected_spend")

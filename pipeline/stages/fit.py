@@ -71,7 +71,7 @@ def fit_purchase_model(
     name: str, features: pd.DataFrame | CustomerHistories, settings: ModelSettings,
     initial_params: dict[str, float] | None = None,
 ) -> Any:
-    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: lifetimes' start).
+    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: a start from the data).
 
     ``features`` may be the customers already grouped (:func:`group_customers`).
 
@@ -85,7 +85,7 @@ def fit_purchase_model(
     )
     title = PURCHASE_MODEL_TITLES[name]
     try:
-        # Numerical trouble inside lifetimes (overflow, a singular matrix, a NaN objective) is a
+        # Numerical trouble inside a fit (overflow, a singular matrix, a NaN objective) is a
         # failed fit of this candidate, not a bug of the run: whatever it raises is one line.
         with np.errstate(all="ignore"), warnings.catch_warnings():
             # Whether a fit converged is recorded (convergence_) and gated on at release; as
@@ -103,8 +103,8 @@ def fit_purchase_model(
         raise CandidateFailedError(f"cannot fit {title}: the fit ended with a non-finite parameter or likelihood")
     problem = convergence_problem(model)
     if problem is not None:
-        # lifetimes' Nelder-Mead (Pareto/NBD) ignores its own iteration limit; the check at the
-        # result is what catches a fit that stopped short.
+        # A fit that reaches its iteration limit stops there (as scikit-learn's estimators do);
+        # the check at the result is what catches a fit that stopped short.
         raise CandidateFailedError(f"cannot fit {title}: {problem}")
     return model
 

@@ -87,7 +87,7 @@ def test_the_base_stores_a_maximum_as_the_fitted_attributes():
 
     summary = json.loads(json.dumps(model.summary(), allow_nan=False))
     assert summary["model"] == "exponential" and summary["estimator"] == "ExponentialRateModel"
-    assert summary["settings"] == {"penalizer": 0.0, "initial_params": None, "tol": 1e-7, "max_iter": None}
+    assert summary["settings"] == {"penalizer": 0.0, "initial_params": None, "tol": 1e-7, "max_iter": None, "covariates": None}
     assert summary["params"] == {"rate": rate}
     assert list(summary)[-1] == "convergence"
 

@@ -193,6 +193,7 @@ def test_get_params_set_params_and_clone_round_trip():
         "tol": 1e-7,
         "max_iter": None,
         "min_repeat_customers": 100,
+        "covariates": None,
     }
     assert GammaGammaModel().set_params(**params).get_params() == params
     assert clone(model).get_params() == params
