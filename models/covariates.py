@@ -27,7 +27,9 @@ How the pipeline uses covariates
    and mean numerics), and ``coefficients_`` is a table with one row per coefficient: columns
    ``process`` (``purchase`` or ``dropout``; ``spend`` for Gamma-Gamma), ``parameter`` (the
    parameter it scales), ``covariate`` (design column), ``coefficient``, ``standard_error``,
-   ``z`` and ``p_value`` (two-sided Wald). ``summary()["coefficients"]`` holds the same rows.
+   ``z`` and ``p_value`` (two-sided Wald). ``summary()["coefficients"]`` holds the same rows,
+   ``covariates_`` the design columns the fit used, and ``covariance_`` covers every parameter
+   and coefficient (coefficients named ``parameter:covariate``).
    The links, for design row x_i:
 
    * Pareto/NBD: alpha_i = alpha exp(-g_purchase . x_i), beta_i = beta exp(-g_dropout . x_i)
