@@ -163,13 +163,14 @@ OPTIMIZER = "L-BFGS-B on log-parameters (own {model} likelihood with its analyti
 # The parameters the fallback starts move (models/_optimum.py): the purchase rates' scale and
 # b, which sets how many purchases a customer survives on average.
 SCALES = (False, True, False, True)
-# What each parameter running away (to 0 or to infinity) says about the data: b -> infinity
-# or a -> 0 is a dropout probability of 0 after every purchase, nobody drops out.
+# What each parameter running away says about the data: (to 0, to infinity). a -> 0 or
+# b -> infinity is a dropout probability of 0 after every purchase: nobody drops out.
+_NO_DROPOUT = "dropout is not identified (too few customers stop buying within the data)"
 RUNAWAY_MEANINGS = {
-    "r": "the purchase rates look the same for every customer, so their spread is not identified",
-    "alpha": "the purchase rates' scale is not identified",
-    "a": "dropout is not identified (too few customers stop buying within the data)",
-    "b": "dropout is not identified (too few customers stop buying within the data)",
+    "r": (_optimum.NO_PURCHASE_RATES, _optimum.SAME_PURCHASE_RATES),
+    "alpha": (_optimum.PURCHASE_SCALE, _optimum.PURCHASE_SCALE),
+    "a": (_NO_DROPOUT, "the dropout probabilities are not identified"),
+    "b": ("the dropout probabilities are not identified", _NO_DROPOUT),
 }
 
 

@@ -39,6 +39,12 @@ RUNAWAY = 1e3
 FALLBACK_FACTOR = 10.0
 
 Penalty = Callable[[np.ndarray], float] | None
+# What a purchase model's r and alpha running away say, the same for every model (r -> 0 with
+# alpha -> infinity is a mean purchase rate r / alpha of 0; r and alpha -> infinity together,
+# a Gamma of rates concentrated on one value).
+NO_PURCHASE_RATES = "the purchase rates are not identified (too few repeat purchases within the data)"
+SAME_PURCHASE_RATES = "the purchase rates look the same for every customer, so their spread is not identified"
+PURCHASE_SCALE = "the purchase rates' scale is not identified"
 
 
 def moments(frequency, age, weights) -> tuple[float, float, float]:
@@ -142,24 +148,28 @@ def newton_polish(likelihood, point: np.ndarray, penalty: Penalty = None, steps:
     return best, bool(flat and negative_definite and np.isfinite(best_value))
 
 
-def ran_away(point: np.ndarray, start: np.ndarray, names: Sequence[str], meanings: Mapping[str, str]) -> str | None:
+Meanings = Mapping[str, tuple[str, str]]
+
+
+def ran_away(point: np.ndarray, start: np.ndarray, names: Sequence[str], meanings: Meanings) -> str | None:
     """What the parameters that left their start by more than :data:`RUNAWAY` mean, or None.
 
-    ``meanings`` says, for each parameter name, what its running away says about the data.
+    ``meanings`` says, for each parameter name, what its running away to 0 and to infinity
+    says about the data.
     """
     with np.errstate(all="ignore"):
         ratio = point / start
-    gone = [(name, value) for name, value, factor in zip(names, point, ratio)
+    gone = [(name, value, bool(factor > 1)) for name, value, factor in zip(names, point, ratio)
             if not np.isfinite(value) or factor > RUNAWAY or factor < 1 / RUNAWAY]
     if not gone:
         return None
-    parameters = " and ".join(f"{name} ran away to {value:.3g}" for name, value in gone)
-    reasons = "; ".join(dict.fromkeys(meanings[name] for name, _ in gone))
+    parameters = " and ".join(f"{name} ran away to {value:.3g}" for name, value, _ in gone)
+    reasons = "; ".join(dict.fromkeys(meanings[name][upwards] for name, _, upwards in gone))
     return f"{parameters}: {reasons}"
 
 
 def maximise(likelihood, starts: Sequence[np.ndarray], model_name: str, names: Sequence[str],
-             meanings: Mapping[str, str], penalty: Penalty = None, tol: float = 1e-7,
+             meanings: Meanings, penalty: Penalty = None, tol: float = 1e-7,
              max_iter: int | None = None) -> np.ndarray:
     """The maximum-likelihood parameters, from the first of ``starts`` that reaches a maximum.
 
@@ -173,9 +183,9 @@ def maximise(likelihood, starts: Sequence[np.ndarray], model_name: str, names: S
     Raises
     ------
     ConvergenceError
-        When every start fails, naming the parameter that ran away from the first start and
-        what that means (``meanings``), or else scipy's reason; one line, prefixed by
-        ``model_name``.
+        When every start fails, naming the parameters that ran away from the first start
+        where some did and what that means (``meanings``), or else scipy's reason for the
+        first start; one line, prefixed by ``model_name``.
     """
     attempts = []
     for point in starts:
@@ -191,8 +201,12 @@ def maximise(likelihood, starts: Sequence[np.ndarray], model_name: str, names: S
                 return polished
             result.x = polished
         attempts.append((result, ran_away(result.x, point, names, meanings) if finite else None))
-    result, runaway = attempts[0]
+    # A start close to the boundary the likelihood rises towards may stop short of RUNAWAY
+    # times its start (seen without any repeat purchase: alpha 955 times its start, from the
+    # data's start); a farther start shows the direction.
+    runaway = next((reason for _, reason in attempts if reason is not None), None)
     if runaway is not None:
         raise ConvergenceError(f"{model_name}: {runaway} (from {len(attempts)} starts)")
+    result = attempts[0][0]
     raise ConvergenceError(f"{model_name}: the optimiser did not converge from {len(attempts)} starts "
                            f"({result.message}); try other initial_params, a larger max_iter or a small penalizer")

@@ -38,12 +38,13 @@ PARAMETERS = ("r", "alpha", "s", "beta")
 OPTIMIZER = "L-BFGS-B on log-parameters (own Pareto/NBD likelihood, 2F1 once per distinct pair)"
 # The scale parameters, which the fallback starts move (models/_optimum.py).
 SCALES = (False, True, False, True)
-# What each parameter running away (to 0 or to infinity) says about the data.
+# What each parameter running away says about the data: (to 0, to infinity).
+_NO_DROPOUT = "the dropout process is not identified (too few customers stop buying within the data)"
 RUNAWAY_MEANINGS = {
-    "r": "the purchase rates look the same for every customer, so their spread is not identified",
-    "alpha": "the purchase rates' scale is not identified",
-    "s": "the dropout process is not identified (too few customers stop buying within the data)",
-    "beta": "the dropout process is not identified (too few customers stop buying within the data)",
+    "r": (_optimum.NO_PURCHASE_RATES, _optimum.SAME_PURCHASE_RATES),
+    "alpha": (_optimum.PURCHASE_SCALE, _optimum.PURCHASE_SCALE),
+    "s": (_NO_DROPOUT, _NO_DROPOUT),
+    "beta": (_NO_DROPOUT, _NO_DROPOUT),
 }
 
 

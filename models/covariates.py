@@ -23,11 +23,18 @@ How the pipeline uses covariates
    ``group_histories(features, covariates=...)``, or ``spend_statistics(features,
    covariates=...)``) must hold those columns; every prediction reads each customer's own
    design row from them. ``covariates=None`` (or empty) is the plain model, to the bit.
+   ``models.discounting``'s CLV functions group the customers with the fitted model's
+   ``covariates_`` themselves; ``expected_purchases_new_customer(horizon, covariates=row)``
+   takes a dict/Series of design values or a table of them (None: the baseline customer).
+   A cluster sends ``CustomerHistories.from_counts(unique, counts, covariates=...)`` or
+   ``SpendStatistics(..., covariates=..., design=...)`` with the design columns grouped on.
 3. Fitted, ``params_`` are the baseline parameters (every design column 0: reference levels
    and mean numerics), and ``coefficients_`` is a table with one row per coefficient: columns
    ``process`` (``purchase`` or ``dropout``; ``spend`` for Gamma-Gamma), ``parameter`` (the
    parameter it scales), ``covariate`` (design column), ``coefficient``, ``standard_error``,
-   ``z`` and ``p_value`` (two-sided Wald). ``summary()["coefficients"]`` holds the same rows.
+   ``z`` and ``p_value`` (two-sided Wald). ``summary()["coefficients"]`` holds the same rows,
+   ``covariates_`` the design columns the fit used, and ``covariance_`` covers every parameter
+   and coefficient (coefficients named ``parameter:covariate``).
    The links, for design row x_i:
 
    * Pareto/NBD: alpha_i = alpha exp(-g_purchase . x_i), beta_i = beta exp(-g_dropout . x_i)

@@ -140,6 +140,11 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
         frequency, recency, age = histories.unique_arrays()
         if np.max(age) == 0:
             raise ValueError("features: column 'T': every row is 0, so there is no time to learn purchase rates from")
+        if np.max(frequency) == 0:
+            # Every likelihood then rises towards a mean purchase rate of 0 along a ridge flat
+            # enough for the optimiser to stop anywhere on it, with no parameter run far.
+            raise ValueError("features: column 'frequency': every row is 0, so there are no repeat purchases to learn "
+                             "purchase rates from")
         counts = histories.counts
         n_customers = int(counts.sum())
 
