@@ -58,6 +58,10 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
     con.execute(f"CREATE OR REPLACE TEMP {kind} score_features AS {features_query}")
     if on_total:
         on_total(con.execute("SELECT count(*) FROM score_features").fetchall()[0][0])
+    if getattr(scorer, "covariate_encoding", None) is not None:
+        # A covariate model's figures depend on the customer's design row too: each batch is
+        # grouped and evaluated on its own (score_customers).
+        return arrow_batches(con, "SELECT * FROM score_features ORDER BY customer_id", batch_rows), None
     histories = con.sql("SELECT DISTINCT frequency, recency, T FROM score_features").df()
     per_history = history_figures(scorer, histories)
     con.register("histories", histories.assign(**{HISTORY_ROW: np.arange(len(histories), dtype=np.int32)}))
@@ -69,6 +73,28 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
         batch_rows,
     )
     return batches, per_history
+
+
+def _with_attributes(con, features_query: str, config: Config, scorer: Any) -> str:
+    """``features_query`` with the customer attributes a covariate model uses, joined by id from
+    the config's ``input.customers`` (a customer without a row gets missing values, which
+    scoring refuses naming the column)."""
+    from pipeline.config import FIRST_CHANNEL
+    from pipeline.io import read_customer_attributes
+
+    wanted = [name for name in getattr(scorer, "covariates", ()) if name != FIRST_CHANNEL]
+    if not wanted:
+        return features_query
+    settings = config.input.customers
+    if settings is None or any(name not in settings.columns for name in wanted):
+        raise InputDataError(f"this model uses the customer attributes {wanted}: give the file in input.customers "
+                             "(path, customer_id, columns)")
+    attributes = read_customer_attributes(settings)
+    con.register("customer_attributes", attributes)
+    key = duckdb_identifier(settings.customer_id)
+    selected = ", ".join(f"a.{duckdb_identifier(name)}" for name in wanted)
+    return (f"SELECT f.*, {selected} FROM ({features_query}) f LEFT JOIN customer_attributes a "
+            f"ON CAST(f.customer_id AS VARCHAR) = CAST(a.{key} AS VARCHAR)")
 
 
 def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, features_path, scored_at):
@@ -149,7 +175,7 @@ def score_log(
     try:
         if features_path is not None:
             query = _features_file_query(con, Path(features_path))
-            batches, per_history = _joined_batches(con, query, scorer, batch_rows)
+            batches, per_history = _joined_batches(con, _with_attributes(con, query, config, scorer), scorer, batch_rows)
             if as_of is None:
                 raise InputDataError("--as-of is required with --features (the date the features describe)")
             extra = {"input": str(features_path), "input_kind": "features"}
@@ -159,7 +185,8 @@ def score_log(
             wanted = REQUIRED_FEATURES + [c for c in OPTIONAL_FEATURES if c in features.column_names]
             select = ", ".join(duckdb_identifier(c) for c in wanted)
             batches, per_history = _joined_batches(
-                con, f"SELECT {select} FROM computed_features", scorer, batch_rows, on_total, materialize=False
+                con, _with_attributes(con, f"SELECT {select} FROM computed_features", config, scorer), scorer,
+                batch_rows, on_total, materialize=False,
             )
             extra = {"input": log.source, "input_kind": "transactions", "input_rows": log.rows_used}
         resolved = Path(str(extra["input"]))

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import Config, load_config
@@ -142,6 +143,28 @@ def _money(value: float) -> str:
     return f"{value:,.2f}"
 
 
+def _print_covariates(covariates: dict[str, Any] | None) -> None:
+    """The covariates' coefficients and likelihood-ratio tests, when the run has covariates."""
+    if not covariates:
+        return
+    if covariates["coefficients"]:
+        table = Table(title=f"Covariates {covariates['columns']}: coefficients of the final models",
+                      title_justify="left")
+        for column in ("model", "process", "parameter", "covariate", "coefficient", "s.e.", "z", "p"):
+            table.add_column(column, justify="right" if column in ("coefficient", "s.e.", "z", "p") else "left")
+        for row in covariates["coefficients"]:
+            numbers = [row.get(key) for key in ("coefficient", "standard_error", "z", "p_value")]
+            # escape: a design column such as channel[web] would read as Rich markup.
+            table.add_row(row["model"], row["process"], row["parameter"], escape(row["covariate"]),
+                          *("—" if value is None else f"{value:.4g}" for value in numbers))
+        console.print(table)
+    else:
+        console.print(f"Covariates {covariates['columns']}: the holdout preferred the models without them", highlight=False)
+    for name, test in covariates["likelihood_ratio_tests"].items():
+        console.print(f"likelihood-ratio test, {name} with vs without covariates (calibration): "
+                      f"chi2 {test['statistic']:.2f} on {test['df']:.0f} df, p = {test['p_value']:.3g}", highlight=False)
+
+
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """Predicted vs historical CLV, tiers and the backtest, as the run's closing report."""
     features = summary["features"]
@@ -163,6 +186,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         "spend model": "Gamma-Gamma (" + ", ".join(f"{k} {v:.4g}" for k, v in model["spend_params"].items()) + ")",
         "frequency–monetary correlation": f"{model['spend_frequency_monetary_correlation']:.3f} (Gamma-Gamma assumes ≈ 0)",
     }))
+    _print_covariates(model.get("covariates"))
     settings = summary["value_settings"]
     console.print(_summary_table("CLV: predicted vs historical", {
         "horizon": f"{settings['horizon_periods']} {settings['period_unit']}s, discount {settings['discount_rate_per_period']:.4%} per {settings['period_unit']}",

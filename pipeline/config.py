@@ -42,6 +42,22 @@ class ColumnMap(_Settings):
         return self
 
 
+class CustomerAttributes(_Settings):
+    """A file with one row per customer whose columns can be covariates (``models.covariates``)."""
+
+    path: str = Field(description="CSV or Parquet file, one row per customer.")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    customer_id: str = Field("customer_id", description="The column holding the log's customer ids.")
+    columns: list[str] = Field(min_length=1, description="Attribute columns to read.")
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("columns must not repeat a column")
+        return value
+
+
 class InputSettings(_Settings):
     """Where the transaction log is and how to read it."""
 
@@ -53,6 +69,9 @@ class InputSettings(_Settings):
     columns: ColumnMap = ColumnMap()
     date_format: str | None = Field(
         "%Y-%m-%d", description="strptime format of text dates; null for typed date columns."
+    )
+    customers: CustomerAttributes | None = Field(
+        None, description="Per-customer attributes joined by id, for models.covariates."
     )
 
     @model_validator(mode="after")
@@ -201,10 +220,28 @@ class SpendModelSettings(_Settings):
     min_repeat_customers: int = Field(30, ge=2)
 
 
+# The covariate the log itself gives: the channel of each customer's first purchase.
+FIRST_CHANNEL = "first_channel"
+
+
 class ModelSettings(_Settings):
     purchase: PurchaseModelSettings = PurchaseModelSettings()
     spend: SpendModelSettings = SpendModelSettings()
     selection_metric: SelectionMetric = "purchases_rmse"
+    covariates: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Static covariates of every model: 'first_channel' (needs input.columns.channel) or columns "
+            "of input.customers. Each candidate is then fitted with and without them, and the holdout picks."
+        ),
+    )
+
+    @field_validator("covariates")
+    @classmethod
+    def _distinct_covariates(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("covariates must not repeat a column")
+        return value
 
 
 class AcquisitionCostSettings(_Settings):
@@ -336,6 +373,23 @@ class Config(_Settings):
     tracking: TrackingSettings = TrackingSettings()
     spark: SparkSettings = SparkSettings()
 
+    @model_validator(mode="after")
+    def _covariates_have_a_source(self) -> Config:
+        attributes = self.input.customers.columns if self.input.customers is not None else []
+        for name in self.models.covariates:
+            if name == FIRST_CHANNEL:
+                if self.input.columns.channel is None:
+                    raise ValueError("models.covariates: first_channel needs the log's channel column "
+                                     "(input.columns.channel)")
+            elif name not in attributes:
+                where = (f"input.customers.columns {attributes}" if self.input.customers is not None
+                         else "no input.customers file is configured")
+                raise ValueError(f"models.covariates: '{name}' is neither first_channel nor a customer attribute "
+                                 f"({where})")
+        if self.models.covariates and self.engine == "spark":
+            raise ValueError("models.covariates: not supported on engine: spark yet; run with engine: duckdb")
+        return self
+
     @field_validator("output_dir")
     @classmethod
     def _not_empty(cls, value: Path) -> Path:
@@ -351,7 +405,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        parts.append(f"{key}: {message}")
+        # A check of the whole config names its keys itself.
+        parts.append(message if key == "<root>" else f"{key}: {message}")
     return f"{source}: " + "; ".join(parts)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import InputSettings, resolve_input_path
+from pipeline.config import CustomerAttributes, InputSettings, resolve_input_path
 from pipeline.errors import InputDataError
 
 RAW_VIEW = "raw_transactions"
@@ -297,3 +297,39 @@ def arrow_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int):
     relation = con.sql(sql)
     method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
     return method(batch_rows)
+
+
+def read_customer_attributes(settings: CustomerAttributes) -> pd.DataFrame:
+    """The attribute file of ``input.customers``: its id column and ``columns``, as read.
+
+    A missing file or column, a repeated or missing id is an :class:`InputDataError` naming the
+    file and the column (and a row's id).
+    """
+    path = resolve_input_path(settings.path)
+    if not path.is_file():
+        raise InputDataError(f"{path}: customer attribute file not found (input.customers.path)")
+    fmt = detect_format(path, settings.format)
+    reader = "read_parquet" if fmt == "parquet" else "read_csv"
+    con = connect(threads=1)
+    try:
+        available = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {reader}({_sql_string(str(path))})").fetchall()]
+        wanted = [settings.customer_id, *settings.columns]
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise InputDataError(f"{path}: no column {', '.join(repr(m) for m in missing)} "
+                                 f"(input.customers); the file has {available}")
+        selected = ", ".join(duckdb_identifier(name) for name in wanted)
+        frame = con.execute(f"SELECT {selected} FROM {reader}({_sql_string(str(path))})").fetchdf()
+    except duckdb.Error as exc:
+        raise InputDataError(f"{path}: cannot read the customer attribute file ({first_line(exc)})") from None
+    finally:
+        con.close()
+    ids = frame[settings.customer_id]
+    if ids.isna().any():
+        row = int(ids.isna().to_numpy().argmax()) + 1
+        raise InputDataError(f"{path}: column '{settings.customer_id}': data row {row} has no customer id")
+    repeated = ids.duplicated()
+    if repeated.any():
+        raise InputDataError(f"{path}: column '{settings.customer_id}': customer {ids[repeated].iloc[0]!r} "
+                             "has more than one row (one row per customer)")
+    return frame

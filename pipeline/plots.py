@@ -356,6 +356,9 @@ def probability_alive_matrix_data(
             "T": np.full(int(possible.sum()), float(T)),
         }
     )
+    # A covariate model's baseline customer (reference levels, mean numerics: design row 0).
+    for name in getattr(purchase_model, "covariates", None) or ():
+        histories[name] = 0.0
     values = np.full(frequency_grid.shape, np.nan)
     values[possible] = purchase_model.probability_alive(histories).to_numpy()
     data = pd.DataFrame(

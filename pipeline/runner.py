@@ -16,7 +16,16 @@ from typing import Any
 from pipeline.catalog import BACKTEST_COLUMNS, FEATURES_FILE, RunCatalog
 from pipeline.config import Config
 from pipeline.stages.features import FeaturesResult
-from pipeline.stages.fit import Backtest, FitOutputs, backtest_candidates, fit_models, fit_stage, group_customers
+from pipeline.stages.fit import (
+    Backtest,
+    FitOutputs,
+    backtest_candidates,
+    encode_covariates,
+    fit_models,
+    fit_stage,
+    group_customers,
+    uses_covariates,
+)
 from pipeline.stages.report import backtest_plot_data, run_summary
 from pipeline.stages.value import ValueOutputs, value_stage
 
@@ -106,10 +115,10 @@ def draw_plots(
     """The run's PNGs into ``catalog``; the backtest plots only with a holdout (``backtest_data``,
     see :func:`pipeline.stages.report.backtest_plot_data`). Returns name → final path."""
     from pipeline import plots
-    from pipeline.stages.fit import PURCHASE_MODEL_TITLES
+    from pipeline.stages.fit import model_title
 
     written: dict[str, Path] = {}
-    title = PURCHASE_MODEL_TITLES[fit.selected]
+    title = model_title(fit.selected)
     customers = value.customers
     if backtest_data is not None:
         written["calibration_vs_holdout"] = plots.plot_calibration_vs_holdout(
@@ -190,6 +199,53 @@ class PipelineResult:
         return catalog.calibration(columns=None) if catalog.has_calibration() else None
 
 
+@dataclasses.dataclass
+class CustomerCovariates:
+    """The configured covariates' raw values, put beside a features table by customer id:
+    the attribute file read once (``input.customers``), ``first_channel`` from the features."""
+
+    names: list[str]
+    settings: Any = None
+    attributes: Any = None
+    source: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, config: Config) -> CustomerCovariates:
+        from pipeline.config import FIRST_CHANNEL
+        from pipeline.stages.covariates import attribute_columns
+
+        names = list(config.models.covariates)
+        settings = config.input.customers
+        wanted = attribute_columns(names)
+        attributes = None
+        if wanted and settings is not None:
+            from pipeline.io import read_customer_attributes
+
+            attributes = read_customer_attributes(settings)
+        source = {name: ("the log's channel column (input.columns.channel)" if name == FIRST_CHANNEL
+                         else str(settings.path if settings else "input.customers")) for name in names}
+        return cls(names, settings, attributes, source)
+
+    @property
+    def log_columns(self) -> list[str]:
+        """Feature columns the covariates read (``first_channel``)."""
+        from pipeline.config import FIRST_CHANNEL
+
+        return [FIRST_CHANNEL] if FIRST_CHANNEL in self.names else []
+
+    def beside(self, features: Any) -> Any:
+        """``features`` with every covariate's raw column, checked (a no-op without covariates)."""
+        if not self.names:
+            return features
+        from pipeline.stages.covariates import attribute_columns, check_covariate_values, join_attributes
+
+        wanted = attribute_columns(self.names)
+        if wanted:
+            features = join_attributes(features, self.attributes, self.settings, wanted, str(self.settings.path))
+        check_covariate_values(features, self.names, self.source)
+        return features
+
+
 def run_pipeline(
     config: Config, catalog: RunCatalog, source=None, progress=None, on_fit=None, on_scorer=None,
 ) -> PipelineResult:
@@ -205,6 +261,8 @@ def run_pipeline(
 
         with spark_failures(config.spark.master):
             return run_pipeline_on_spark(config, catalog, source, progress, on_fit, on_scorer)
+    # The attribute file first: a bad one fails before any work.
+    covariates = CustomerCovariates.read(config)
     _progress(progress, "computing features")
     features_result, _ = run_features(config, catalog, source)
     full = calibration = None
@@ -227,7 +285,9 @@ def run_pipeline(
 
             # Only the backtest's columns, read back now that the sorted log is gone (kept while
             # it was there they made the features stage's peak: 4.4 GB at 50M rows).
-            calibration = pd.DataFrame(catalog.calibration_columns(BACKTEST_COLUMNS), copy=False)
+            calibration = pd.DataFrame(catalog.calibration_columns(BACKTEST_COLUMNS + covariates.log_columns),
+                                       copy=False)
+        calibration = covariates.beside(calibration)
         # The features at the observation end are not held meanwhile (read back below):
         # beside the calibration features and the backtest's per-customer figures they
         # made the run's memory peak (4.0 GB at 18M customers). The calibration customers
@@ -236,15 +296,18 @@ def run_pipeline(
         backtest = run_backtest(calibration, config, progress, calibration_histories)
         # The backtest plots' tables now; then the calibration period is done with, so the
         # refit and the value stage run without it in memory (1.2 GB at 18M customers).
+        design = backtest.fitted.design if uses_covariates(backtest.selected) else None
         backtest_data = _backtest_plot_data(
-            catalog, config, backtest.fitted.purchase[backtest.selected], calibration, first_purchase_date,
-            repeat_purchases, calibration_histories,
+            catalog, config, backtest.fitted.purchase[backtest.selected],
+            calibration if design is None else design.features, first_purchase_date,
+            repeat_purchases, calibration_histories if design is None else design.histories,
         )
-        del calibration, calibration_histories, first_purchase_date
+        del calibration, calibration_histories, first_purchase_date, design
         catalog.release_memory()
         catalog.wait_for_writes()  # the features file is complete
         # First purchase dates were for the backtest plots only.
         full = catalog.features(without=("first_purchase_date",))
+    full = covariates.beside(full)
     # The customers grouped once for the all-data fit and the value stage, which is handed the
     # only reference (popped) so that it frees them as soon as the customers are scored.
     histories = [group_customers(full)]
@@ -283,10 +346,13 @@ def fit_alone(config: Config, run: RunCatalog, progress=None) -> FitOutputs:
     """The fit stage (backtest when the run has a holdout, selection, refit) on a finished run's features."""
     with run.update() as catalog:
         backtest = None
+        covariates = CustomerCovariates.read(config)
         if catalog.has_calibration():
-            backtest = run_backtest(catalog.calibration(), config, progress)
+            calibration = covariates.beside(catalog.calibration(BACKTEST_COLUMNS + covariates.log_columns))
+            backtest = run_backtest(calibration, config, progress)
+            del calibration
             catalog.release_memory()
-        full = catalog.features(without=("first_purchase_date",))
+        full = covariates.beside(catalog.features(without=("first_purchase_date",)))
         fit = fit_stage(full, config.models, backtest, progress, group_customers(full))
         catalog.write_fit(fit)
     return fit
@@ -297,7 +363,8 @@ def value_alone(config: Config, run: RunCatalog, progress=None) -> ValueOutputs:
     with run.update() as catalog:
         fit = catalog.fit()
         _progress(progress, "valuing customers")
-        value = value_stage(catalog.features(without=("first_purchase_date",)), fit, config)
+        features = CustomerCovariates.read(config).beside(catalog.features(without=("first_purchase_date",)))
+        value = value_stage(features, fit, config)
         catalog.write_value(value)
     return value
 
@@ -308,9 +375,16 @@ def report_alone(config: Config, run: RunCatalog, progress=None) -> dict[str, An
         fit, value = catalog.fit(), catalog.value()
         backtest_data = None
         if fit.calibration_models is not None:
+            calibration, histories = catalog.calibration(), None
+            design = fit.calibration_models.design
+            if uses_covariates(fit.selected) and design is not None:
+                covariates = CustomerCovariates.read(config)
+                calibration = covariates.beside(catalog.calibration(BACKTEST_COLUMNS + covariates.log_columns))
+                encoded = encode_covariates(calibration, covariates.names, design.encoder)
+                calibration, histories = encoded.features, encoded.histories
             backtest_data = _backtest_plot_data(
-                catalog, config, fit.calibration_models.purchase[fit.selected], catalog.calibration(),
-                catalog.features_column("first_purchase_date"), catalog.repeat_purchases(),
+                catalog, config, fit.calibration_models.purchase[fit.selected], calibration,
+                catalog.features_column("first_purchase_date"), catalog.repeat_purchases(), histories,
             )
         _progress(progress, "drawing plots")
         plot_paths = draw_plots(catalog, config, fit, value, backtest_data)

@@ -11,12 +11,70 @@ import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 
 from models import RELATIVE_GRADIENT_WARNING, ConvergenceError, CustomerHistories, group_histories
+from models.covariates import CovariateEncoder, likelihood_ratio_test
 from models.purchase import PURCHASE_MODELS
 from models.spend import GammaGammaModel
 from pipeline.config import ModelSettings
 from pipeline.errors import InputDataError
 
 PURCHASE_MODEL_TITLES = {"bgnbd": "BG/NBD", "mbgnbd": "MBG/NBD", "paretonbd": "Pareto/NBD"}
+# A candidate fitted with the configured covariates is named after its model with this suffix
+# (MLflow keys allow letters, digits and _ - . / space only).
+COVARIATES_SUFFIX = "_cov"
+
+
+def base_model(name: str) -> str:
+    """The purchase model of candidate ``name`` (``bgnbd_cov`` → ``bgnbd``)."""
+    return name.removesuffix(COVARIATES_SUFFIX)
+
+
+def uses_covariates(name: str) -> bool:
+    return name.endswith(COVARIATES_SUFFIX)
+
+
+def model_title(name: str) -> str:
+    """How a candidate is named to people: ``BG/NBD``, ``BG/NBD with covariates``."""
+    return PURCHASE_MODEL_TITLES[base_model(name)] + (" with covariates" if uses_covariates(name) else "")
+
+
+def candidate_names(settings: ModelSettings) -> list[str]:
+    """The purchase candidates of a run: each configured model, and with ``models.covariates``
+    each one again with them (the holdout decides whether they help)."""
+    names: list[str] = list(settings.purchase.candidates)
+    return names + [name + COVARIATES_SUFFIX for name in names] if settings.covariates else names
+
+
+@dataclasses.dataclass
+class Design:
+    """Customers with their covariates encoded (``models.CovariateEncoder``, fitted on them):
+    the features with the design columns added, and those customers grouped with them."""
+
+    encoder: CovariateEncoder
+    features: pd.DataFrame
+    histories: CustomerHistories
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.encoder.design_columns_)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Saved with the fitted models, the encoding alone: the customers are the run's files.
+        return {"encoder": self.encoder, "features": None, "histories": None}
+
+
+def encode_covariates(features: pd.DataFrame, covariates: list[str],
+                      encoder: CovariateEncoder | None = None) -> Design:
+    """Fit the covariates' encoding on ``features`` (which hold the raw covariate columns), or
+    use ``encoder``, and add the design columns; a covariate that cannot be encoded (a single
+    level, a constant, missing values, a level ``encoder`` never saw) is one line naming it."""
+    try:
+        if encoder is None:
+            encoder = CovariateEncoder(covariates).fit(features[covariates])
+        design = encoder.transform(features[covariates])
+    except ValueError as exc:
+        raise InputDataError(f"models.covariates: {failure_reason(exc)}") from None
+    with_design = features.assign(**{name: design[name].to_numpy() for name in design.columns})
+    return Design(encoder, with_design, group_customers(with_design, list(encoder.design_columns_)))
 
 
 class CandidateFailedError(InputDataError):
@@ -32,18 +90,42 @@ class FittedModels:
     spend: GammaGammaModel
     selected: str
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    # With models.covariates: the customers encoded, Gamma-Gamma with the covariates, and each
+    # model's likelihood-ratio test against itself without them.
+    design: Design | None = None
+    spend_with_covariates: GammaGammaModel | None = None
+    covariate_tests: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def purchase_model(self) -> Any:
         return self.purchase[self.selected]
 
+    def spend_for(self, name: str) -> GammaGammaModel:
+        """The spend model that goes with purchase candidate ``name``."""
+        if uses_covariates(name) and self.spend_with_covariates is not None:
+            return self.spend_with_covariates
+        return self.spend
+
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "selected_purchase_model": self.selected,
             "purchase_models": {name: model.summary() for name, model in self.purchase.items()},
             "failed_candidates": dict(self.failed),
             "spend_model": self.spend.summary(),
         }
+        if self.design is not None:
+            summary["covariates"] = {
+                "encoding": self.design.encoder.to_dict(),
+                "spend_model": None if self.spend_with_covariates is None else self.spend_with_covariates.summary(),
+                "likelihood_ratio_tests": self.covariate_tests,
+            }
+        return summary
+
+
+def covariate_test(plain: Any, full: Any) -> dict[str, float]:
+    """The likelihood-ratio test of ``full`` (with covariates) against ``plain``, as numbers."""
+    test = likelihood_ratio_test(plain, full)
+    return {"statistic": float(test.statistic), "df": float(test.df), "p_value": float(test.p_value)}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -54,7 +136,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def group_customers(features: pd.DataFrame) -> CustomerHistories:
+def group_customers(features: pd.DataFrame, covariates: list[str] | None = None) -> CustomerHistories:
     """The customers of ``features`` grouped into histories (``models.group_histories``), for a
     caller that fits or predicts on them more than once; bad features are one line.
 
@@ -62,28 +144,31 @@ def group_customers(features: pd.DataFrame) -> CustomerHistories:
     it while it fits and predicts on these customers, and drops it as soon as it is done.
     """
     try:
-        return group_histories(features)
+        return group_histories(features, covariates=covariates)
     except ValueError as exc:
         raise InputDataError(str(exc)) from None
 
 
 def fit_purchase_model(
     name: str, features: pd.DataFrame | CustomerHistories, settings: ModelSettings,
-    initial_params: dict[str, float] | None = None,
+    initial_params: dict[str, float] | None = None, covariates: list[str] | None = None,
 ) -> Any:
-    """Fit purchase model ``name``; ``initial_params`` start the optimiser (default: a start from the data).
+    """Fit purchase candidate ``name``; ``initial_params`` start the optimiser (default: a
+    start from the data's moments).
 
-    ``features`` may be the customers already grouped (:func:`group_customers`).
+    ``features`` may be the customers already grouped (:func:`group_customers`);
+    ``covariates``: the design columns a ``*_cov`` candidate is fitted with (:class:`Design`).
 
     Raises :class:`CandidateFailedError` (one line, no traceback) when the model cannot be fitted:
     bad features, an optimiser that does not converge, a likelihood that is not finite. A fit
     that ends with a non-finite parameter or log-likelihood counts as failed too.
     """
-    model = PURCHASE_MODELS[name](
+    model = PURCHASE_MODELS[base_model(name)](
         penalizer=settings.purchase.penalizer, tol=settings.purchase.tol, initial_params=initial_params,
-        max_iter=settings.purchase.max_iter_of(name),
+        max_iter=settings.purchase.max_iter_of(base_model(name)),
+        covariates=covariates if uses_covariates(name) else None,
     )
-    title = PURCHASE_MODEL_TITLES[name]
+    title = model_title(name)
     try:
         # Numerical trouble inside a fit (overflow, a singular matrix, a NaN objective) is a
         # failed fit of this candidate, not a bug of the run: whatever it raises is one line.
@@ -94,7 +179,7 @@ def fit_purchase_model(
             model.fit(features)
     except Exception as exc:  # noqa: BLE001 - see above
         # The estimators' messages name the model and their own arguments; here they are settings.
-        reason = failure_reason(exc).removeprefix("features: ").removeprefix(f"{name}: ").replace(
+        reason = failure_reason(exc).removeprefix("features: ").removeprefix(f"{base_model(name)}: ").replace(
             "try other initial_params, a larger max_iter or a small penalizer",
             "try a larger models.purchase.max_iter or a small models.purchase.penalizer",
         )
@@ -126,9 +211,12 @@ def convergence_problem(model: Any) -> str | None:
     return "the fit did not converge"
 
 
-def fit_spend_model(features: pd.DataFrame, settings: ModelSettings) -> GammaGammaModel:
+def fit_spend_model(features: pd.DataFrame, settings: ModelSettings,
+                    covariates: list[str] | None = None) -> GammaGammaModel:
+    """Gamma-Gamma on ``features`` (with ``covariates``, design columns of them, on its spend scale)."""
     model = GammaGammaModel(
-        penalizer=settings.spend.penalizer, min_repeat_customers=settings.spend.min_repeat_customers
+        penalizer=settings.spend.penalizer, min_repeat_customers=settings.spend.min_repeat_customers,
+        covariates=covariates,
     )
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -154,21 +242,46 @@ def fit_models(
     """
     purchase: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    for name in settings.purchase.candidates:
+    # With covariates, ``features`` hold the raw covariate columns; encoded once for every fit.
+    design = encode_covariates(features, settings.covariates) if settings.covariates else None
+    for name in candidate_names(settings):
         if progress:
-            progress(f"fitting {PURCHASE_MODEL_TITLES[name]}")
+            progress(f"fitting {model_title(name)}")
         try:
-            purchase[name] = fit_purchase_model(name, features if histories is None else histories, settings)
+            if uses_covariates(name):
+                assert design is not None
+                purchase[name] = fit_purchase_model(name, design.histories, settings, covariates=design.columns)
+            else:
+                purchase[name] = fit_purchase_model(name, features if histories is None else histories, settings)
         except CandidateFailedError as exc:
             failed[name] = str(exc)
             if progress:
-                progress(f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+                progress(f"skipped {model_title(name)}: {exc}")
     if not purchase:
         raise all_candidates_failed(failed)
     if progress:
         progress("fitting Gamma-Gamma")
     spend = fit_spend_model(features, settings)
-    return FittedModels(purchase=purchase, spend=spend, selected=next(iter(purchase)), failed=failed)
+    fitted = FittedModels(purchase=purchase, spend=spend, selected=next(iter(purchase)), failed=failed)
+    if design is not None:
+        if progress:
+            progress("fitting Gamma-Gamma with covariates")
+        fitted.design = design
+        fitted.spend_with_covariates = fit_spend_model(design.features, settings, design.columns)
+        fitted.covariate_tests = covariate_tests(fitted)
+    return fitted
+
+
+def covariate_tests(fitted: FittedModels) -> dict[str, dict[str, float]]:
+    """Each model fitted both ways (and Gamma-Gamma): its likelihood-ratio test for the covariates."""
+    tests = {}
+    for name in list(fitted.purchase):
+        with_them = fitted.purchase.get(name + COVARIATES_SUFFIX)
+        if not uses_covariates(name) and with_them is not None:
+            tests[name] = covariate_test(fitted.purchase[name], with_them)
+    if fitted.spend_with_covariates is not None:
+        tests["gammagamma"] = covariate_test(fitted.spend, fitted.spend_with_covariates)
+    return tests
 
 
 def all_candidates_failed(failed: dict[str, str]) -> InputDataError:
@@ -202,6 +315,10 @@ class FitOutputs:
     failed_candidates: dict[str, str] = dataclasses.field(default_factory=dict)
     # Which customers the final Gamma-Gamma fit saw, where that is not simply all of them.
     spend_fitted_on: str = "every repeat customer"
+    # When the selected candidate uses covariates: their raw names and the encoding the final
+    # models were fitted with (fitted on all customers), which scoring applies to anyone.
+    covariates: list[str] = dataclasses.field(default_factory=list)
+    covariate_encoder: CovariateEncoder | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -209,6 +326,9 @@ class FitOutputs:
             "selection_reason": self.selection_reason,
             "failed_candidates": dict(self.failed_candidates),
             "spend_fitted_on": self.spend_fitted_on,
+            "covariates": None if self.covariate_encoder is None else {
+                "columns": list(self.covariates), "encoding": self.covariate_encoder.to_dict(),
+            },
             "final": {"purchase": self.purchase_model.summary(), "spend": self.spend_model.summary()},
             "calibration": None if self.calibration_models is None else self.calibration_models.summary(),
         }
@@ -236,15 +356,27 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
 
     # One spend prediction and one ranking of the actual holdout for every candidate.
     actuals = holdout_actuals(calibration, seed)
-    try:
-        spend = fitted.spend.expected_spend(calibration)
-    except Exception:  # noqa: BLE001 - each candidate then fails on it with its reason, below
-        spend = None
+    design = fitted.design
+
+    def spend_prediction(model: GammaGammaModel, customers: pd.DataFrame) -> pd.Series | None:
+        try:
+            return model.expected_spend(customers)
+        except Exception:  # noqa: BLE001 - each candidate then fails on it with its reason, below
+            return None
+
+    spend = spend_prediction(fitted.spend, calibration)
+    spend_with_covariates = (None if design is None or fitted.spend_with_covariates is None
+                             else spend_prediction(fitted.spend_with_covariates, design.features))
     metrics = {}
     for name, model in list(fitted.purchase.items()):
         try:
             with np.errstate(all="ignore"):
-                metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed, spend, actuals)
+                if uses_covariates(name):
+                    assert design is not None
+                    metrics[name] = backtest_model(design.features, model, fitted.spend_for(name), design.histories,
+                                                   seed, spend_with_covariates, actuals)
+                else:
+                    metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed, spend, actuals)
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]
@@ -278,8 +410,11 @@ def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtes
     selected: str
     order: list[str]
     if backtest is None:
-        selected, reason = settings.purchase.candidates[0], "no holdout (no calibration_end): the first candidate is used"
-        order = list(settings.purchase.candidates)
+        # Without a holdout nothing can say whether covariates help; configured, they are used.
+        order = sorted(candidate_names(settings), key=lambda name: not uses_covariates(name))
+        selected = order[0]
+        reason = "no holdout (no calibration_end): the first candidate is used" + (
+            ", with the configured covariates" if uses_covariates(selected) else "")
         failed: dict[str, str] = {}
     else:
         selected, reason = backtest.selected, backtest.reason
@@ -287,18 +422,25 @@ def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtes
         order = [selected] + [name for name in ranked if name != selected]
         failed = {name: f"calibration fit: {why}" for name, why in backtest.fitted.failed.items()}
     purchase_model = None
+    design: Design | None = None
     for name in order:
-        say(f"fitting {PURCHASE_MODEL_TITLES[name]} on all data")
+        say(f"fitting {model_title(name)} on all data")
         try:
+            if uses_covariates(name) and design is None:
+                # The encoding of every customer (levels first seen after the calibration end too).
+                design = encode_covariates(features, settings.covariates)
+            customers = (design.histories if uses_covariates(name) and design is not None
+                         else features if histories is None else histories)
             # Started from the calibration fit's maximum, which lies close to the all-data one:
             # fewer optimiser steps (the refit took twice as long as the calibration fit).
             purchase_model = fit_purchase_model(
-                name, features if histories is None else histories, settings,
+                name, customers, settings,
                 initial_params=None if calibration_models is None else dict(calibration_models.purchase[name].params_),
+                covariates=None if design is None else design.columns,
             )
         except CandidateFailedError as exc:
             failed[name] = f"all-data fit: {exc}"
-            say(f"skipped {PURCHASE_MODEL_TITLES[name]}: {exc}")
+            say(f"skipped {model_title(name)}: {exc}")
             continue
         if name != selected:
             next_one = "the next best" if calibration_models is not None else "the next candidate"
@@ -307,15 +449,23 @@ def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtes
         break
     if purchase_model is None:
         raise all_candidates_failed(failed)
-    say("fitting Gamma-Gamma on all data")
+    with_covariates = uses_covariates(selected) and design is not None
+    say("fitting Gamma-Gamma" + (" with covariates" if with_covariates else "") + " on all data")
+    if with_covariates:
+        assert design is not None
+        spend_model = fit_spend_model(design.features, settings, design.columns)
+    else:
+        spend_model = fit_spend_model(features, settings)
     return FitOutputs(
         selected=selected,
         selection_reason=reason,
         calibration_models=calibration_models,
         backtest=metrics,
         purchase_model=purchase_model,
-        spend_model=fit_spend_model(features, settings),
+        spend_model=spend_model,
         failed_candidates=failed,
+        covariates=list(settings.covariates) if with_covariates else [],
+        covariate_encoder=design.encoder if with_covariates and design is not None else None,
     )
 
 

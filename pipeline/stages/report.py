@@ -41,6 +41,26 @@ def backtest_plot_data(
     }
 
 
+def covariates_summary(config: Config, fit: FitOutputs) -> dict[str, Any] | None:
+    """With ``models.covariates``: the final models' coefficients (with standard errors, z and
+    p-values; empty when the holdout preferred the models without them) and, with a holdout,
+    each model's likelihood-ratio test of the covariates on the calibration period."""
+    if not config.models.covariates:
+        return None
+    coefficients = [
+        {"model": role, **row}
+        for role, model in (("purchase", fit.purchase_model), ("spend", fit.spend_model))
+        for row in model.summary().get("coefficients", [])
+    ]
+    calibration = fit.calibration_models
+    return {
+        "columns": list(config.models.covariates),
+        "used_by_selected_model": bool(fit.covariates),
+        "coefficients": coefficients,
+        "likelihood_ratio_tests": {} if calibration is None else dict(calibration.covariate_tests),
+    }
+
+
 def run_summary(
     config: Config, features_summary: dict[str, Any], fit: FitOutputs, value: ValueOutputs,
     plot_paths: dict[str, str],
@@ -60,6 +80,7 @@ def run_summary(
             "purchase_log_likelihood": purchase["log_likelihood"],
             "spend_params": fit.spend_model.summary()["params"],
             "spend_frequency_monetary_correlation": float(fit.spend_model.frequency_monetary_correlation_),
+            "covariates": covariates_summary(config, fit),
         },
         "value_settings": value.scorer.settings_summary(),
         "value": value.summary,

@@ -106,6 +106,39 @@ class CustomerValueScorer:
     tier_names: list[str]
     tier_cuts: list[float]
     tier_actions: list[str]
+    # With a covariate model: the raw covariate columns a customer needs (beside the features)
+    # and their encoding (models.CovariateEncoder.to_dict), which the models' design columns
+    # come from. Class-level defaults, so scorers pickled before covariates load as plain ones.
+    covariates: tuple[str, ...] = ()
+    covariate_encoding: dict[str, Any] | None = None
+
+    @property
+    def design_columns(self) -> list[str]:
+        """The models' design columns ([] without covariates)."""
+        return [] if self.covariate_encoding is None else list(self.encoder().design_columns_)
+
+    def encoder(self) -> Any:
+        from models.covariates import CovariateEncoder
+
+        if self.covariate_encoding is None:
+            raise ValueError("this scorer's models use no covariates")
+        return CovariateEncoder.from_dict(self.covariate_encoding)
+
+    def with_design(self, features: pd.DataFrame) -> pd.DataFrame:
+        """``features`` (holding the raw covariate columns) with the models' design columns
+        added; unchanged without covariates. A missing column or value, or a level the model
+        never saw, is one line naming it."""
+        if self.covariate_encoding is None:
+            return features
+        missing = [name for name in self.covariates if name not in features.columns]
+        if missing:
+            raise InputDataError(f"features: no column {missing}: this model uses the covariates "
+                                 f"{list(self.covariates)}, one value per customer")
+        try:
+            design = self.encoder().transform(features[list(self.covariates)])
+        except ValueError as exc:
+            raise InputDataError(f"covariates: {str(exc).splitlines()[0]}") from None
+        return features.assign(**{name: design[name].to_numpy() for name in design.columns})
 
     @property
     def tiers(self) -> list[Tier]:
@@ -126,6 +159,7 @@ class CustomerValueScorer:
             "acquisition_cost_constant": self.acquisition_cost_constant,
             "acquisition_cost_per_channel": self.acquisition_cost_per_channel,
             "lifespan_years": self.lifespan_years,
+            "covariates": list(self.covariates),
             "tiers": [
                 {"name": n, "min_predicted_clv": (None if math.isinf(c) else c), "action": a}
                 for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)
@@ -137,9 +171,10 @@ class CustomerValueScorer:
 # The scoring core
 
 
-def unique_histories(features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The unique histories ``(frequency, recency, T)`` of ``features`` and each customer's row among them."""
-    histories = group_histories(features)
+def unique_histories(features: pd.DataFrame, covariates: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The unique histories ``(frequency, recency, T)`` of ``features`` (with the design columns
+    ``covariates``: the unique rows of both) and each customer's row among them."""
+    histories = group_histories(features, covariates=covariates)
     return histories.unique, histories.inverse
 
 
@@ -163,7 +198,7 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.
     model = scorer.purchase_model
     horizon = float(scorer.horizon_periods)
     # Checked and grouped once for the four figures (the rows are usually distinct already).
-    grouped = group_histories(histories)
+    grouped = group_histories(histories, covariates=scorer.design_columns)
     probability_alive = model.probability_alive(grouped)
     return pd.DataFrame(
         {
@@ -237,9 +272,14 @@ def score_customers(
         ``features`` grouped (``models.group_histories``), when the caller has them (the value
         stage has them from the all-data fit).
     """
+    if scorer.covariate_encoding is not None:
+        features = scorer.with_design(features)
+        design = scorer.design_columns
+        if histories is not None and list(histories.covariates) != design:
+            histories = None  # grouped without the design: grouped again below
     if per_history is None:
         if histories is None:
-            histories = group_histories(features)
+            histories = group_histories(features, covariates=scorer.design_columns)
         elif len(histories) != len(features):
             raise ValueError(f"histories has {len(histories)} customers, features {len(features)}")
         per_history = history_figures(scorer, histories.unique)
@@ -306,6 +346,7 @@ def _acquisition_cost(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd
 
 def new_scorer(
     purchase_model: Any, purchase_model_name: str, spend_model: Any, value: ValueSettings, period: PeriodSettings,
+    covariates: list[str] | None = None, covariate_encoding: dict[str, Any] | None = None,
 ) -> CustomerValueScorer:
     """A scorer with the value settings and the fitted models; the lifespan and the tier cuts,
     which are learned from the customers, are frozen next (:func:`build_scorer`, or the Spark
@@ -325,6 +366,7 @@ def new_scorer(
         lifespan_years=float("nan"),
         churn_inactivity_days=value.churn_inactivity_days,
         tier_names=[], tier_cuts=[], tier_actions=[],
+        covariates=tuple(covariates or ()), covariate_encoding=covariate_encoding,
     )
 
 
@@ -376,6 +418,8 @@ def build_scorer(
     segments: SegmentSettings,
     period: PeriodSettings,
     histories: CustomerHistories | None = None,
+    covariates: list[str] | None = None,
+    covariate_encoding: dict[str, Any] | None = None,
 ) -> tuple[CustomerValueScorer, HistoricalCLV, pd.DataFrame]:
     """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
 
@@ -383,7 +427,8 @@ def build_scorer(
     and action as categoricals, which at 18M customers are far cheaper than text).
     ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them.
     """
-    scorer = new_scorer(purchase_model, purchase_model_name, spend_model, value, period)
+    scorer = new_scorer(purchase_model, purchase_model_name, spend_model, value, period, covariates,
+                        covariate_encoding)
     with value_errors():
         terms = customer_terms(scorer, features)
         scorer.lifespan_years = terms.historical.lifespan_years
@@ -548,7 +593,8 @@ def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: Custom
     """
     scorer, historical, scores = build_scorer(
         features, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments,
-        config.features.period, histories,
+        config.features.period, histories, fit.covariates,
+        None if fit.covariate_encoder is None else fit.covariate_encoder.to_dict(),
     )
     del histories
     # Rows of ``scores`` are those of ``features`` in order.

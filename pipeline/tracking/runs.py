@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,21 @@ def log_model_summaries(run: _Run, fit: Any) -> None:
             f"{role}.log_likelihood": summary["log_likelihood"], f"{role}.n_customers": summary["n_customers"],
         }))
     mlflow.log_metric("spend.frequency_monetary_correlation", float(fit.spend_model.frequency_monetary_correlation_))
+    for role, model in (("purchase", fit.purchase_model), ("spend", fit.spend_model)):
+        for row in model.summary().get("coefficients", []):
+            key = _metric_key(f"{role}.coef.{row['parameter']}.{row['covariate']}")
+            mlflow.log_metrics(_finite({key: row["coefficient"], f"{key}.se": row["standard_error"],
+                                        f"{key}.p_value": row["p_value"]}))
+    tests = {} if fit.calibration_models is None else fit.calibration_models.covariate_tests
+    for name, test in tests.items():
+        mlflow.log_metrics(_finite({f"covariates.lr_test.{name}.{key}": value for key, value in test.items()}))
     mlflow.log_dict(fit.summary(), "models.json")
+
+
+def _metric_key(text: str) -> str:
+    # MLflow keys take letters, digits and _ - . / space: a design column such as channel[web]
+    # becomes channel_web_.
+    return re.sub(r"[^\w\-./ ]", "_", text)
 
 
 def log_candidates(run: _Run, fit: Any) -> None:
