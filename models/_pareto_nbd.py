@@ -100,7 +100,7 @@ class ParetoNBDLikelihood:
 
     def __call__(self, params) -> float:
         """The total log-likelihood: every customer's, summed."""
-        return float(np.dot(self.weights, self.per_history(params)))
+        return _optimum.dot(self.weights, self.per_history(params))
 
 
 class _Pairs:
