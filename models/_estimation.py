@@ -123,7 +123,8 @@ def describe_optimum(log_likelihood, point, n_customers, optimizer, model_label,
         log-likelihood stays unpenalized.
     derivatives : callable, optional
         Maps the parameter vector to the gradient and Hessian of the objective (the
-        log-likelihood minus the penalty), for a model that has them in closed form.
+        log-likelihood minus the penalty), for a model that has them in closed form (or
+        a closed-form gradient: ``models._optimum.derivatives``).
         Default: central finite differences (:func:`gradient_and_hessian`), whose
         Hessian carries the rounding of the log-likelihood divided by the squared step,
         so a sum taken in another order moves the standard errors in their fourth digit.

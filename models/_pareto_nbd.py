@@ -115,7 +115,7 @@ class ParetoNBDLikelihood:
 
     def __call__(self, params) -> float:
         """The total log-likelihood: every customer's, summed."""
-        return float(np.dot(self.weights, self.per_history(params)))
+        return _optimum.dot(self.weights, self.per_history(params))
 
     def per_history_by_pattern(self, r, alpha, s, beta) -> np.ndarray:
         """Each distinct history's log-likelihood when alpha and beta are per design pattern.

@@ -42,7 +42,7 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _pareto_nbd
+from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _optimum, _pareto_nbd
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
 from ._validation import check_count, check_horizon
 from .covariates import check_covariate_row, check_covariates
@@ -163,6 +163,8 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
             optimizer=self._optimizer,
             model_label=type(self).__name__,
             penalty=penalty,
+            # The Hessian newton_polish checked: from the closed-form gradient where there is one.
+            derivatives=_optimum.derivatives(log_likelihood, penalty),
         )
         self._store_optimum(point, optimum, n_customers, len(counts), tol=tol_used)
         return self

@@ -102,6 +102,19 @@ def test_the_analytic_gradient_is_the_finite_difference_one(sample, name, params
         np.testing.assert_allclose(gradient[index], numeric, rtol=1e-6, atol=1e-7 * scale, err_msg=NAMES[index])
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("params", PARAMETER_SETS)
+def test_the_fits_totals_are_the_weighted_sums_of_each_historys(sample, name, params):
+    # value_and_gradient sums terms of one variable over their distinct values: the same sums.
+    frequency, recency, age, counts = sample
+    values, gradients = per_history(*params, frequency, recency, age, modified=name == "mbgnbd")
+    total, gradient = BetaGeometricLikelihood(frequency, recency, age, counts, name == "mbgnbd").value_and_gradient(
+        params)
+    assert total == pytest.approx(float(np.sum(counts * values)), rel=1e-13)
+    reference = (gradients * counts).sum(axis=1)
+    np.testing.assert_allclose(gradient, reference, rtol=1e-9, atol=1e-9 * np.abs(gradients * counts).sum())
+
+
 @pytest.mark.parametrize("modified", [False, True])
 def test_parameters_may_differ_per_history(sample, modified):
     # A covariate model's groups: each row's parameters from its group, equal to fitting each
