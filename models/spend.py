@@ -639,6 +639,15 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
                 f"the Gamma-Gamma model needs at least min_repeat_customers={self.min_repeat_customers}"
             )
 
+        spends = statistics.monetary_value
+        if len(spends) and np.all(spends == spends[0]):
+            # The likelihood keeps rising as p and q grow without bound (no spread to fit): say
+            # so, rather than report an optimiser's precision loss.
+            raise ConvergenceError(
+                f"gammagamma: every repeat customer's mean spend is {spends[0]:g}: with no spread in spend, "
+                "p and q run away (the spend distribution is not identified); each customer's expected spend "
+                f"is simply {spends[0]:g}"
+            )
         if self.initial_params is None:
             start = np.array([1.0, 2.0, statistics.mean_spend])
         else:
@@ -663,9 +672,13 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         # the mean log-likelihood in log-parameters, so judge flatness by it.
         flat = np.all(np.isfinite(result.x)) and np.max(np.abs(result.jac)) <= RELATIVE_GRADIENT_WARNING
         if not (result.success or flat):
+            gone = [f"{name} ran away to {value:.3g}" for name, value, first in
+                    zip(self.parameter_names, np.exp(result.x), start)
+                    if not np.isfinite(value) or not 1e-3 < value / first < 1e3]
+            why = (": ".join(["; ".join(gone), "the spend distribution is not identified by these customers' mean spends"])
+                   if gone else f"the optimiser did not converge ({result.message})")
             raise ConvergenceError(
-                f"gammagamma: the optimiser did not converge ({result.message}); "
-                "try other initial_params, a larger max_iter or a small penalizer"
+                f"gammagamma: {why}; try other initial_params, a larger max_iter or a small penalizer"
             )
 
         def derivatives(values):

@@ -401,3 +401,19 @@ def test_closed_form_hessian_matches_differences_of_the_likelihood(fitted, featu
             _log_likelihood_and_gradient(up, statistics)[1] - _log_likelihood_and_gradient(down, statistics)[1]
         ) / (2 * steps[i])
         np.testing.assert_allclose(hessian[:, i], column, rtol=1e-6, atol=1e-7 * np.max(np.abs(hessian)))
+
+
+def test_constant_spend_fails_with_a_line_saying_what_ran_away_and_tiers_keep_their_own_mean():
+    from models import ConvergenceError
+
+    rng = np.random.default_rng(0)
+    frequency = rng.poisson(2, 3000) + 1
+    # A subscription at one price: no spread to fit, said in one line (not a precision loss).
+    with pytest.raises(ConvergenceError, match="every repeat customer's mean spend is 9.99: .*p and q run away"):
+        GammaGammaModel().fit(pd.DataFrame({"frequency": frequency, "monetary_value": np.full(3000, 9.99)}))
+    # Three price tiers, each customer on one: p grows without a within-customer spread, and the
+    # expected spend of a repeat customer is their own tier's price (the model's limit).
+    tiers = rng.choice([9.99, 19.99, 49.99], 3000)
+    features = pd.DataFrame({"frequency": frequency, "monetary_value": tiers})
+    expected = GammaGammaModel().fit(features).expected_spend(features)
+    np.testing.assert_allclose(expected, tiers, rtol=1e-3)
