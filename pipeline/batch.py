@@ -77,10 +77,14 @@ def _joined_batches(con, features_query: str, scorer: Any, batch_rows: int, on_t
 
 def _with_attributes(con, features_query: str, config: Config, scorer: Any) -> str:
     """``features_query`` with the customer attributes a covariate model uses, joined by id from
-    the config's ``input.customers`` (a customer without a row gets missing values, which
-    scoring refuses naming the column)."""
+    the config's ``input.customers`` as a run joins them
+    (:func:`pipeline.stages.covariates.join_attributes`: the same id matching, and a customer
+    without a row is the same one-line error)."""
+    import pandas as pd
+
     from pipeline.config import FIRST_CHANNEL
     from pipeline.io import read_customer_attributes
+    from pipeline.stages.covariates import join_attributes
 
     wanted = [name for name in getattr(scorer, "covariates", ()) if name != FIRST_CHANNEL]
     if not wanted:
@@ -89,12 +93,13 @@ def _with_attributes(con, features_query: str, config: Config, scorer: Any) -> s
     if settings is None or any(name not in settings.columns for name in wanted):
         raise InputDataError(f"this model uses the customer attributes {wanted}: give the file in input.customers "
                              "(path, customer_id, columns)")
-    attributes = read_customer_attributes(settings)
-    con.register("customer_attributes", attributes)
-    key = duckdb_identifier(settings.customer_id)
+    ids = con.execute(f"SELECT customer_id FROM ({features_query}) q").df()
+    aligned = join_attributes(ids, read_customer_attributes(settings), settings, wanted, str(settings.path))
+    # Keyed by the features' own ids (same type), so the join below is exact.
+    con.register("customer_attributes", pd.DataFrame(aligned, copy=False))
     selected = ", ".join(f"a.{duckdb_identifier(name)}" for name in wanted)
-    return (f"SELECT f.*, {selected} FROM ({features_query}) f LEFT JOIN customer_attributes a "
-            f"ON CAST(f.customer_id AS VARCHAR) = CAST(a.{key} AS VARCHAR)")
+    return (f"SELECT f.*, {selected} FROM ({features_query}) f JOIN customer_attributes a "
+            f"ON f.customer_id = a.customer_id")
 
 
 def _score_on_spark(config, scorer, identity, output: Path, as_of, input_path, features_path, scored_at):

@@ -136,7 +136,7 @@ class BackgroundRun:
 
         self.check()
         if self.active:
-            self._send("log_model", scorer, model_example(features))
+            self._send("log_model", scorer, model_example(features, scorer))
 
     def wait_until_started(self) -> None:
         """Wait for the child to have started the MLflow run; raise as :meth:`check` does."""

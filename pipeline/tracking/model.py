@@ -24,7 +24,8 @@ def _pyfunc_class():
 
         Input: one row per customer with ``customer_id``, ``frequency``, ``recency``, ``T``,
         ``monetary_value``, ``n_transactions``, ``total_amount`` (optionally ``total_margin``,
-        ``acquisition_cost``, ``first_channel``), in the model's time unit.
+        ``acquisition_cost``, ``first_channel``), in the model's time unit; a model with
+        covariates also reads their raw columns (its signature lists them).
         """
 
         def load_context(self, context):
@@ -64,9 +65,12 @@ def _log_pyfunc(example: pd.DataFrame, signature: Any, scorer_path: Path, scorer
         )
 
 
-def model_example(features: pd.DataFrame) -> pd.DataFrame:
-    """The logged model's input example: the first five customers, with the columns it reads."""
+def model_example(features: pd.DataFrame, scorer: Any = None) -> pd.DataFrame:
+    """The logged model's input example: the first five customers, with the columns it reads
+    (a covariate model's raw covariates among them, so the signature asks for them)."""
+    covariates = list(getattr(scorer, "covariates", ()))
     optional = [c for c in ("total_margin", "acquisition_cost", "first_channel") if c in features.columns]
+    optional += [c for c in covariates if c not in optional and c in features.columns]
     return features.head(5).reset_index()[PYFUNC_INPUT_COLUMNS + optional]
 
 

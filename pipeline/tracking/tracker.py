@@ -40,7 +40,7 @@ class InProcessTracker:
 
     def log_model(self, scorer: Any, features: Any) -> None:
         """Log (not yet register) the pyfunc model of ``scorer``, with an input example from ``features``."""
-        self._logged_model = model_logging.log_model(self.run, model_logging.model_example(features), scorer)
+        self._logged_model = model_logging.log_model(self.run, model_logging.model_example(features, scorer), scorer)
         self._scorer = scorer
 
     def finish(self, run_dir: Path, summary: dict[str, Any], checks: dict[str, Any], source: Any = None) -> dict[str, Any]:

@@ -135,6 +135,23 @@ def test_builtin_data_with_a_customer_attribute_file(tmp_path):
     text = (run_dir / "model" / "models.json").read_text()
     assert "likelihood_ratio_tests" in text and "segment[" in text
 
+    # Without a holdout the configured covariates are used; the registered model scores with
+    # the attribute file of the config and asks for the attributes in its signature.
+    no_holdout = ["--set", "features.calibration_end=null", "--set", "models.covariates=[segment, age]"]
+    result = runner.invoke(app, ["run", "-q", *common, *no_holdout])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert runner.invoke(app, ["promote", "2", *common]).exit_code == 0
+    out = tmp_path / "scores.parquet"
+    scored = runner.invoke(app, ["score", "-q", *common, "--as-of", "1998-06-30", "--out", str(out)])
+    assert scored.exit_code == 0, scored.stderr
+    exported = pd.read_parquet(out)
+    assert len(exported) == 2357 and np.isfinite(exported["predicted_clv"]).all()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    inputs = mlflow.models.get_model_info("models:/clv@champion").signature.inputs.input_names()
+    assert {"segment", "age"} <= set(inputs)
+
     # A customer missing from the file: one line naming the file and a customer, exit 2, no run.
     attributes.iloc[1:].to_csv(path, index=False)
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
