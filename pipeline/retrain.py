@@ -211,7 +211,12 @@ def _monitor(config: Config, view: ChampionView, as_of: dt.date, catalog: RunCat
         config.validation.model_copy(update={"max_holdout_share": None}),
         holdout_purchases=True,
     )
-    calibration = computed.calibration_frame()
+    from pipeline.runner import CustomerCovariates
+
+    # A covariate champion reads each customer's raw covariates (its own, from this config's sources).
+    calibration = scorer.with_design(
+        CustomerCovariates.read(config, list(scorer.covariates)).beside(computed.calibration_frame())
+    )
     report = monitor.forecast_vs_actual(calibration, scorer)
     curve = monitor.cumulative_forecast_data(
         calibration, scorer.purchase_model, computed.repeat_purchases.to_pandas(), view.as_of, as_of,

@@ -191,7 +191,10 @@ class PipelineResult:
                 calibration = self.cluster_features.sparkSession.read.parquet(str(path))
                 return refitted_holdout_metric_on_cluster(scorer, calibration, metric, config.seed)
         calibration = self.calibration_frame()
-        return None if calibration is None else refitted_holdout_metric(scorer, calibration, metric, config.seed)
+        if calibration is None:
+            return None
+        calibration = CustomerCovariates.read(config, list(getattr(scorer, "covariates", ()))).beside(calibration)
+        return refitted_holdout_metric(scorer, calibration, metric, config.seed)
 
     def calibration_frame(self):
         """The calibration features with the holdout columns (read back: the run does not keep them), or None."""
@@ -210,17 +213,23 @@ class CustomerCovariates:
     source: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def read(cls, config: Config) -> CustomerCovariates:
+    def read(cls, config: Config, names: list[str] | None = None) -> CustomerCovariates:
+        """The covariates ``names`` (default: the config's ``models.covariates``; a frozen
+        model's own, when it is judged or monitored on new data)."""
         from pipeline.config import FIRST_CHANNEL
         from pipeline.stages.covariates import attribute_columns
 
-        names = list(config.models.covariates)
+        names = list(config.models.covariates if names is None else names)
         settings = config.input.customers
         wanted = attribute_columns(names)
         attributes = None
-        if wanted and settings is not None:
+        if wanted:
+            from pipeline.errors import InputDataError
             from pipeline.io import read_customer_attributes
 
+            if settings is None or any(name not in settings.columns for name in wanted):
+                raise InputDataError(f"the model uses the customer attributes {wanted}: give the file in "
+                                     "input.customers (path, customer_id, columns)")
             attributes = read_customer_attributes(settings)
         source = {name: ("the log's channel column (input.columns.channel)" if name == FIRST_CHANNEL
                          else str(settings.path if settings else "input.customers")) for name in names}

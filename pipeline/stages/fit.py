@@ -484,7 +484,12 @@ def refitted_holdout_metric(scorer: Any, calibration: pd.DataFrame, metric: str,
     champion judged on the challenger's window)."""
     from pipeline.stages.backtest import SELECTION_KEYS, backtest_model
 
-    histories = group_customers(calibration)  # once, for the fit and the holdout prediction
+    if getattr(scorer, "covariate_encoding", None) is not None:
+        # The champion's own encoding (its models' design columns), on these customers' raw covariates.
+        design = encode_covariates(calibration, list(scorer.covariates), scorer.encoder())
+        calibration, histories = design.features, design.histories
+    else:
+        histories = group_customers(calibration)  # once, for the fit and the holdout prediction
     with np.errstate(all="ignore"):
         purchase, spend = refitted_models(scorer, histories, calibration)
         metrics = backtest_model(calibration, purchase, spend, histories, seed=seed)

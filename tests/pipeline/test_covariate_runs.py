@@ -159,3 +159,20 @@ def test_builtin_data_with_a_customer_attribute_file(tmp_path):
     assert bad.exit_code == 2
     assert str(path) in bad.stderr and "have no row" in bad.stderr and "Traceback" not in bad.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+
+
+def test_a_covariate_champion_is_refitted_on_a_new_window_with_its_own_encoding(channel_run):
+    # What clv retrain does with a champion: its models refitted on the challenger's window and
+    # scored on its holdout. On the run's own window that is the run's own backtest figure.
+    import joblib
+
+    from pipeline.catalog import RunCatalog
+    from pipeline.stages.fit import refitted_holdout_metric
+
+    _, _, run_dir, _ = channel_run
+    scorer = joblib.load(run_dir / "model" / "scorer.joblib")
+    assert scorer.covariates == ("first_channel",) and scorer.design_columns == ["first_channel[web]"]
+    calibration = RunCatalog(run_dir, run_dir).calibration(columns=None)
+    metric = refitted_holdout_metric(scorer, calibration, "purchases_rmse")
+    backtest = json.loads((run_dir / "backtest.json").read_text())
+    assert metric == pytest.approx(backtest["bgnbd_cov"]["purchases_rmse"], rel=1e-6)
