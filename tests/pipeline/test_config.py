@@ -43,3 +43,22 @@ def test_sample_config_is_the_published_setup():
     config = sample_config()
     assert str(config.features.calibration_end) == "1997-09-30"
     assert config.input.path == "builtin:CDNOW_sample.txt"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["models.covariates=[first_channel]"], "first_channel needs the log's channel column"),
+    (["models.covariates=[region]"], "'region' is neither first_channel nor a customer attribute"),
+    (["input.customers={path: c.csv, columns: [age]}", "models.covariates=[region]"], r"input.customers.columns \['age'\]"),
+    (["input.columns.channel=ch", "models.covariates=[first_channel]", "engine=spark"], "not supported on engine: spark"),
+    (["models.covariates=[first_channel, first_channel]", "input.columns.channel=ch"], "must not repeat"),
+])
+def test_covariates_need_a_source(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        sample_config(*overrides)
+
+
+def test_covariates_from_the_log_and_an_attribute_file_are_accepted():
+    config = sample_config("input.columns.channel=ch", "input.customers={path: c.csv, customer_id: id, columns: [age]}",
+                           "models.covariates=[first_channel, age]")
+    assert config.models.covariates == ["first_channel", "age"]
+    assert config.input.customers is not None and config.input.customers.customer_id == "id"
