@@ -252,3 +252,26 @@ def test_totals_by_hand_and_their_edges(small_log_features):
     with pytest.raises(TypeError, match="totals must be HistoricalTotals"):
         historical_clv_from_totals(small_log_features)
     assert historical_clv_from_totals(totals, lifespan_years=2.0).lifespan_years == 2.0
+
+
+def test_historical_clv_over_a_horizon_is_the_formula_with_the_horizon_for_the_lifespan():
+    from models.historical import historical_clv, historical_clv_over_horizon
+
+    features = pd.DataFrame(
+        {"frequency": [3.0, 0.0, 10.0], "recency": [20.0, 0.0, 60.0], "T": [40.0, 30.0, 100.0],
+         "n_transactions": [4, 1, 11], "total_amount": [100.0, 20.0, 550.0]},
+        index=["a", "b", "c"],
+    )
+    full = historical_clv(features, 7.0, churn_inactivity_days=180.0, margin_rate=0.3, acquisition_cost=2.0)
+    horizon = historical_clv_over_horizon(features, 7.0, 1.0, churn_inactivity_days=180.0, margin_rate=0.3,
+                                          acquisition_cost=2.0)
+    # Over a horizon as long as the company lifespan, the two formulas are one.
+    same = historical_clv_over_horizon(features, 7.0, full.lifespan_years, churn_inactivity_days=180.0,
+                                       margin_rate=0.3, acquisition_cost=2.0)
+    pd.testing.assert_series_equal(same, full.per_customer.rename("historical_clv_horizon"))
+    # By hand for customer c: 40 weeks (280 days) without a purchase, so churned at the last
+    # purchase: active 60 weeks; 11 purchases of 50 on average.
+    years = 60 * 7 / 365.25
+    assert horizon["c"] == pytest.approx(50.0 * 11 / years * 1.0 * 0.3 - 2.0)
+    # b: one purchase, active less than a year: the floor of one year.
+    assert horizon["b"] == pytest.approx(20.0 * 1 * 0.3 - 2.0)
