@@ -165,6 +165,28 @@ def _print_covariates(covariates: dict[str, Any] | None) -> None:
                       f"chi2 {test['statistic']:.2f} on {test['df']:.0f} df, p = {test['p_value']:.3g}", highlight=False)
 
 
+def _print_like_for_like(comparisons: dict[str, Any] | None, settings: dict[str, Any]) -> None:
+    """Predicted vs historical CLV like for like (means per customer): over the horizon, and over
+    a whole lifetime; for the company, each tier and each first channel."""
+    if not comparisons:
+        return
+    horizon = f"{settings['horizon_periods']} {settings['period_unit']}s"
+    table = Table(title=f"Predicted vs historical CLV, like for like (means; horizon {horizon})",
+                  title_justify="left")
+    for column in ("customers", "predicted, horizon", "formula, horizon", "realised + predicted lifetime",
+                   "formula, lifespan"):
+        table.add_column(column, justify="right")
+    table.add_column("", justify="left")
+    rows = [("company", comparisons["company"])]
+    rows += [(f"tier {name}", figures) for name, figures in comparisons.get("by_tier", {}).items()]
+    rows += [(f"channel {name}", figures) for name, figures in comparisons.get("by_channel", {}).items()]
+    for label, figures in rows:
+        table.add_row(f"{figures['customers']:,}", _money(figures["horizon"]["predicted_mean"]),
+                      _money(figures["horizon"]["historical_mean"]), _money(figures["lifetime"]["predicted_mean"]),
+                      _money(figures["lifetime"]["historical_mean"]), escape(label))
+    console.print(table)
+
+
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """Predicted vs historical CLV, tiers and the backtest, as the run's closing report."""
     features = summary["features"]
@@ -199,6 +221,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         "historical lifespan": f"{value['historical_lifespan_years']:.2f} years (churn {value['historical_churn_rate_annual']:.2f}/year)",
         "mean P(alive)": f"{value['mean_probability_alive']:.3f}",
     }))
+    _print_like_for_like(value.get("like_for_like"), settings)
     tiers = Table(title="Tiers", title_justify="left")
     for column in ("tier", "customers", "share", "share of CLV", "mean CLV", "mean historical", "action"):
         tiers.add_column(column, overflow="fold")
@@ -403,6 +426,10 @@ def compare(
         ("holdout_purchases_total_error_pct", "total err", "{:+.1f}%".format),
         ("baseline_purchases_rmse", "baseline RMSE", "{:.3f}".format),
         ("predicted_clv_mean", "pred. CLV", "{:,.2f}".format), ("historical_clv_mean", "hist. CLV", "{:,.2f}".format),
+        ("horizon_predicted_mean", "horizon pred/hist", "{:,.2f}".format),
+        ("horizon_historical_mean", "", "{:,.2f}".format),
+        ("lifetime_predicted_mean", "lifetime pred/hist", "{:,.2f}".format),
+        ("lifetime_historical_mean", "", "{:,.2f}".format),
         ("version", "version", str), ("skipped", "skipped", str),
     ]
     table.add_column("")

@@ -263,9 +263,11 @@ class AcquisitionCostSettings(_Settings):
 
 
 class ValueSettings(_Settings):
-    """Predicted CLV = discounted expected margin over the horizon, minus CAC."""
+    """Predicted CLV = discounted expected margin over the horizon (or the whole lifetime), minus CAC."""
 
-    horizon_months: float = Field(12, gt=0, le=240)
+    horizon: float | Literal["lifetime"] = Field(
+        12, description="Months of future the predicted CLV covers, or 'lifetime' (every future purchase, discounted)."
+    )
     discount_rate_annual: float = Field(0.10, ge=0, le=1)
     margin_rate: float = Field(
         1.0, gt=0, le=1, description="Margin as a share of revenue where the log gives no margin/cost."
@@ -274,6 +276,39 @@ class ValueSettings(_Settings):
     churn_inactivity_days: float = Field(
         180, gt=0, description="Historical CLV: a customer inactive this long before the end counts as churned."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _horizon_months_is_the_old_name(cls, value: Any) -> Any:
+        # Configs written before value.horizon took 'lifetime' name it horizon_months.
+        if isinstance(value, dict) and "horizon_months" in value:
+            value = dict(value)
+            months = value.pop("horizon_months")
+            if "horizon" in value and value["horizon"] != months:
+                raise ValueError("give value.horizon or its old name horizon_months, not both")
+            value["horizon"] = months
+        return value
+
+    @field_validator("horizon", mode="before")
+    @classmethod
+    def _months_in_range(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "lifetime":
+            return "lifetime"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"a number of months or 'lifetime', got {value!r}")
+        if not 0 < value <= 240:
+            raise ValueError("horizon: a number of months in (0, 240], or 'lifetime'")
+        return value
+
+    @property
+    def is_lifetime(self) -> bool:
+        return self.horizon == "lifetime"
+
+    @property
+    def horizon_months(self) -> float:
+        """The horizon in months of the horizon CLV: the configured one, or 12 months beside a
+        lifetime value (every run reports a horizon figure to compare like for like)."""
+        return 12.0 if isinstance(self.horizon, str) else float(self.horizon)
 
 
 class TierSettings(_Settings):

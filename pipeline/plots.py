@@ -516,6 +516,44 @@ def plot_clv_by_tier(tier_summary: pd.DataFrame, path: str | Path) -> Path:
     return _save(figure, path)
 
 
+def plot_like_for_like(comparisons: dict, path: str | Path, horizon_label: str) -> Path:
+    """Draw predicted vs historical CLV like for like, per tier, as a PNG: the horizon pair (the
+    predicted horizon CLV and the business formula over the same horizon) and the lifetime pair
+    (margin realised to date + predicted lifetime value, and the formula over the lifespan).
+
+    Parameters
+    ----------
+    comparisons : dict
+        ``summary.json``'s ``value.like_for_like``: ``by_tier`` maps each tier (in drawing order)
+        to ``{"horizon": {...}, "lifetime": {...}}`` with ``predicted_mean`` and ``historical_mean``.
+    path : str or pathlib.Path
+        Where to write the PNG (written atomically).
+    horizon_label : str
+        The horizon in words, e.g. ``"52 weeks"``.
+    """
+    tiers = list(comparisons["by_tier"])
+    positions = np.arange(len(tiers))
+    width = 0.38
+    figure = _new_figure(11.0, 4.8)
+    panels = (("horizon", f"over the horizon ({horizon_label})"), ("lifetime", "over a whole lifetime"))
+    for number, (key, title) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, 2, number)
+        predicted = [comparisons["by_tier"][tier][key]["predicted_mean"] for tier in tiers]
+        historical = [comparisons["by_tier"][tier][key]["historical_mean"] for tier in tiers]
+        axes.bar(positions - width / 2, predicted, width, color="tab:blue",
+                 label="predicted" if key == "horizon" else "realised margin + predicted lifetime value")
+        axes.bar(positions + width / 2, historical, width, color="tab:gray",
+                 label="business formula over the horizon" if key == "horizon" else "business formula (lifespan)")
+        axes.set_xticks(positions)
+        axes.set_xticklabels(tiers)
+        axes.set_xlabel("value tier")
+        axes.set_ylabel("mean CLV per customer")
+        axes.grid(alpha=0.3, axis="y")
+        axes.legend(fontsize=8)
+        axes.set_title(f"Predicted vs historical CLV {title}", fontsize=10)
+    return _save(figure, path)
+
+
 def plot_champion_forecast(data: pd.DataFrame, path: str | Path, model_title: str, ax=None) -> Path | None:
     """Draw the champion's predicted vs the actual cumulative purchases since its as-of date, as a PNG.
 

@@ -140,6 +140,10 @@ def draw_plots(
         customers["predicted_clv"], cuts, catalog.plot_path("clv_distribution")
     )
     written["clv_by_tier"] = plots.plot_clv_by_tier(value.tier_table, catalog.plot_path("clv_by_tier"))
+    written["like_for_like"] = plots.plot_like_for_like(
+        value.summary["like_for_like"], catalog.plot_path("like_for_like"),
+        f"{value.scorer.horizon_periods} {config.features.period.unit}s",
+    )
     return {name: str(catalog.final / path.relative_to(catalog.directory)) for name, path in written.items()}
 
 

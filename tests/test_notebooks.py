@@ -37,7 +37,7 @@ def store(tmp_path_factory):
     common = ["-c", SAMPLE, "--set", f"tracking.uri={uri}"]
     run = ["run", "-q", *common, "--set", f"output_dir={root / 'outputs'}", "--set", "models.purchase.candidates=[bgnbd]"]
     clv(*run)
-    clv(*run, "--set", "value.horizon_months=6")
+    clv(*run, "--set", "value.horizon=6")
     # Artifact locations are absolute, so the copy reads like the original.
     shutil.copy(root / "mlflow.db", root / "unpromoted.db")
     clv("promote", "1", *common)
@@ -104,8 +104,8 @@ def test_runs_table_plots_and_champion(store, kernel_path):
     assert "★" in table_row(html, first) and "★" not in table_row(html, second)
     # Only the horizon was changed between the two runs.
     changed = text(outputs(notebook, "config-diff"))
-    assert "1 of " in changed and "value.horizon_months" in changed
-    diff_row = next(line for line in changed.splitlines() if line.startswith("value.horizon_months"))
+    assert "1 of " in changed and "value.horizon" in changed
+    diff_row = next(line for line in changed.splitlines() if line.startswith("value.horizon"))
     assert diff_row.split()[1:] == ["6.0", "12.0"]  # newest run first
 
     for tag, axes in (("plot-clv", 1), ("plot-holdout", 6)):

@@ -39,3 +39,17 @@ def merge_partials(partials: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if merged is None:
         raise ValueError("no partials to merge")
     return merged
+
+
+class GroupedSums(dict):
+    """Sums by group, ``{group: {name: sum}}``, that add group by group (a group missing from
+    one side counts as zeros): a partial entry :func:`merge_partials` can reduce when the groups
+    a batch holds (tiers, channels) are not known in advance."""
+
+    def __add__(self, other: dict[str, dict[str, float]]) -> GroupedSums:
+        merged = GroupedSums({group: dict(sums) for group, sums in self.items()})
+        for group, sums in other.items():
+            target = merged.setdefault(group, {})
+            for name, value in sums.items():
+                target[name] = target.get(name, 0.0) + value
+        return merged

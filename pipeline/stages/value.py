@@ -43,7 +43,13 @@ from models.discounting import (
     discounted_expected_purchases,
     predicted_clv,
 )
-from models.historical import HistoricalCLV, HistoricalTotals, historical_clv, historical_totals
+from models.historical import (
+    HistoricalCLV,
+    HistoricalTotals,
+    historical_clv,
+    historical_clv_over_horizon,
+    historical_totals,
+)
 from models.tiers import (
     Tier,
     assign_tiers,
@@ -56,6 +62,7 @@ from models.tiers import (
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.backtest import customer_ids, rank_correlation, rank_sample
+from pipeline.stages.partials import GroupedSums
 
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 
@@ -69,8 +76,13 @@ FIGURE_COLUMNS = [
     "margin_rate",
     "acquisition_cost",
     "discounted_expected_purchases",
+    "dert",
+    "clv_horizon",
+    "clv_lifetime",
     "predicted_clv",
     "historical_clv",
+    "historical_clv_horizon",
+    "realised_margin",
 ]
 SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
@@ -111,6 +123,19 @@ class CustomerValueScorer:
     # come from. Class-level defaults, so scorers pickled before covariates load as plain ones.
     covariates: tuple[str, ...] = ()
     covariate_encoding: dict[str, Any] | None = None
+    # value.horizon: lifetime makes predicted_clv the lifetime value (clv_lifetime) rather than
+    # the horizon's (clv_horizon); both are always computed.
+    lifetime: bool = False
+
+    @property
+    def discount_rate_continuous(self) -> float:
+        """The per-period discount rate as a continuous rate: e^(-rate) = 1 / (1 + discrete rate),
+        so the lifetime value's discounting agrees with the horizon's at every period's end."""
+        return float(np.log1p(self.discount_rate_per_period))
+
+    @property
+    def horizon_years(self) -> float:
+        return self.horizon_periods * self.days_per_unit / DAYS_PER_YEAR
 
     @property
     def design_columns(self) -> list[str]:
@@ -154,6 +179,7 @@ class CustomerValueScorer:
             "period_unit": self.period_unit,
             "period_resolution": self.period_resolution,
             "horizon_periods": self.horizon_periods,
+            "predicted_clv_covers": "lifetime" if self.lifetime else "horizon",
             "discount_rate_per_period": self.discount_rate_per_period,
             "default_margin_rate": self.default_margin_rate,
             "acquisition_cost_constant": self.acquisition_cost_constant,
@@ -209,6 +235,7 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.
             "discounted_expected_purchases": discounted_expected_purchases(
                 model, grouped, scorer.horizon_periods, 1.0, scorer.discount_rate_per_period
             ),
+            "dert": model.discounted_expected_residual_purchases(grouped, scorer.discount_rate_continuous),
         },
         index=histories.index,
     )
@@ -292,14 +319,25 @@ def score_customers(
     spend = scorer.spend_model.expected_spend(features)
     if terms is None:
         terms = customer_terms(scorer, features, scorer.lifespan_years)
+    clv_horizon = predicted_clv(columns["discounted_expected_purchases"], spend, terms.margin_rate,
+                                terms.acquisition_cost)
+    clv_lifetime = predicted_clv(columns["dert"], spend, terms.margin_rate, terms.acquisition_cost)
     columns.update(
         expected_spend=spend,
         margin_rate=terms.margin_rate,
         acquisition_cost=terms.acquisition_cost,
-        predicted_clv=predicted_clv(
-            columns["discounted_expected_purchases"], spend, terms.margin_rate, terms.acquisition_cost
-        ),
+        clv_horizon=clv_horizon,
+        clv_lifetime=clv_lifetime,
+        predicted_clv=clv_lifetime if scorer.lifetime else clv_horizon,
         historical_clv=terms.historical.per_customer,
+        # The like-for-like partners: the business formula over the horizon, and the margin
+        # already earned (which with clv_lifetime makes a whole lifetime, as historical_clv is).
+        historical_clv_horizon=historical_clv_over_horizon(
+            features, scorer.days_per_unit, scorer.horizon_years, scorer.churn_inactivity_days,
+            terms.margin_rate, terms.acquisition_cost,
+        ),
+        realised_margin=pd.Series(features["total_amount"].to_numpy() * terms.margin_rate.to_numpy(),
+                                  index=features.index),
     )
     figures = pd.DataFrame({name: columns[name] for name in FIGURE_COLUMNS}, index=features.index, copy=False)
     return figures if tiers is None else with_tiers(scorer, figures, as_text=tiers == "text")
@@ -367,6 +405,7 @@ def new_scorer(
         churn_inactivity_days=value.churn_inactivity_days,
         tier_names=[], tier_cuts=[], tier_actions=[],
         covariates=tuple(covariates or ()), covariate_encoding=covariate_encoding,
+        lifetime=value.is_lifetime,
     )
 
 
@@ -462,7 +501,10 @@ def tier_table_of_partials(partials: list[dict[str, Any]], scorer: CustomerValue
 
 # The per-customer columns value_summary reduces to sums: each one's sum and count (pandas'
 # mean skips missing values, so the count is of the values present).
-SUMMED_COLUMNS = ("predicted_clv", "historical_clv", "probability_alive", "expected_purchases")
+SUMMED_COLUMNS = ("predicted_clv", "historical_clv", "probability_alive", "expected_purchases", "dert",
+                  "clv_horizon", "clv_lifetime", "historical_clv_horizon", "realised_margin")
+# The like-for-like pairs summed per tier and, where customers carry it, per first channel.
+LIKE_FOR_LIKE_COLUMNS = ("clv_horizon", "historical_clv_horizon", "clv_lifetime", "realised_margin", "historical_clv")
 
 
 def value_partial(customers: pd.DataFrame) -> dict[str, float]:
@@ -482,12 +524,41 @@ def value_partial(customers: pd.DataFrame) -> dict[str, float]:
         merge by :func:`pipeline.stages.partials.merge_partials` (a batch of no customers is the
         identity) and end in :func:`finish_value_summary`.
     """
-    partial: dict[str, float] = {"customers": len(customers)}
+    partial: dict[str, Any] = {"customers": len(customers)}
     for column in SUMMED_COLUMNS:
         values = customers[column]
         partial[f"{column}_sum"] = float(values.sum())
         partial[f"{column}_count"] = int(values.count())
+    partial["by_tier"] = _grouped_sums(customers, "tier")
+    if "first_channel" in customers.columns:
+        partial["by_channel"] = _grouped_sums(customers, "first_channel")
     return partial
+
+
+def _grouped_sums(customers: pd.DataFrame, by: str) -> GroupedSums:
+    groups = customers[by].astype(object).where(customers[by].notna(), "(none)").astype(str)
+    sums = customers[list(LIKE_FOR_LIKE_COLUMNS)].groupby(groups.to_numpy(), sort=True).sum()
+    counts = groups.value_counts().to_dict()
+    return GroupedSums({str(group): {**{str(k): float(v) for k, v in row.items()}, "customers": float(counts[group])}
+                        for group, row in sums.iterrows()})
+
+
+def like_for_like(sums: dict[str, float]) -> dict[str, Any]:
+    """The two like-for-like comparisons of predicted and historical CLV, as means per customer
+    from summed columns (a company's, a tier's or a channel's): over the horizon (predicted
+    horizon CLV vs the business formula over the same horizon) and over a whole lifetime (margin
+    realised to date + predicted lifetime value vs the formula over the estimated lifespan)."""
+    count = sums["customers"]
+
+    def mean(name: str) -> float:
+        return sums[name] / count if count else float("nan")
+
+    horizon = {"predicted_mean": mean("clv_horizon"), "historical_mean": mean("historical_clv_horizon")}
+    lifetime = {"predicted_mean": mean("realised_margin") + mean("clv_lifetime"),
+                "historical_mean": mean("historical_clv")}
+    for pair in (horizon, lifetime):
+        pair["difference_mean"] = pair["predicted_mean"] - pair["historical_mean"]
+    return {"customers": int(count), "horizon": horizon, "lifetime": lifetime}
 
 
 def value_order_statistics(customers: pd.DataFrame, seed: int = 0, drawn_from: int | None = None) -> dict[str, float]:
@@ -514,20 +585,28 @@ def value_order_statistics(customers: pd.DataFrame, seed: int = 0, drawn_from: i
     }
 
 
-def _mean(partial: dict[str, float], column: str) -> float:
+def _mean(partial: dict[str, Any], column: str) -> float:
     # pandas' mean is its sum divided by the count: the same bits when the sum is the whole column's.
     count = partial[f"{column}_count"]
     return partial[f"{column}_sum"] / count if count else float("nan")
 
 
 def finish_value_summary(
-    partial: dict[str, float], order_statistics: dict[str, float], historical: HistoricalCLV, tiers: pd.DataFrame
+    partial: dict[str, Any], order_statistics: dict[str, float], historical: HistoricalCLV, tiers: pd.DataFrame
 ) -> dict[str, Any]:
     """The :func:`value_summary` of merged :func:`value_partial` sums, the
     :func:`value_order_statistics` of the same customers, the company's historical CLV and the
     tier table (:func:`tier_table`, or ``models.tiers.finish_tier_summary`` of merged partials)."""
     predicted_mean = _mean(partial, "predicted_clv")
     historical_mean = _mean(partial, "historical_clv")
+    company = {"customers": partial["customers"],
+               **{column: partial[f"{column}_sum"] for column in LIKE_FOR_LIKE_COLUMNS}}
+    comparisons = {
+        "company": like_for_like(company),
+        "by_tier": {tier: like_for_like(sums) for tier, sums in partial["by_tier"].items()},
+    }
+    if "by_channel" in partial:
+        comparisons["by_channel"] = {channel: like_for_like(sums) for channel, sums in partial["by_channel"].items()}
     return {
         "customers": int(partial["customers"]),
         "predicted_clv_total": float(partial["predicted_clv_sum"]),
@@ -545,6 +624,11 @@ def finish_value_summary(
         "historical_purchases_per_year": float(historical.purchases_per_year),
         "mean_probability_alive": _mean(partial, "probability_alive"),
         "expected_purchases_total": float(partial["expected_purchases_sum"]),
+        "clv_horizon_total": float(partial["clv_horizon_sum"]),
+        "clv_lifetime_total": float(partial["clv_lifetime_sum"]),
+        "clv_lifetime_mean": _mean(partial, "clv_lifetime"),
+        "dert_mean": _mean(partial, "dert"),
+        "like_for_like": comparisons,
         "tiers": {
             str(name): {key: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v)) for key, v in row.items()}
             for name, row in tiers.iterrows()
@@ -562,6 +646,13 @@ def value_summary(customers: pd.DataFrame, historical: HistoricalCLV, tiers: pd.
     :func:`value_order_statistics`: the formulas an engine that reduces batches goes through.
     """
     return finish_value_summary(value_partial(customers), value_order_statistics(customers, seed), historical, tiers)
+
+
+def _with_channel(customers: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    # The summary compares predicted and historical CLV per first channel where the log has one.
+    if "first_channel" not in features.columns:
+        return customers
+    return customers.assign(first_channel=features["first_channel"].to_numpy())
 
 
 @dataclasses.dataclass
@@ -601,5 +692,5 @@ def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: Custom
     customers = pd.concat([features[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
     return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers,
-                        summary=value_summary(customers, historical, tiers, config.seed),
+                        summary=value_summary(_with_channel(customers, features), historical, tiers, config.seed),
                         max_frequency=float(customers["frequency"].max()), max_age=float(customers["T"].max()))

@@ -131,6 +131,11 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
             "baseline_purchases_rmse": metrics.get("baseline.purchases_rmse"),
             "predicted_clv_mean": metrics.get("clv.predicted_clv_mean"),
             "historical_clv_mean": metrics.get("clv.historical_clv_customer_mean"),
+            # Like for like (runs before issue 19 have none): horizon and whole-lifetime pairs.
+            "horizon_predicted_mean": metrics.get("lfl.horizon.predicted_mean"),
+            "horizon_historical_mean": metrics.get("lfl.horizon.historical_mean"),
+            "lifetime_predicted_mean": metrics.get("lfl.lifetime.predicted_mean"),
+            "lifetime_historical_mean": metrics.get("lfl.lifetime.historical_mean"),
             "version": tags.get("clv.model_version"),
             "skipped": ", ".join(part.split(":", 1)[0] for part in tags.get("clv.failed_candidates", "").split("; ") if part),
             "champion": bool(champion is not None and champion.run_id == item.info.run_id),

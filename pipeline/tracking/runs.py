@@ -256,6 +256,15 @@ def log_value(run: _Run, value_summary: dict[str, Any]) -> None:
     flat = {f"clv.{k}": v for k, v in value_summary.items() if k != "tiers"}
     for tier, row in value_summary["tiers"].items():
         flat |= {f"tier.{tier}.{k}": v for k, v in row.items()}
+    # Predicted vs historical like for like: lfl.<pair>.<figure> for the company, and per tier
+    # (lfl.tier.<tier>...) and first channel (lfl.channel.<channel>...).
+    comparisons = value_summary.get("like_for_like", {})
+    groups = {"": comparisons.get("company", {})}
+    for kind, key in (("tier", "by_tier"), ("channel", "by_channel")):
+        groups |= {f"{kind}.{name}.": figures for name, figures in comparisons.get(key, {}).items()}
+    for prefix, figures in groups.items():
+        for pair in ("horizon", "lifetime"):
+            flat |= {_metric_key(f"lfl.{prefix}{pair}.{k}"): v for k, v in figures.get(pair, {}).items()}
     mlflow.log_metrics(_finite(flat))
 
 

@@ -42,7 +42,7 @@ def sqlite_store(tmp_path_factory):
     first = clv(*run_args(root / "outputs", uri, "--set", "models.purchase.candidates=[bgnbd, paretonbd]"))
     assert first.exit_code == 0, first.output + first.stderr
     second = clv(*run_args(root / "outputs", uri, "--set", "models.purchase.candidates=[bgnbd]",
-                           "--set", "value.horizon_months=6"))
+                           "--set", "value.horizon=6"))
     assert second.exit_code == 0, second.output + second.stderr
     return root, uri
 
