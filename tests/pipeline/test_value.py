@@ -42,6 +42,12 @@ def scored_customers(rows: int = 700, seed: int = 9) -> pd.DataFrame:
             "historical_clv": rng.normal(10.0, 20.0, size=rows),
             "tier": np.array(SCORER.tier_names)[position],
             "action": np.array(SCORER.tier_actions)[position],
+            "dert": rng.gamma(2.0, 3.0, size=rows),
+            "clv_horizon": predicted,
+            "clv_lifetime": predicted * 2.5,
+            "historical_clv_horizon": rng.normal(5.0, 10.0, size=rows),
+            "realised_margin": rng.gamma(2.0, 10.0, size=rows),
+            "first_channel": rng.choice(["web", "store", None], size=rows),
         }
     )
     # pandas' means skip missing values; the partials' counts must too.
@@ -58,9 +64,24 @@ def test_value_summary_by_hand():
             "historical_clv": [2.0, 10.0, 4.0, 0.0],
             "tier": ["low", "high", "medium", "low"],
             "action": ["nothing", "call", "mail", "nothing"],
+            "dert": [1.0, 9.0, 4.0, 2.0],
+            "clv_horizon": [1.0, 30.0, 8.0, 3.0],
+            "clv_lifetime": [2.0, 50.0, 12.0, 4.0],
+            "historical_clv_horizon": [1.0, 6.0, 2.0, -1.0],
+            "realised_margin": [3.0, 20.0, 5.0, 1.0],
         }
     )
     summary = value_summary(customers, HISTORICAL, tier_table(customers, SCORER))
+    # Like for like, by hand: the horizon pair's means, and realised + lifetime vs the formula.
+    company = summary["like_for_like"]["company"]
+    assert company["customers"] == 4
+    assert company["horizon"] == pytest.approx({"predicted_mean": 10.5, "historical_mean": 2.0, "difference_mean": 8.5})
+    assert company["lifetime"] == pytest.approx({"predicted_mean": 7.25 + 17.0, "historical_mean": 4.0,
+                                                 "difference_mean": 20.25})
+    low = summary["like_for_like"]["by_tier"]["low"]
+    assert low["customers"] == 2 and low["lifetime"]["predicted_mean"] == pytest.approx(2.0 + 3.0)
+    assert "by_channel" not in summary["like_for_like"]  # no first_channel column
+    assert summary["clv_lifetime_total"] == 68.0 and summary["dert_mean"] == 4.0
     assert summary["customers"] == 4 and type(summary["customers"]) is int
     assert summary["predicted_clv_total"] == 42.0
     assert summary["predicted_clv_mean"] == 10.5 and summary["historical_clv_customer_mean"] == 4.0
@@ -99,12 +120,28 @@ def test_value_partials_of_batches_merge_to_the_whole_tables_summary(batches):
     numbers = {key: value for key, value in whole.items() if isinstance(value, float)}
     assert {key: merged[key] for key in numbers} == pytest.approx(numbers, rel=1e-12)
     assert merged["historical_method"] == whole["historical_method"]
+    # The grouped sums merge to the whole table's, tier by tier and channel by channel.
+    for kind in ("company", "by_tier", "by_channel"):
+        assert json_numbers(merged["like_for_like"][kind]) == pytest.approx(json_numbers(whole["like_for_like"][kind]),
+                                                                          rel=1e-12)
+    assert set(whole["like_for_like"]["by_channel"]) == {"web", "store", "(none)"}
     assert list(merged["tiers"]) == list(whole["tiers"])
     for name, row in whole["tiers"].items():
         merged_row = dict(merged["tiers"][name])
         assert merged_row.pop("action") == row["action"]
         assert merged_row["n_customers"] == row["n_customers"]
         assert merged_row == pytest.approx({key: value for key, value in row.items() if key != "action"}, rel=1e-12)
+
+
+def json_numbers(nested) -> dict:
+    """A nested dict of numbers flattened to dotted keys (for approx comparisons)."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{inner}": number for inner, number in json_numbers(value).items()}
+        else:
+            flat[key] = value
+    return flat
 
 
 def test_a_value_partial_of_no_customers_merges_as_the_identity():
