@@ -42,9 +42,9 @@ from scipy.special import betaln
 from scipy.stats import nbinom
 from sklearn.utils.validation import check_is_fitted
 
-from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _optimum, _pareto_nbd
+from . import _beta_geometric, _covariate_fit, _lifetimes_compat, _optimum, _pareto_nbd, _residual
 from ._estimation import MaximumLikelihoodEstimator, describe_optimum
-from ._validation import check_count, check_horizon
+from ._validation import check_count, check_horizon, check_real, group_rows
 from .covariates import check_covariate_row, check_covariates
 from .histories import as_histories
 
@@ -433,6 +433,119 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
             return pd.Series(np.array(expected, dtype=np.float64), index=covariates.index,
                              name="expected_purchases_new_customer")
         return np.array(expected, dtype=np.float64)
+
+    def discounted_expected_residual_purchases(self, features, discount_rate_continuous):
+        """Discounted expected residual purchases (DERT): every future purchase, each discounted to T.
+
+        ``E[integral_T^inf exp(-delta (t - T)) dX(t) | history]``: the expected purchases
+        after the end of calibration over the customer's whole remaining lifetime, each
+        discounted continuously from its time back to T. Times the expected spend per
+        purchase (and a margin rate) it is the residual lifetime value (Fader, Hardie &
+        Lee 2005, "RFM and CLV", eq. 2 for Pareto/NBD; computed as in ``models/_residual.py``).
+
+        Parameters
+        ----------
+        features : pandas.DataFrame or CustomerHistories
+            Columns ``frequency``, ``recency``, ``T``, indexed by customer id, or those
+            customers grouped (:func:`~models.histories.group_histories`); for a model
+            fitted with covariates, with its design columns.
+        discount_rate_continuous : float
+            Continuous discount rate delta per model period (the features' time unit), 0 or
+            more: a purchase ``t`` periods after T counts ``exp(-delta t)``. From an annual
+            rate d, ``log(1 + d) * days_per_period / 365.25``
+            (:func:`~models.discounting.continuous_discount_rate`).
+
+        Returns
+        -------
+        pandas.Series
+            DERT, in purchases, indexed like ``features``. With a rate of 0 it is the
+            expected number of all future purchases: finite for BG/NBD and MBG/NBD when
+            a > 1 and for Pareto/NBD when s > 1 (the mean of 1 / p, of lambda / mu, is
+            finite), inf otherwise.
+        """
+        delta = _check_continuous_rate(discount_rate_continuous)
+
+        def compute(params, frequency, recency, age):
+            alive = _lifetimes_compat.probability_alive(self.model_name, params, frequency, recency, age)
+            # Recency only enters P(alive): the rest is once per distinct (frequency, T) and,
+            # with covariates, per distinct parameters (few: thousands of 230k histories).
+            per_row = [np.broadcast_to(value, frequency.shape) for value in params.values() if np.ndim(value)]
+            (pair_frequency, pair_age, *_), pair = group_rows([frequency, age, *per_row])
+            first_row = np.empty(len(pair_frequency), dtype=np.intp)
+            first_row[pair[::-1]] = np.arange(len(pair))[::-1]
+            pair_params = {name: value[first_row] if np.ndim(value) else value for name, value in params.items()}
+            when_alive = _residual.discounted_when_alive(
+                self.model_name,
+                _residual.alive_parameters(self.model_name, pair_params, pair_frequency, pair_age),
+                delta,
+            )
+            with np.errstate(invalid="ignore"):
+                # A customer certainly dead has no future, even where the alive one's is infinite.
+                return np.where(alive > 0, alive * when_alive[pair], 0.0)
+
+        return self._per_unique_history(features, compute, "discounted_expected_residual_purchases")
+
+    def discounted_expected_purchases_new_customer(self, discount_rate_continuous, horizon=np.inf, covariates=None):
+        """Expected repeat purchases of a newly acquired customer, each discounted to the first purchase.
+
+        ``E[integral_0^horizon exp(-delta t) dX(t)]`` for a customer whose first purchase is
+        at 0 (unconditional: no history yet), over their lifetime (``horizon`` inf) or its
+        first ``horizon`` periods. With a rate of 0 and a finite horizon it is
+        :meth:`expected_purchases_new_customer`.
+
+        Parameters
+        ----------
+        discount_rate_continuous : float
+            Continuous discount rate per model period, 0 or more (see
+            :meth:`discounted_expected_residual_purchases`).
+        horizon : float, default inf
+            Time since the first purchase, in model periods; inf for the whole lifetime.
+        covariates : dict, pandas.Series or pandas.DataFrame, optional
+            As for :meth:`expected_purchases_new_customer`: one new customer's design values,
+            a table of several customers' (one row each), or None for the baseline customer.
+            Ignored without covariates.
+
+        Returns
+        -------
+        float or pandas.Series
+            Discounted expected repeat purchases (the first purchase not counted); for a
+            table of customers a Series indexed like it. With a rate of 0 and an infinite
+            horizon, all expected repeat purchases (inf where they diverge, as in
+            :meth:`discounted_expected_residual_purchases`).
+        """
+        check_is_fitted(self)
+        delta = _check_continuous_rate(discount_rate_continuous)
+        horizon = check_real(horizon, "horizon", allow_infinite=True)
+        if horizon < 0:
+            raise ValueError(f"horizon must be non-negative, got {horizon}")
+        params, index = self._new_customer_params(covariates)
+        n_rows = 1 if index is None else len(index)
+        weight, alive = _residual.new_customer_parameters(self.model_name, params)
+        alive = {name: np.broadcast_to(np.asarray(value, dtype=np.float64), (n_rows,)) for name, value in alive.items()}
+        value = np.broadcast_to(weight, (n_rows,)) * _residual.discounted_when_alive(self.model_name, alive, delta, horizon)
+        if index is None:
+            return float(value[0])
+        return pd.Series(np.array(value, dtype=np.float64), index=index,
+                         name="discounted_expected_purchases_new_customer")
+
+    def _new_customer_params(self, covariates):
+        """The parameters of new customers with ``covariates`` (the convention of
+        :meth:`expected_purchases_new_customer`) and their index, None for one customer."""
+        fitted_covariates = self._fitted_covariates()
+        if not fitted_covariates or covariates is None:
+            return self.params_, None
+        design = check_covariate_row(covariates, fitted_covariates)
+        per_row = self._params_for(design)
+        if isinstance(covariates, pd.DataFrame):
+            return per_row, covariates.index
+        return {name: float(np.asarray(value).reshape(-1)[0]) for name, value in per_row.items()}, None
+
+
+def _check_continuous_rate(discount_rate_continuous):
+    delta = check_real(discount_rate_continuous, "discount_rate_continuous")
+    if delta < 0:
+        raise ValueError(f"discount_rate_continuous must be 0 or more, got {delta}")
+    return delta
 
 
 def _probability_of_purchases_when_alive(n_purchases, horizon, r, alpha, a, b):
