@@ -603,7 +603,10 @@ def finish_value_summary(
                **{column: partial[f"{column}_sum"] for column in LIKE_FOR_LIKE_COLUMNS}}
     comparisons = {
         "company": like_for_like(company),
-        "by_tier": {tier: like_for_like(sums) for tier, sums in partial["by_tier"].items()},
+        # In the tier table's order, not the groups' sorted one.
+        "by_tier": {str(tier): like_for_like(partial["by_tier"][str(tier)])
+                    for tier in [*tiers.index, *sorted(set(partial["by_tier"]) - {str(t) for t in tiers.index})]
+                    if str(tier) in partial["by_tier"]},
     }
     if "by_channel" in partial:
         comparisons["by_channel"] = {channel: like_for_like(sums) for channel, sums in partial["by_channel"].items()}
