@@ -12,6 +12,28 @@ converts them to days (7 for weeks, 30.4375 for average months). Rates say
 what they are per: ``discount_rate_annual``, ``discount_rate_per_step``.
 Margin rates are fractions of revenue (0.3 for 30 %).
 
+Lifetime value uses continuous discounting: a purchase ``t`` periods ahead counts
+``exp(-delta t)``, delta the continuous rate per model period from
+:func:`continuous_discount_rate` (``log(1 + d_annual) * days_per_period / 365.25``;
+``exp(-delta) = 1 / (1 + discount_rate_per_period(...))``, so the two conventions agree at
+period ends).
+
+How the pipeline uses this
+--------------------------
+* Horizon CLV: :func:`discounted_expected_purchases` (``n_steps`` steps of
+  ``step_periods`` model periods, ``discount_rate_per_step`` from
+  :func:`discount_rate_per_period`), then :func:`predicted_clv`.
+* Residual lifetime CLV: ``delta = continuous_discount_rate(discount_rate_annual,
+  days_per_period)``; ``dert = purchase_model.discounted_expected_residual_purchases(features,
+  delta)`` (purchases, indexed like ``features``; see ``models/_residual.py``); then
+  ``predicted_clv(dert, expected_spend, margin_rate)`` (no acquisition cost: these customers
+  are already acquired).
+* A new customer: ``purchase_model.discounted_expected_purchases_new_customer(delta,
+  horizon=inf, covariates=row_or_table)`` is their discounted expected repeat purchases
+  from the first purchase on (over ``horizon`` model periods if finite); times margin per
+  purchase plus the first purchase's margin, minus CAC, it is the value of acquiring one.
+  :func:`payback_period` gives the model periods until that value turns non-negative.
+
 References
 ----------
 .. [1] Fader, P. S., Hardie, B. G. S. and Lee, K. L. (2005), "RFM and CLV:
@@ -25,6 +47,10 @@ References
    customer acquisition cost), as stated in the Spanish practitioner articles
    the project's brief started from (see ``models/historical.py``): the margin
    and CAC terms of predicted CLV follow it.
+.. [4] Fader, Hardie & Lee (2005) [1]_ eq. 2: DERT with continuous discounting; the
+   payback period is the usual break-even time of acquisition spend (e.g. Gupta, S. and
+   Lehmann, D. R. (2005), "Managing customers as investments"), here on the model's
+   discounted expected repeat purchases.
 """
 
 from __future__ import annotations
@@ -76,6 +102,33 @@ def discount_rate_per_period(discount_rate_annual, days_per_period):
         raise ValueError(f"days_per_period must be positive, got {days_per_period}")
     # expm1/log1p keep small rates exact where (1 + d) ** x - 1 would cancel.
     return float(np.expm1(np.log1p(discount_rate_annual) * days_per_period / DAYS_PER_YEAR))
+
+
+def continuous_discount_rate(discount_rate_annual, days_per_period):
+    """Continuous discount rate per period equivalent to an annual rate.
+
+    Parameters
+    ----------
+    discount_rate_annual : float
+        Annual discount rate as a fraction (0.1 for 10 % a year); above -1.
+    days_per_period : float
+        Length of the model period in days (7 for weeks, 30.4375 for average months).
+
+    Returns
+    -------
+    float
+        ``delta = log(1 + discount_rate_annual) * days_per_period / 365.25``: a cash flow
+        ``t`` periods ahead is worth ``exp(-delta t)`` today, so a year of periods
+        discounts by ``1 / (1 + discount_rate_annual)``, and at whole periods this equals
+        :func:`discount_rate_per_period`'s discrete rate, ``exp(delta) - 1``.
+    """
+    discount_rate_annual = check_real(discount_rate_annual, "discount_rate_annual")
+    days_per_period = check_real(days_per_period, "days_per_period")
+    if discount_rate_annual <= -1:
+        raise ValueError(f"discount_rate_annual must be above -1, got {discount_rate_annual}")
+    if days_per_period <= 0:
+        raise ValueError(f"days_per_period must be positive, got {days_per_period}")
+    return float(np.log1p(discount_rate_annual) * days_per_period / DAYS_PER_YEAR)
 
 
 # --- predicted CLV ---------------------------------------------------------
@@ -249,6 +302,82 @@ def predicted_clv(discounted_purchases, expected_spend, margin_rate=1.0, acquisi
     clv *= margin
     clv -= cost
     return pd.Series(clv, index=index, name="clv")
+
+
+# --- a new customer's payback --------------------------------------------------
+
+
+def payback_period(purchase_model, discount_rate_continuous, margin_per_purchase, first_purchase_margin,
+                   acquisition_cost, covariates=None):
+    """Model periods until a new customer's discounted margin covers their acquisition cost.
+
+    The smallest ``t`` with ``first_purchase_margin + margin_per_purchase * D(t) >=
+    acquisition_cost``, where ``D(t)`` is the new customer's discounted expected repeat
+    purchases in their first ``t`` periods
+    (``purchase_model.discounted_expected_purchases_new_customer(delta, t, covariates)``),
+    found by root finding on that increasing curve.
+
+    Parameters
+    ----------
+    purchase_model : fitted purchase model
+        ``BetaGeoModel``, ``ModifiedBetaGeoModel`` or ``ParetoNBDModel``.
+    discount_rate_continuous : float
+        Continuous discount rate per model period, 0 or more
+        (:func:`continuous_discount_rate`).
+    margin_per_purchase : float
+        Expected margin of each repeat purchase (e.g. expected spend times margin rate), 0
+        or more, in money.
+    first_purchase_margin : float
+        Margin of the first (acquiring) purchase, in money; may be negative (a discount).
+    acquisition_cost : float
+        Customer acquisition cost (CAC), in money.
+    covariates : dict, pandas.Series or pandas.DataFrame, optional
+        The new customer's design values, or a table of several customers' (one row each),
+        as for ``expected_purchases_new_customer``; None for the baseline customer.
+
+    Returns
+    -------
+    float or pandas.Series
+        Model periods from the first purchase: 0 when the first purchase already pays
+        (``first_purchase_margin >= acquisition_cost``), inf when the expected lifetime
+        value never reaches the cost; a Series indexed like a table of ``covariates``.
+        Accurate to 1e-9 relative (or 1e-12 periods).
+    """
+    from scipy.optimize import brentq
+
+    delta = check_real(discount_rate_continuous, "discount_rate_continuous")
+    if delta < 0:
+        raise ValueError(f"discount_rate_continuous must be 0 or more, got {delta}")
+    margin = check_real(margin_per_purchase, "margin_per_purchase")
+    if margin < 0:
+        raise ValueError(f"margin_per_purchase must be 0 or more, got {margin}")
+    first = check_real(first_purchase_margin, "first_purchase_margin")
+    cost = check_real(acquisition_cost, "acquisition_cost")
+    table = isinstance(covariates, pd.DataFrame) and bool(_covariates_of(purchase_model))
+    customers = [covariates.iloc[[row]] for row in range(len(covariates))] if table else [covariates]
+
+    def one(design):
+        # Each evaluation is one customer's curve: a row's own parameters, never the table's.
+        def discounted(horizon):
+            value = purchase_model.discounted_expected_purchases_new_customer(delta, horizon, design)
+            return float(np.asarray(value).reshape(-1)[0])
+
+        if first >= cost:
+            return 0.0
+        needed = (cost - first) / margin if margin > 0 else np.inf
+        if not discounted(np.inf) > needed:
+            return np.inf
+        # Bracket by doubling from one period: D is increasing and reaches `needed`.
+        high = 1.0
+        while discounted(high) < needed:
+            high *= 2.0
+        low = high / 2.0 if high > 1.0 else 0.0
+        return float(brentq(lambda horizon: discounted(horizon) - needed, low, high, xtol=1e-12, rtol=1e-10))
+
+    periods = np.array([one(design) for design in customers], dtype=np.float64)
+    if table:
+        return pd.Series(periods, index=covariates.index, name="payback_period")
+    return float(periods[0])
 
 
 # --- acquisition cost and margin -------------------------------------------

@@ -19,6 +19,13 @@ parameters differ by customer; the fit is over distinct (design, frequency, rece
 rows, and every prediction evaluates the same closed forms with each row's own parameters
 (arrays that broadcast, never a loop over customers).
 
+Lifetime value: ``discounted_expected_residual_purchases`` (DERT: every future purchase,
+discounted continuously to T) and ``discounted_expected_purchases_new_customer`` (a new
+customer's repeat purchases, discounted to the first, over a horizon or the lifetime) are
+P(alive) times the discounted purchases of a customer known to be alive, computed in
+``_residual.py`` (a trapezoid rule in log-time, to 1e-12; the Pareto/NBD closed form of
+Fader, Hardie & Lee 2005, "RFM and CLV", eq. 2, with its U function evaluated there).
+
 References
 ----------
 .. [1] Fader, P. S., Hardie, B. G. S. and Lee, K. L. (2005), "Counting your
