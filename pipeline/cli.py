@@ -187,6 +187,25 @@ def _print_like_for_like(comparisons: dict[str, Any] | None, settings: dict[str,
     console.print(table)
 
 
+def _print_new_customer(new_customer: dict[str, Any] | None) -> None:
+    """A new customer's value at acquisition against its cost (LTV:CAC, payback), and a warning
+    line for each group where acquiring does not pay."""
+    if not new_customer:
+        return
+    table = Table(title="A new customer at acquisition: expected value against acquisition cost", title_justify="left")
+    for column in ("customers", "first margin", "LTV (horizon)", "LTV (lifetime)", "CAC", "LTV:CAC", "payback"):
+        table.add_column(column, justify="right")
+    table.add_column("", justify="left")
+    for group, row in new_customer["groups"].items():
+        ratio = "—" if row["ltv_to_cac"] != row["ltv_to_cac"] else f"{row['ltv_to_cac']:.2f}"
+        payback = "never" if row["payback_months"] == float("inf") else f"{row['payback_months']:.1f} months"
+        table.add_row(f"{row['customers']:,}", _money(row["first_purchase_margin"]), _money(row["ltv_horizon"]),
+                      _money(row["ltv_lifetime"]), _money(row["acquisition_cost"]), ratio, payback, escape(group))
+    console.print(table)
+    for line in new_customer["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False)
+
+
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """Predicted vs historical CLV, tiers and the backtest, as the run's closing report."""
     features = summary["features"]
@@ -222,6 +241,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         "mean P(alive)": f"{value['mean_probability_alive']:.3f}",
     }))
     _print_like_for_like(value.get("like_for_like"), settings)
+    _print_new_customer(value.get("new_customer"))
     tiers = Table(title="Tiers", title_justify="left")
     for column in ("tier", "customers", "share", "share of CLV", "mean CLV", "mean historical", "action"):
         tiers.add_column(column, overflow="fold")

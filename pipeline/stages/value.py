@@ -61,6 +61,7 @@ from models.tiers import (
 )
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
+from pipeline.stages.acquisition import acquisition_partial, new_customer_value, unprofitable_groups
 from pipeline.stages.backtest import customer_ids, rank_correlation, rank_sample
 from pipeline.stages.partials import GroupedSums
 
@@ -694,6 +695,19 @@ def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: Custom
     # Rows of ``scores`` are those of ``features`` in order.
     customers = pd.concat([features[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
-    return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers,
-                        summary=value_summary(_with_channel(customers, features), historical, tiers, config.seed),
+    summary = value_summary(_with_channel(customers, features), historical, tiers, config.seed)
+    summary["new_customer"] = new_customer_summary(
+        scorer, acquisition_partial(features, scores["margin_rate"], scores["acquisition_cost"])
+    )
+    return ValueOutputs(scorer=scorer, customers=customers, tier_table=tiers, summary=summary,
                         max_frequency=float(customers["frequency"].max()), max_age=float(customers["T"].max()))
+
+
+def new_customer_summary(scorer: CustomerValueScorer, sums: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``summary.json``'s ``value.new_customer``: :func:`pipeline.stages.acquisition.new_customer_value`
+    per group, and a warning line for each group whose new customer does not pay back its cost."""
+    with value_errors():
+        table = new_customer_value(scorer, sums)
+    return {"groups": {str(group): {key: (int(value) if key == "customers" else float(value))
+                                    for key, value in row.items()} for group, row in table.iterrows()},
+            "warnings": unprofitable_groups(table)}

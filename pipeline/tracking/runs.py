@@ -265,6 +265,8 @@ def log_value(run: _Run, value_summary: dict[str, Any]) -> None:
     for prefix, figures in groups.items():
         for pair in ("horizon", "lifetime"):
             flat |= {_metric_key(f"lfl.{prefix}{pair}.{k}"): v for k, v in figures.get(pair, {}).items()}
+    for group, row in value_summary.get("new_customer", {}).get("groups", {}).items():
+        flat |= {_metric_key(f"new_customer.{group}.{k}"): v for k, v in row.items()}
     mlflow.log_metrics(_finite(flat))
 
 

@@ -64,7 +64,8 @@ def channel_run(tmp_path_factory):
         "-c", str(CONFIGS / "default.yaml"),
     ]
     result = runner.invoke(app, ["run", "-q", *common, "--set", "models.covariates=[first_channel]",
-                                 "--set", "models.purchase.candidates=[bgnbd]"])
+                                 "--set", "models.purchase.candidates=[bgnbd]",
+                                 "--set", "value.acquisition_cost.per_channel={web: 1.0, store: 200.0}"])
     assert result.exit_code == 0, result.output + result.stderr
     run_dir = next(p for p in (root / "outputs").iterdir() if p.is_dir())
     return root, common, run_dir, result
@@ -176,3 +177,22 @@ def test_a_covariate_champion_is_refitted_on_a_new_window_with_its_own_encoding(
     metric = refitted_holdout_metric(scorer, calibration, "purchases_rmse")
     backtest = json.loads((run_dir / "backtest.json").read_text())
     assert metric == pytest.approx(backtest["bgnbd_cov"]["purchases_rmse"], rel=1e-6)
+
+
+def test_a_new_customer_per_channel_against_its_acquisition_cost(channel_run):
+    _, _, run_dir, result = channel_run
+    new_customer = json.loads((run_dir / "summary.json").read_text())["value"]["new_customer"]
+    groups = new_customer["groups"]
+    assert set(groups) == {"all customers", "channel web", "channel store"}
+    web, store = groups["channel web"], groups["channel store"]
+    # The covariate model was selected: web newcomers buy more (e^0.9 in the rate), before any history.
+    assert web["discounted_repeat_purchases"] > 1.5 * store["discounted_repeat_purchases"]
+    assert web["acquisition_cost"] == 1.0 and store["acquisition_cost"] == 200.0
+    assert web["ltv_to_cac"] == pytest.approx(web["ltv_lifetime"] / 1.0)
+    assert web["ltv_lifetime"] == pytest.approx(
+        web["first_purchase_margin"] + web["margin_per_repeat_purchase"] * web["discounted_repeat_purchases"])
+    assert web["ltv_horizon"] < web["ltv_lifetime"]
+    assert store["ltv_to_cac"] < 1 and store["payback_months"] == float("inf")
+    assert web["payback_months"] < 12
+    assert any(line.startswith("channel store: a new customer is worth") for line in new_customer["warnings"])
+    assert "channel store: a new customer is worth" in result.output
