@@ -28,7 +28,10 @@ or ``s = h / (1 + e^-v)`` for a finite horizon: m is analytic off the negative r
 and exp(-delta s) bounded for |arg s| < pi / 2, so the rule converges like exp(-pi^2 / step)
 (step 0.25: below 1e-12 relative, against 40-digit mpmath on BG/NBD parameters from
 CDNOW and on runaway ones). About 150 nodes a row; the rows are the distinct
-(frequency, T) pairs (and design patterns), since recency only enters P(alive).
+(frequency, T) pairs (and design patterns), since recency only enters P(alive). On the
+benchmark's 50M-row log (18M customers, 231,492 distinct calibration histories, 3,676
+distinct (frequency, T) pairs) DERT took 0.20 s (BG/NBD, MBG/NBD) and 0.11 s (Pareto/NBD),
+and 0.55 s for BG/NBD with every pair forced through the quadrature over p below.
 
 * Pareto/NBD over the whole future has the closed form of [1]_ eq. 2:
   ``E[1/(mu + delta)] = (Bt^S delta^(S-1)) U(S, S, delta Bt)``, U the confluent

@@ -41,7 +41,8 @@ class CustomerHistories:
     Build it with :func:`group_histories`, or with :meth:`from_counts` from distinct
     histories and their counts alone (fit only, see there); the purchase models (``fit``, ``expected_purchases``,
     ``expected_purchases_by_horizon``, ``probability_alive``, ``churn_probability``,
-    ``probability_of_purchases``, ``discounted_expected_residual_purchases``) and :mod:`models.discounting`'s functions take it wherever
+    ``probability_of_purchases``, ``discounted_expected_residual_purchases``) and
+    :mod:`models.discounting`'s functions take it wherever
     they take a features table, with the same results: one value per customer, in the
     customers' order and with their :attr:`index`.
 

@@ -488,7 +488,7 @@ class _PurchaseModel(MaximumLikelihoodEstimator):
             )
             with np.errstate(invalid="ignore"):
                 # A customer certainly dead has no future, even where the alive one's is infinite.
-                return np.where(alive > 0, alive * when_alive[pair], 0.0)
+                return np.where(alive == 0, 0.0, alive * when_alive[pair])
 
         return self._per_unique_history(features, compute, "discounted_expected_residual_purchases")
 
