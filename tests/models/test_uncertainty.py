@@ -169,7 +169,7 @@ def test_discounting_one_history_per_frequency_and_age_equals_discounting_each(f
     model = model_class(covariates=covariates).fit(data)
     grouped = group_histories(data, covariates=model.covariates_)
     unique = group_histories(grouped.unique, covariates=model.covariates_)
-    assert len(_standing_histories(unique, model.covariates_)[0]) < len(unique) / 3
+    assert len(_standing_histories(unique, model.covariates_)[0]) < len(unique) / 2
     expected = model.expected_purchases_by_horizon(unique, [26.0])[:, 0]
     shortcut = _discounted_expected_purchases(model, _standing_histories(unique, model.covariates_), expected,
                                               26, 1.0, RATE)
