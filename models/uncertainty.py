@@ -165,7 +165,7 @@ def _generator(seed) -> np.random.Generator:
         raise ValueError("seed must be given (an integer), so that the draws can be reproduced")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral | np.random.SeedSequence | np.random.Generator):
         raise TypeError(f"seed must be an integer, a SeedSequence or a Generator, got {type(seed).__name__}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(seed if isinstance(seed, np.random.SeedSequence | np.random.Generator) else int(seed))
 
 
 def _check_level(level) -> float:
@@ -317,7 +317,7 @@ def customer_intervals(
             "is infinite: the spend model is too uncertain for an interval (fit on more customers)"
         )
     spend = np.empty((len(spend_pairs), n_draws), dtype=np.float32)
-    for draw, values in spend_draws.iterrows():
+    for draw, (_, values) in enumerate(spend_draws.iterrows()):
         spend[:, draw] = spend_model.with_params(values).expected_spend(spend_pairs).to_numpy()
     _finite(spend, "expected_spend")
     purchase_models = [purchase_model.with_params(values)
@@ -352,8 +352,8 @@ def customer_intervals(
                 model, standing, expected[:, draw], n_steps, step_periods, discount_rate_per_step
             )
         total_purchases += counts[block] @ expected
-        for figure, values in (("probability_alive", alive), ("expected_purchases", expected)):
-            low, high = _row_quantiles(_finite(values, figure), (lower, upper))
+        for figure, drawn in (("probability_alive", alive), ("expected_purchases", expected)):
+            low, high = _row_quantiles(_finite(drawn, figure), (lower, upper))
             by_history[f"{figure}_lower"][block], by_history[f"{figure}_upper"][block] = low, high
     _finite(discounted, "discounted_expected_purchases")
 
@@ -366,10 +366,10 @@ def customer_intervals(
     gross_lower, gross_upper = np.empty(len(combo_history)), np.empty(len(combo_history))
     total_clv = np.zeros(n_draws)
     for start in range(0, len(combo_history), ROWS_PER_BLOCK):
-        block = slice(start, start + ROWS_PER_BLOCK)
-        gross = discounted[combo_history[block]] * spend[combo_pair[block]]
-        total_clv += margin_by_combo[block] @ gross.astype(np.float64)
-        gross_lower[block], gross_upper[block] = _row_quantiles(gross, (lower, upper))
+        rows_here = slice(start, start + ROWS_PER_BLOCK)
+        gross = discounted[combo_history[rows_here]] * spend[combo_pair[rows_here]]
+        total_clv += margin_by_combo[rows_here] @ gross.astype(np.float64)
+        gross_lower[rows_here], gross_upper[rows_here] = _row_quantiles(gross, (lower, upper))
     total_clv -= cost.sum()
     low, high = gross_lower[combo_of], gross_upper[combo_of]
     clv_lower = np.where(margin >= 0, margin * low, margin * high) - cost
