@@ -347,7 +347,7 @@ def test_purchase_spread_takes_grouped_histories_and_other_percentiles(models, f
 def test_parameter_intervals_cover_the_true_parameters_about_as_often_as_they_say():
     """100 simulated logs, each fitted: the 90 % interval of each parameter from the draws
     (quantiles of 2,000 draws from the asymptotic normal on the log scale) should hold the
-    true value in about 90 of the 100 (binomial: 80 to 98 has probability 0.9997)."""
+    true value in about 90 of the 100 (binomial: 80 to 98 has probability 0.9989)."""
     replications, level = 100, 0.9
     names = list(TRUE_PURCHASE)
     covered = np.zeros(len(names), dtype=int)
@@ -360,6 +360,6 @@ def test_parameter_intervals_cover_the_true_parameters_about_as_often_as_they_sa
         covered += (lower <= truth) & (truth <= upper)
     figure = dict(zip(names, covered.tolist()))
     print(f"coverage of 90 % parameter intervals in {replications} replications: {figure}")
-    assert binom.cdf(79, replications, level) + binom.sf(98, replications, level) < 0.001
+    assert binom.cdf(79, replications, level) + binom.sf(98, replications, level) < 0.002
     for name, count in figure.items():
         assert 80 <= count <= 98, (name, count)
