@@ -308,6 +308,8 @@ def bgnbd_distribution_by_quadrature(params, frequency, recency, age, horizon, l
     return np.array(masses)
 
 
+# quad reports roundoff near its 1e-11 target on the sharply peaked posterior of the frequent buyer.
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 def test_purchase_percentiles_match_the_distribution_computed_by_hand(models):
     purchase, _ = models
     histories = pd.DataFrame({"frequency": [0.0, 2.0, 7.0, 25.0, 25.0], "recency": [0.0, 30.0, 60.0, 70.0, 20.0],
