@@ -8,7 +8,10 @@ only reports them for some fitters (not Pareto/NBD) and on a log scale of a resc
 models and independent of how the optimiser parametrised the problem.
 """
 
+import copy
+import math
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -299,6 +302,57 @@ class MaximumLikelihoodEstimator(BaseEstimator):
         self.n_customers_ = int(n_customers)
         self.n_unique_rows_ = int(n_unique_rows)
         self.convergence_ = {**optimum["convergence"], **convergence}
+
+    def with_params(self, values):
+        """A copy of this fitted model that predicts at other parameter values, without refitting.
+
+        What :mod:`models.uncertainty` evaluates at each draw of the parameters. Only what the
+        predictions read changes (``params_`` and the ``coefficient`` column of
+        ``coefficients_``, and what a model derives from them); the fit's own account of
+        itself (``standard_errors_``, ``covariance_``, ``log_likelihood_``, ``convergence_``,
+        the other columns of ``coefficients_``) stays that of the fit, which it describes.
+
+        Parameters
+        ----------
+        values : mapping of str to float
+            One value per name of ``covariance_.index``: the parameters (positive) and, with
+            covariates, the coefficients (``parameter:covariate``). A pandas Series will do.
+
+        Returns
+        -------
+        estimator
+            A shallow copy of this one, fitted, with those values.
+
+        Raises
+        ------
+        ValueError
+            If a name is missing or unknown, a value is not finite, or a parameter is not
+            above 0; the message names them.
+        """
+        check_is_fitted(self)
+        if not isinstance(values, Mapping | pd.Series):
+            raise TypeError(f"values must be a mapping of parameter name to value, got {type(values).__name__}")
+        names = list(self.covariance_.index)
+        given = {str(name): value for name, value in values.items()}
+        missing, unknown = [name for name in names if name not in given], sorted(set(given) - set(names))
+        if missing or unknown:
+            raise ValueError(f"values: need exactly {names}; missing {missing}, unknown {unknown}")
+        checked = {name: float(given[name]) for name in names}
+        bad = [name for name, value in checked.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"values: {bad} not finite")
+        not_positive = [name for name in self.parameter_names if not checked[name] > 0]
+        if not_positive:
+            raise ValueError(f"values: parameter(s) {not_positive} must be above 0")
+        model = copy.copy(self)
+        model.params_ = {name: checked[name] for name in self.parameter_names}
+        coefficients = getattr(self, "coefficients_", None)
+        if coefficients is not None:
+            coefficients = coefficients.copy()
+            coefficients["coefficient"] = [checked[f"{parameter}:{covariate}"] for parameter, covariate
+                                           in zip(coefficients["parameter"], coefficients["covariate"])]
+            model.coefficients_ = coefficients
+        return model
 
     def _summary_extras(self):
         """The model's own fitted figures for :meth:`summary`, by key (none here)."""

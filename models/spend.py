@@ -525,6 +525,11 @@ def _newton_polish(params, derivatives, max_steps=5):
     return params
 
 
+def _population_mean_spend(p, q, gamma) -> float:
+    """Fader, Hardie & Lee (2005) [1]_: E[Z] = p gamma / (q - 1), finite only for q > 1."""
+    return float(p * gamma / (q - 1)) if q > 1 else float("inf")
+
+
 class GammaGammaModel(MaximumLikelihoodEstimator):
     """Gamma-Gamma model of the mean spend per purchase (Fader, Hardie & Lee 2005).
 
@@ -710,9 +715,7 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
                 iterations=int(result.nit),
                 message=str(result.message),
             )
-        p, q, gamma = params[:3]
-        # Fader, Hardie & Lee (2005) [1]_: E[Z] = p gamma / (q - 1), finite only for q > 1.
-        self.population_mean_spend_ = float(p * gamma / (q - 1)) if q > 1 else float("inf")
+        self.population_mean_spend_ = _population_mean_spend(*params[:3])
         self.frequency_monetary_correlation_ = statistics.frequency_monetary_correlation
         return self
 
@@ -755,6 +758,14 @@ class GammaGammaModel(MaximumLikelihoodEstimator):
         )
         self._store_optimum(point, optimum, n_repeat, len(statistics), layout=layout)
         return point
+
+    def with_params(self, values):
+        """A copy of this fitted model predicting at other values of p, q, gamma (and the
+        coefficients): :meth:`MaximumLikelihoodEstimator.with_params`, with
+        ``population_mean_spend_`` recomputed from them."""
+        model = super().with_params(values)
+        model.population_mean_spend_ = _population_mean_spend(*(model.params_[name] for name in self.parameter_names))
+        return model
 
     def expected_spend(self, features):
         """Expected mean spend per future purchase of each customer, given their history.
