@@ -298,7 +298,7 @@ class ValueSettings(_Settings):
             raise ValueError(f"a number of months or 'lifetime', got {value!r}")
         if not 0 < value <= 240:
             raise ValueError("horizon: a number of months in (0, 240], or 'lifetime'")
-        return value
+        return float(value)
 
     @property
     def is_lifetime(self) -> bool:
