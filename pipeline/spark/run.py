@@ -59,6 +59,7 @@ from pipeline.spark.feature_tables import SparkFeatures, features_from_config, u
 from pipeline.spark.scoring import _user_error, score
 from pipeline.spark.session import spark_session
 from pipeline.stages import backtest as backtest_stage
+from pipeline.stages.acquisition import acquisition_partial
 from pipeline.stages.fit import (
     PURCHASE_MODEL_TITLES,
     Backtest,
@@ -77,6 +78,7 @@ from pipeline.stages.value import (
     finish_value_summary,
     freeze_tiers,
     lifespan_totals,
+    new_customer_summary,
     new_scorer,
     score_customers,
     tier_table_of_partials,
@@ -553,10 +555,17 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     _progress(progress, "writing customers")
     score(features, scorer, catalog.path(CUSTOMERS_FILE))
     written = spark.read.parquet(str(catalog.path(CUSTOMERS_FILE)))
-    batches = reduce_batches(written, lambda batch: {"value": value_partial(batch),
-                                                     "tiers": tier_table_partial(batch, scorer)})
+    # The summaries also read the features the customers table leaves out: the first channel
+    # (like for like per channel, as DuckDB's) and the total amount (a new customer's first purchase).
+    extra = [name for name in ("total_amount", "first_channel") if name in features.columns]
+    summarised = written.join(features.select("customer_id", *extra), "customer_id", "left")
+    batches = reduce_batches(summarised, lambda batch: {
+        "value": value_partial(batch), "tiers": tier_table_partial(batch, scorer),
+        "acquisition": acquisition_partial(batch, batch["margin_rate"], batch["acquisition_cost"]),
+    })
     tiers = tier_table_of_partials([batch["tiers"] for batch in batches], scorer)
     value_sums = merge_partials(batch["value"] for batch in batches)
+    acquisition_sums = merge_partials(batch["acquisition"] for batch in batches)
     figures = written.select("customer_id", "predicted_clv", "historical_clv")
     # Every customer up to EXACT_LIMIT; above, the customers rank_sample keeps for Spearman's
     # rho (the ones DuckDB keeps: the same figure), with the medians exact from the whole column.
@@ -570,11 +579,13 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     if len(plotted) > PLOT_SAMPLE:
         plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)
     extent = written.agg(F.max("frequency").alias("frequency"), F.max("T").alias("T")).head()
+    summary = finish_value_summary(value_sums, order, historical, tiers)
+    summary["new_customer"] = new_customer_summary(scorer, acquisition_sums)
     return ValueOutputs(
         scorer=scorer,
         customers=pd.DataFrame({"predicted_clv": plotted.to_numpy()}),
         tier_table=tiers,
-        summary=finish_value_summary(value_sums, order, historical, tiers),
+        summary=summary,
         max_frequency=float(extent["frequency"]),
         max_age=float(extent["T"]),
     )
