@@ -17,11 +17,10 @@ from scipy.optimize import minimize
 from scipy.stats import norm
 
 from ._estimation import (
-    RELATIVE_GRADIENT_WARNING,
     ConvergenceError,
     gradient_and_hessian,
-    relative_gradient_per_customer,
 )
+from ._optimum import newton_steps
 from ._validation import group_rows
 
 
@@ -235,24 +234,4 @@ def newton_polish(objective, point, real_line, n_customers, derivatives=None, st
             return tuple(np.asarray(value, dtype=np.float64) for value in derivatives(values))
         return gradient_and_hessian(objective, values, real_line=real_line)
 
-    best, best_value = np.asarray(point, dtype=np.float64), objective(point)
-    gradient, hessian = differentiate(best)
-    for _ in range(steps):
-        try:
-            candidate = best - np.linalg.solve(hessian, gradient)
-        except np.linalg.LinAlgError:
-            break
-        if not (np.all(np.isfinite(candidate)) and np.all(candidate[~real_line] > 0)):
-            break
-        value = objective(candidate)
-        if not value > best_value:
-            break
-        best, best_value = candidate, value
-        gradient, hessian = differentiate(best)
-    flat = relative_gradient_per_customer(gradient, best, n_customers, real_line) <= RELATIVE_GRADIENT_WARNING
-    try:
-        np.linalg.cholesky(-hessian)
-        negative_definite = True
-    except np.linalg.LinAlgError:
-        negative_definite = False
-    return best, bool(flat and negative_definite and np.isfinite(best_value))
+    return newton_steps(objective, differentiate, point, n_customers, real_line, steps)

@@ -173,22 +173,34 @@ def newton_polish(likelihood, point: np.ndarray, penalty: Penalty = None, steps:
     def objective(values):
         return likelihood(values) - (penalty(values) if penalty is not None else 0.0)
 
-    gradient_and_hessian_at = derivatives(likelihood, penalty)
-    best, best_value = point, objective(point)
-    gradient, hessian = gradient_and_hessian_at(best)
+    return newton_steps(objective, derivatives(likelihood, penalty), point, float(likelihood.weights.sum()),
+                        steps=steps)
+
+
+def newton_steps(objective, differentiate, point, n_customers: float, real_line=None,
+                 steps: int = 4) -> tuple[np.ndarray, bool]:
+    """Newton steps on ``objective`` from ``point`` (``differentiate`` gives its gradient and
+    Hessian), kept while it rises and the positive parameters stay positive (``real_line``
+    marks the others, e.g. covariate coefficients); and whether the end is a maximum: the
+    gradient flat per customer (:func:`relative_gradient_per_customer`) and the Hessian
+    negative definite. The one polish of every fit, with and without covariates."""
+    real_line = np.zeros(len(point), dtype=bool) if real_line is None else np.asarray(real_line, dtype=bool)
+    best = np.asarray(point, dtype=np.float64)
+    best_value = objective(best)
+    gradient, hessian = differentiate(best)
     for _ in range(steps):
         try:
             candidate = best - np.linalg.solve(hessian, gradient)
         except np.linalg.LinAlgError:
             break
-        if not np.all(candidate > 0):
+        if not (np.all(np.isfinite(candidate)) and np.all(candidate[~real_line] > 0)):
             break
         value = objective(candidate)
         if not value > best_value:
             break
         best, best_value = candidate, value
-        gradient, hessian = gradient_and_hessian_at(best)
-    flat = relative_gradient_per_customer(gradient, best, float(likelihood.weights.sum())) <= RELATIVE_GRADIENT_WARNING
+        gradient, hessian = differentiate(best)
+    flat = relative_gradient_per_customer(gradient, best, n_customers, real_line) <= RELATIVE_GRADIENT_WARNING
     try:
         np.linalg.cholesky(-hessian)
         negative_definite = True
