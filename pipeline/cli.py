@@ -438,6 +438,12 @@ def compare(
     if frame.empty:
         console.print("no pipeline runs yet: run `clv run` first")
         return
+    for pair in ("horizon", "lifetime"):
+        # One cell per like-for-like pair (runs before them have none): predicted / historical.
+        frame[f"{pair}_pair"] = [
+            "" if predicted is None or predicted != predicted else f"{predicted:,.2f} / {historical:,.2f}"
+            for predicted, historical in zip(frame[f"{pair}_predicted_mean"], frame[f"{pair}_historical_mean"])
+        ]
     table = Table(title="Runs (newest first)", title_justify="left")
     columns = [
         ("run_id", "run", lambda v: v[:8]), ("started", "started", str), ("data", "data sha", str),
@@ -446,15 +452,13 @@ def compare(
         ("holdout_purchases_total_error_pct", "total err", "{:+.1f}%".format),
         ("baseline_purchases_rmse", "baseline RMSE", "{:.3f}".format),
         ("predicted_clv_mean", "pred. CLV", "{:,.2f}".format), ("historical_clv_mean", "hist. CLV", "{:,.2f}".format),
-        ("horizon_predicted_mean", "horizon pred/hist", "{:,.2f}".format),
-        ("horizon_historical_mean", "", "{:,.2f}".format),
-        ("lifetime_predicted_mean", "lifetime pred/hist", "{:,.2f}".format),
-        ("lifetime_historical_mean", "", "{:,.2f}".format),
+        ("horizon_pair", "horizon pred/hist", str), ("lifetime_pair", "lifetime pred/hist", str),
         ("version", "version", str), ("skipped", "skipped", str),
     ]
     table.add_column("")
-    for _, label, _ in columns:
-        table.add_column(label, overflow="fold")
+    for key, label, _ in columns:
+        # The run id stays whole however narrow the terminal: it is what `clv promote` takes.
+        table.add_column(label, overflow="fold", **({"min_width": 8, "no_wrap": True} if key == "run_id" else {}))
     for _, row in frame.iterrows():
         cells = []
         for key, _, fmt in columns:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import operator
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -565,7 +566,8 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     })
     tiers = tier_table_of_partials([batch["tiers"] for batch in batches], scorer)
     value_sums = merge_partials(batch["value"] for batch in batches)
-    acquisition_sums = merge_partials(batch["acquisition"] for batch in batches)
+    # Each batch's acquisition partial is itself a GroupedSums (group -> sums): added, not merged key by key.
+    acquisition_sums = functools.reduce(operator.add, (batch["acquisition"] for batch in batches))
     figures = written.select("customer_id", "predicted_clv", "historical_clv")
     # Every customer up to EXACT_LIMIT; above, the customers rank_sample keeps for Spearman's
     # rho (the ones DuckDB keeps: the same figure), with the medians exact from the whole column.
