@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from models.discounting import DAYS_PER_YEAR, payback_period
-from pipeline.stages.partials import GroupedSums
+from pipeline.stages.partials import GroupedSums, grouped_sums
 
 ALL_CUSTOMERS = "all customers"
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
@@ -39,20 +39,16 @@ def acquisition_partial(features: pd.DataFrame, margin_rate: pd.Series, acquisit
     purchase periods' totals).
     """
     rate = np.asarray(margin_rate, dtype=np.float64)
-    first_amount = features["total_amount"].to_numpy(dtype=np.float64) - (
-        features["frequency"].to_numpy(dtype=np.float64) * features["monetary_value"].to_numpy(dtype=np.float64)
-    )
-    columns = pd.DataFrame({
-        "customers": 1.0,
-        "first_purchase_margin": first_amount * rate,
-        "margin_rate": rate,
-        "acquisition_cost": np.asarray(acquisition_cost, dtype=np.float64),
-    })
-    sums = GroupedSums({ALL_CUSTOMERS: {name: float(values.sum()) for name, values in columns.items()}})
+    first_margin = features["frequency"].to_numpy(dtype=np.float64) * features["monetary_value"].to_numpy(dtype=np.float64)
+    np.subtract(features["total_amount"].to_numpy(dtype=np.float64), first_margin, out=first_margin)
+    first_margin *= rate
+    columns = {"first_purchase_margin": first_margin, "margin_rate": rate,
+               "acquisition_cost": np.asarray(acquisition_cost, dtype=np.float64)}
+    sums = GroupedSums({ALL_CUSTOMERS: {**{name: float(np.sum(values)) for name, values in columns.items()},
+                                        "customers": float(len(rate))}})
     if "first_channel" in features.columns:
-        channel = features["first_channel"].astype(object).where(features["first_channel"].notna(), "(none)")
-        for name, group in columns.groupby(channel.astype(str).to_numpy(), sort=True):
-            sums[f"channel {name}"] = {column: float(values.sum()) for column, values in group.items()}
+        by_channel = grouped_sums(features["first_channel"], columns)
+        sums.update({f"channel {name}": values for name, values in by_channel.items()})
     return sums
 
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 
 def merge_partials(partials: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The key-by-key sum of partials that have the same keys (a partial of no customers is the identity).
@@ -53,3 +56,19 @@ class GroupedSums(dict):
             for name, value in sums.items():
                 target[name] = target.get(name, 0.0) + value
         return merged
+
+
+def grouped_sums(keys: pd.Series, columns: dict[str, Any]) -> GroupedSums:
+    """Customers and the sums of ``columns`` per value of ``keys`` (missing keys as "(none)"), as
+    :class:`GroupedSums`. Counted by code (``np.bincount``): at 18M
+    customers, grouping by the text of a tier or channel took seconds and a gigabyte."""
+    codes, levels = pd.factorize(keys, sort=True, use_na_sentinel=True)
+    missing = codes < 0
+    if missing.any():
+        codes = np.where(missing, len(levels), codes)
+    names = [str(level) for level in levels] + (["(none)"] if missing.any() else [])
+    counts = np.bincount(codes, minlength=len(names))
+    sums = {name: np.bincount(codes, weights=np.asarray(values, dtype=np.float64), minlength=len(names))
+            for name, values in columns.items()}
+    return GroupedSums({group: {**{name: float(sums[name][i]) for name in sums}, "customers": float(counts[i])}
+                        for i, group in enumerate(names) if counts[i]})

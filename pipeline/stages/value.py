@@ -63,7 +63,7 @@ from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.acquisition import acquisition_partial, new_customer_value, unprofitable_groups
 from pipeline.stages.backtest import customer_ids, rank_correlation, rank_sample
-from pipeline.stages.partials import GroupedSums
+from pipeline.stages.partials import GroupedSums, grouped_sums
 
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 
@@ -537,11 +537,7 @@ def value_partial(customers: pd.DataFrame) -> dict[str, float]:
 
 
 def _grouped_sums(customers: pd.DataFrame, by: str) -> GroupedSums:
-    groups = customers[by].astype(object).where(customers[by].notna(), "(none)").astype(str)
-    sums = customers[list(LIKE_FOR_LIKE_COLUMNS)].groupby(groups.to_numpy(), sort=True).sum()
-    counts = groups.value_counts().to_dict()
-    return GroupedSums({str(group): {**{str(k): float(v) for k, v in row.items()}, "customers": float(counts[group])}
-                        for group, row in sums.iterrows()})
+    return grouped_sums(customers[by], {name: customers[name] for name in LIKE_FOR_LIKE_COLUMNS})
 
 
 def like_for_like(sums: dict[str, float]) -> dict[str, Any]:
