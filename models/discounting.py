@@ -94,14 +94,9 @@ def discount_rate_per_period(discount_rate_annual, days_per_period):
         ``(1 + discount_rate_annual) ** (days_per_period / 365.25) - 1``, so
         that compounding over a year of periods gives the annual rate.
     """
-    discount_rate_annual = check_real(discount_rate_annual, "discount_rate_annual")
-    days_per_period = check_real(days_per_period, "days_per_period")
-    if discount_rate_annual <= -1:
-        raise ValueError(f"discount_rate_annual must be above -1, got {discount_rate_annual}")
-    if days_per_period <= 0:
-        raise ValueError(f"days_per_period must be positive, got {days_per_period}")
-    # expm1/log1p keep small rates exact where (1 + d) ** x - 1 would cancel.
-    return float(np.expm1(np.log1p(discount_rate_annual) * days_per_period / DAYS_PER_YEAR))
+    # expm1 of the continuous rate (log1p inside) keeps small rates exact where
+    # (1 + d) ** x - 1 would cancel; one place checks and computes the rate.
+    return float(np.expm1(continuous_discount_rate(discount_rate_annual, days_per_period)))
 
 
 def continuous_discount_rate(discount_rate_annual, days_per_period):
