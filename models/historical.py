@@ -336,8 +336,8 @@ def historical_clv(
         lifespan_years,
     )
 
-    yearly_purchases = purchases / np.maximum(exposure_years, min_exposure_years)
-    per_customer = (revenue / purchases) * yearly_purchases * company.lifespan_years * margin - cost
+    per_customer = _customer_formula(purchases, revenue, exposure_years, min_exposure_years,
+                                     company.lifespan_years, margin, cost)
     figures = {field.name: getattr(company, field.name) for field in dataclasses.fields(company)}
     figures["method"] = _historical_method(churn_inactivity_days, min_exposure_years, lifespan_years is not None)
     return HistoricalCLV(**figures, per_customer=pd.Series(per_customer, index=index, name="historical_clv"))
@@ -505,9 +505,17 @@ def historical_clv_over_horizon(
     index = features.index
     margin = aligned(margin_rate, index, "margin_rate")
     cost = aligned(acquisition_cost, index, "acquisition_cost")
-    yearly_purchases = purchases / np.maximum(exposure_years, min_exposure_years)
-    values = (revenue / purchases) * yearly_purchases * horizon_years * margin - cost
+    values = _customer_formula(purchases, revenue, exposure_years, min_exposure_years, horizon_years, margin, cost)
     return pd.Series(values, index=index, name="historical_clv_horizon")
+
+
+def _customer_formula(purchases, revenue, exposure_years, min_exposure_years, years, margin, cost):
+    """The business formula for each customer over ``years``: own average purchase value x own
+    purchases per active year (active time floored at ``min_exposure_years``) x ``years`` x
+    margin - CAC; over the company lifespan it is the historical CLV, over a horizon its
+    like-for-like partner."""
+    yearly_purchases = purchases / np.maximum(exposure_years, min_exposure_years)
+    return (revenue / purchases) * yearly_purchases * years * margin - cost
 
 
 def naive_holdout_forecast(features, holdout_periods, min_exposure_periods=1.0):
