@@ -82,19 +82,16 @@ def _with_attributes(con, features_query: str, config: Config, scorer: Any) -> s
     without a row is the same one-line error)."""
     import pandas as pd
 
-    from pipeline.config import FIRST_CHANNEL
-    from pipeline.io import read_customer_attributes
-    from pipeline.stages.covariates import join_attributes
+    from pipeline.runner import CustomerCovariates
+    from pipeline.stages.covariates import attribute_columns, join_attributes
 
-    wanted = [name for name in getattr(scorer, "covariates", ()) if name != FIRST_CHANNEL]
+    # The run's reader of the attribute file, with its check that the config gives the columns.
+    covariates = CustomerCovariates.read(config, list(getattr(scorer, "covariates", ())))
+    wanted = attribute_columns(covariates.names)
     if not wanted:
         return features_query
-    settings = config.input.customers
-    if settings is None or any(name not in settings.columns for name in wanted):
-        raise InputDataError(f"this model uses the customer attributes {wanted}: give the file in input.customers "
-                             "(path, customer_id, columns)")
     ids = con.execute(f"SELECT customer_id FROM ({features_query}) q").df()
-    aligned = join_attributes(ids, read_customer_attributes(settings), settings, wanted, str(settings.path))
+    aligned = join_attributes(ids, covariates.attributes, covariates.settings, wanted, str(covariates.settings.path))
     # Keyed by the features' own ids (same type), so the join below is exact.
     con.register("customer_attributes", pd.DataFrame(aligned, copy=False))
     selected = ", ".join(f"a.{duckdb_identifier(name)}" for name in wanted)
