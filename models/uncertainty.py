@@ -76,6 +76,7 @@ import numbers
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import (
@@ -91,7 +92,7 @@ from ._validation import (
 )
 from .covariates import design_matrix
 from .discounting import discounted_expected_purchases
-from .histories import CustomerHistories, as_histories
+from .histories import CustomerHistories, as_histories, group_histories
 
 # Distinct histories (or history-spend combinations) evaluated at once: each draw's figures
 # of a block are (rows x n_draws) matrices, 50 MB for 65,536 rows and 100 draws.
@@ -100,6 +101,8 @@ ROWS_PER_BLOCK = 1 << 16
 # Give up counting purchases for a history whose distribution has not reached the upper
 # percentile by then (a rounding-deficient PMF would otherwise loop for ever).
 MAX_PURCHASES = 10_000
+# Above every cumulative probability: marks where a pair's table of purchases ends unreached.
+PAST = 1.5
 
 
 # --- parameter draws ---------------------------------------------------------
@@ -494,31 +497,292 @@ def purchase_spread(purchase_model, features, horizon, percentiles=(0.1, 0.9)) -
     if not probabilities or any(not 0 < value < 1 for value in probabilities) or \
             any(b <= a for a, b in zip(probabilities, probabilities[1:])):
         raise ValueError(f"percentiles must be increasing probabilities strictly between 0 and 1, got {percentiles!r}")
-    histories = as_histories(features, tuple(getattr(purchase_model, "covariates_", ())))
+    covariates = tuple(getattr(purchase_model, "covariates_", ()))
+    histories = as_histories(features, covariates)
+    inverse, index = histories.inverse, histories.index
+    unique = group_histories(histories.unique, covariates=histories.covariates)
+    standing, pair = standing_histories(histories, covariates)
+    # P(X = n | history) = (1 - P(alive)) [n = 0] + P(alive) G(n), G the distribution of a
+    # customer alive at T, which depends on (design, frequency, T) alone (standing_histories):
+    # tabulated once per pair, then each history's percentile is looked up in its pair's table.
+    alive = purchase_model.probability_alive(unique).to_numpy()
+    standing_alive = purchase_model.probability_alive(standing).to_numpy()
+    n_pairs = len(standing.unique)
+    largest = probabilities[-1]
+    cumulative = [np.zeros(n_pairs)]  # G's cumulative distribution, n = 0, 1, ... (a row per n)
+    remaining = np.flatnonzero(standing_alive > 0)
+    n_purchases = 0
+    while len(remaining) and n_purchases <= MAX_PURCHASES:
+        subset = CustomerHistories(standing.unique.iloc[remaining].reset_index(drop=True),
+                                   np.arange(len(remaining)), covariates=standing.covariates)
+        mass = purchase_model.probability_of_purchases(subset, n_purchases, horizon).to_numpy()
+        if n_purchases == 0:
+            mass = mass - (1.0 - standing_alive[remaining])
+        row = cumulative[-1].copy()
+        row[remaining] += np.maximum(mass, 0.0) / standing_alive[remaining]
+        cumulative.append(row)
+        remaining = remaining[row[remaining] < largest]
+        n_purchases += 1
+    # (pairs x counts) without the leading zeros; a pair never reaching the largest
+    # percentile (by MAX_PURCHASES) is padded with PAST, above every target.
+    table = np.vstack(cumulative[1:]).T if len(cumulative) > 1 else np.zeros((n_pairs, 0))
+    table = np.concatenate([table, np.full((n_pairs, 1), PAST)], axis=1)
+    width = table.shape[1]
+    reached = np.flatnonzero(table[:, -2] >= largest) if width > 1 else np.empty(0, dtype=np.intp)
+    unfinished = np.ones(n_pairs, dtype=bool)
+    unfinished[reached] = False
+    table[unfinished, :-1] = np.where(table[unfinished, :-1] >= largest, table[unfinished, :-1], PAST)
+    # Rows laid end to end, row j shifted up by 2 j: one sorted array for every pair's lookup.
+    flat = (table + 2.0 * np.arange(n_pairs)[:, None]).ravel()
+    alive_and_none = table[pair, 0] if width > 1 else np.zeros(len(pair))
+    no_purchases = 1.0 - alive + alive * np.where(alive_and_none < PAST, alive_and_none, 0.0)
+    columns = {"probability_no_purchases": no_purchases[inverse]}
+    for probability in probabilities:
+        with np.errstate(divide="ignore", invalid="ignore"):
+                target = (probability - (1.0 - alive)) / alive
+        # Already reached by the mass at 0 of those gone (or P(alive) = 0): no purchase.
+        gone = ~(target > 0)
+        target[gone] = 0.0
+        position = np.searchsorted(flat, 2.0 * pair + target, side="left") - pair * width
+        position = np.clip(position, 0, width - 1)
+        found = np.where(table[pair, position] >= PAST, np.nan, position.astype(np.float64))
+        found[gone] = 0.0
+        columns[f"purchases_p{100 * probability:g}"] = found[inverse]
+    return pd.DataFrame(columns, index=index)
+
+
+# --- intervals per distinct history (the scoring core's) ------------------------------------
+
+
+def standing_histories(histories, covariates=()) -> tuple[CustomerHistories, np.ndarray]:
+    """One history per distinct (design, frequency, T) of the unique rows of ``histories``, and
+    each unique row's position among them.
+
+    In every purchase model a figure of a history's future (expected purchases over any
+    horizon, their discounted sum, DERT, P(n purchases) for n >= 1) is P(alive | history)
+    times a term of (design, frequency, T) alone: given that the customer is alive at T, the
+    posterior of their rates depends on the number of purchases and T, not on when the last
+    one was. A standing history carries the pair's term: the one most surely alive, with its
+    last purchase at T (recency = T; 0 without repeat purchases), so that dividing by its
+    P(alive) loses no precision. Far fewer than the histories (6,497 pairs for 628k histories
+    at 18M customers on a weekly grid).
+    """
+    covariates = tuple(covariates)
+    frequency, _, age = histories.unique_arrays()
+    design = histories.unique_design(covariates)
+    (*design_values, pair_frequency, pair_age), pair = group_rows([*design.T, frequency, age])
+    unique = pd.DataFrame({"frequency": pair_frequency, "recency": np.where(pair_frequency > 0, pair_age, 0.0),
+                           "T": pair_age, **dict(zip(covariates, design_values))}, copy=False)
+    return CustomerHistories(unique, np.arange(len(unique)), covariates=covariates), pair
+
+
+def per_alive(model, standing, figure) -> np.ndarray:
+    """``figure`` (one value per standing history) divided by their P(alive): the pair term of
+    :func:`standing_histories` (0 where P(alive) underflows to 0, as the figure does)."""
+    alive = model.probability_alive(standing).to_numpy()
+    return np.divide(figure, alive, out=np.zeros(len(alive)), where=alive > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryIntervals:
+    """Intervals of a purchase model's figures of each history from its parameter draws.
+
+    Attributes
+    ----------
+    per_history : pandas.DataFrame
+        Indexed like the histories given: ``probability_alive_lower``, ``probability_alive_upper``,
+        ``expected_purchases_lower``, ``expected_purchases_upper``, ``value_lower``,
+        ``value_upper`` (the ``value_figure``'s bounds).
+    totals : pandas.DataFrame or None
+        With weights: one row per draw (index ``draw``), ``expected_purchases`` (the
+        ``purchase_weights``-weighted sum over the distinct histories) and ``value`` (the
+        ``value_weights``-weighted one).
+    """
+
+    per_history: pd.DataFrame = dataclasses.field(repr=False)
+    totals: pd.DataFrame | None = dataclasses.field(repr=False)
+
+
+def history_intervals(
+    purchase_model,
+    parameter_draws,
+    histories,
+    horizon,
+    value_figure,
+    level=0.9,
+    purchase_weights=None,
+    value_weights=None,
+) -> HistoryIntervals:
+    """Quantiles over parameter draws of P(alive), expected purchases and a value figure, per history.
+
+    Each draw's figures come from its P(alive) of every distinct history and the pair terms of
+    :func:`standing_histories` (the figure of the standing history over its P(alive)), so a
+    draw costs one P(alive) per distinct history and the figures of the few standing ones.
+
+    Parameters
+    ----------
+    purchase_model : fitted purchase model
+    parameter_draws : pandas.DataFrame
+        :func:`draw_parameters` of ``purchase_model``: each row goes to ``with_params``.
+    histories : pandas.DataFrame or CustomerHistories
+        Columns ``frequency``, ``recency``, ``T`` (and the model's design columns), or those
+        customers grouped; evaluated once per distinct row.
+    horizon : float
+        Of the expected purchases, in model periods.
+    value_figure : callable
+        ``value_figure(model, standing)``: a figure of the form P(alive) x pair term for each
+        standing history (a CustomerHistories), e.g. discounted expected purchases or DERT.
+    level : float, default 0.9
+        Probability between each lower and upper bound.
+    purchase_weights : numpy.ndarray, optional
+        One weight per distinct history (in the order of the grouped ``histories.unique``):
+        the draws' weighted sums of expected purchases go to ``totals``.
+    value_weights : callable, optional
+        ``value_weights(draw, rows)``: the weights of the distinct histories ``rows`` (a
+        slice) at that draw, for the value figure's weighted sums.
+
+    Returns
+    -------
+    HistoryIntervals
+    """
+    check_is_fitted(purchase_model)
+    horizon = check_horizon(horizon)
+    level = _check_level(level)
+    covariates = tuple(getattr(purchase_model, "covariates_", ()))
+    histories = as_histories(histories, covariates)
     inverse, index = histories.inverse, histories.index
     unique = histories.unique
+    n_unique = len(unique)
+    models = [purchase_model.with_params(values) for _, values in parameter_draws.iterrows()]
+    n_draws = len(models)
+    if n_draws == 0:
+        raise ValueError("parameter_draws: no draws")
+    standing, pair = standing_histories(histories, covariates)
+    # Pair terms at each draw (draws x pairs): few pairs, so cheap whatever the customers.
+    purchase_term = np.empty((n_draws, len(standing.unique)))
+    value_term = np.empty_like(purchase_term)
+    for draw, model in enumerate(models):
+        purchase_term[draw] = per_alive(model, standing, model.expected_purchases(standing, horizon).to_numpy())
+        value_term[draw] = per_alive(model, standing, np.asarray(value_figure(model, standing), dtype=np.float64))
+    lower, upper = (1.0 - level) / 2.0, (1.0 + level) / 2.0
+    names = ("probability_alive", "expected_purchases", "value")
+    bounds = {f"{name}_{side}": np.empty(n_unique) for name in names for side in ("lower", "upper")}
+    with_totals = purchase_weights is not None or value_weights is not None
+    totals = {"expected_purchases": np.zeros(n_draws), "value": np.zeros(n_draws)}
+    for start in range(0, n_unique, ROWS_PER_BLOCK):
+        rows_here = slice(start, start + ROWS_PER_BLOCK)
+        block = CustomerHistories(unique.iloc[rows_here].reset_index(drop=True),
+                                  np.arange(len(unique.iloc[rows_here])), covariates=histories.covariates)
+        alive = np.empty((len(block.unique), n_draws))
+        for draw, model in enumerate(models):
+            alive[:, draw] = model.probability_alive(block).to_numpy()
+        block_pair = pair[rows_here]
+        for name, drawn in (("probability_alive", alive),
+                            ("expected_purchases", alive * purchase_term[:, block_pair].T),
+                            ("value", alive * value_term[:, block_pair].T)):
+            _finite(drawn, name)
+            bounds[f"{name}_lower"][rows_here], bounds[f"{name}_upper"][rows_here] = _row_quantiles(drawn, (lower, upper))
+            if name == "expected_purchases" and purchase_weights is not None:
+                totals[name] += np.asarray(purchase_weights, dtype=np.float64)[rows_here] @ drawn
+            if name == "value" and value_weights is not None:
+                for draw in range(n_draws):
+                    totals[name][draw] += drawn[:, draw] @ value_weights(draw, rows_here)
+    per_history = pd.DataFrame({name: values[inverse] for name, values in bounds.items()}, index=index, copy=False)
+    table = None
+    if with_totals:
+        table = pd.DataFrame(totals, index=pd.RangeIndex(n_draws, name="draw"))
+    return HistoryIntervals(per_history, table)
 
-    def mass(n_purchases, selected):
-        subset = CustomerHistories(unique.iloc[selected].reset_index(drop=True), np.arange(len(selected)),
-                                   covariates=histories.covariates)
-        return purchase_model.probability_of_purchases(subset, n_purchases, horizon).to_numpy()
 
-    everyone = np.arange(len(unique))
-    no_purchases = mass(0, everyone) if len(unique) else np.zeros(0)
-    cumulative = no_purchases.copy()
-    found = np.full((len(probabilities), len(unique)), np.nan)
-    found[:, :] = np.where(cumulative >= np.array(probabilities)[:, None], 0.0, np.nan)
-    n_purchases = 0
-    # The upper percentile is the last one reached: only histories short of it go on.
-    remaining = everyone[cumulative < probabilities[-1]]
-    while len(remaining) and n_purchases < MAX_PURCHASES:
-        n_purchases += 1
-        cumulative[remaining] += mass(n_purchases, remaining)
-        for position, probability in enumerate(probabilities):
-            reached = remaining[np.isnan(found[position, remaining]) & (cumulative[remaining] >= probability)]
-            found[position, reached] = n_purchases
-        remaining = remaining[cumulative[remaining] < probabilities[-1]]
-    columns = {"probability_no_purchases": no_purchases[inverse]}
-    for position, probability in enumerate(probabilities):
-        columns[f"purchases_p{100 * probability:g}"] = found[position, inverse]
-    return pd.DataFrame(columns, index=index)
+@dataclasses.dataclass(frozen=True)
+class SpendDraws:
+    """Gamma-Gamma's expected spend at each parameter draw, for the customers it was built on.
+
+    The expected spend is linear in the customer's mean spend m (weights (1 - w) and w on the
+    population mean and m, w = p x / (p x + q - 1)), so at draw k it is
+    ``intercept[k, g] + slope[k, g] * m`` for the customer's (frequency, design) group g.
+
+    Attributes
+    ----------
+    intercept, slope : numpy.ndarray
+        Draws x groups.
+    group : numpy.ndarray
+        Each customer's group.
+    monetary_value : numpy.ndarray
+        Each customer's mean spend.
+    """
+
+    intercept: np.ndarray = dataclasses.field(repr=False)
+    slope: np.ndarray = dataclasses.field(repr=False)
+    group: np.ndarray = dataclasses.field(repr=False)
+    monetary_value: np.ndarray = dataclasses.field(repr=False)
+
+    def log_variance(self) -> np.ndarray:
+        """Each customer's variance of log expected spend over the draws, matched to a
+        lognormal with the draws' mean and variance: log(1 + variance / mean^2)."""
+        intercept, slope, m = self.intercept, self.slope, self.monetary_value
+        mean_i, mean_s = intercept.mean(axis=0), slope.mean(axis=0)
+        centred_i, centred_s = intercept - mean_i, slope - mean_s
+        n = intercept.shape[0]
+        var_i = (centred_i * centred_i).sum(axis=0) / n
+        var_s = (centred_s * centred_s).sum(axis=0) / n
+        cov = (centred_i * centred_s).sum(axis=0) / n
+        g = self.group
+        mean = mean_i[g] + mean_s[g] * m
+        variance = var_i[g] + 2.0 * cov[g] * m + var_s[g] * m * m
+        return np.log1p(np.divide(variance, mean * mean, out=np.zeros(len(m)), where=mean != 0))
+
+
+def spend_draws(spend_model, parameter_draws, features) -> SpendDraws:
+    """:class:`SpendDraws` of ``features`` (``frequency``, ``monetary_value`` and the spend
+    model's design columns) at each row of ``parameter_draws`` (:func:`draw_parameters` of
+    ``spend_model``); refuses draws with q <= 1, where the mean spend is infinite."""
+    check_is_fitted(spend_model)
+    covariates = tuple(getattr(spend_model, "covariates_", ()))
+    columns = check_features(features, SPEND_COLUMNS)
+    infinite = int(np.count_nonzero(parameter_draws["q"] <= 1))
+    if infinite:
+        raise ValueError(
+            f"spend_model: q <= 1 in {infinite} of {len(parameter_draws)} parameter draws, where the mean spend "
+            "per purchase is infinite: the spend model is too uncertain for an interval (fit on more customers)"
+        )
+    design = design_matrix(features, covariates)
+    (frequency, *design_values), group = group_rows([columns["frequency"], *design.T])
+    # Two mean spends per group give the line's intercept and slope at each draw.
+    probes = pd.DataFrame({"frequency": np.repeat(frequency, 2),
+                           "monetary_value": np.tile([1.0, 2.0], len(frequency)),
+                           **{name: np.repeat(values, 2) for name, values in zip(covariates, design_values)}})
+    intercept = np.empty((len(parameter_draws), len(frequency)))
+    slope = np.empty_like(intercept)
+    for draw, (_, values) in enumerate(parameter_draws.iterrows()):
+        spend = spend_model.with_params(values).expected_spend(probes).to_numpy().reshape(-1, 2)
+        slope[draw] = spend[:, 1] - spend[:, 0]
+        intercept[draw] = spend[:, 0] - slope[draw]
+    _finite(intercept.T, "expected_spend")
+    return SpendDraws(intercept, slope, group, np.asarray(columns["monetary_value"], dtype=np.float64))
+
+
+def value_bounds(point_value, value_lower, value_upper, point_spend, spend_log_variance, level=0.9):
+    """Bounds of value x spend (discounted purchases x expected spend) from each factor's own
+    uncertainty, the two being independent (separate models, separate likelihoods).
+
+    On the log scale the two spreads add: each bound is the point product times
+    exp(-/+ sqrt(d_value^2 + (z sigma_spend)^2)), where d_value is the distance on the log
+    scale from the point value to the value's bound (its draws' quantile, so a skewed value
+    keeps its skew) and sigma_spend^2 the spend's log variance over its draws (z the normal
+    quantile of the level). Exact for lognormal factors; the point product always lies
+    within. Where the point value is 0 the bounds are 0.
+    """
+    level = _check_level(level)
+    z = float(stats.norm.ppf((1.0 + level) / 2.0))
+    point_value = np.asarray(point_value, dtype=np.float64)
+    positive = point_value > 0
+    safe = np.where(positive, point_value, 1.0)
+    with np.errstate(divide="ignore"):  # a bound of 0 is -inf on the log scale: a lower bound of 0
+        below = np.minimum(np.log(np.maximum(np.asarray(value_lower, dtype=np.float64), 0.0) / safe), 0.0)
+        above = np.maximum(np.log(np.maximum(np.asarray(value_upper, dtype=np.float64), 0.0) / safe), 0.0)
+    spend_term = z * z * np.asarray(spend_log_variance, dtype=np.float64)
+    gross = point_value * np.asarray(point_spend, dtype=np.float64)
+    lower = np.where(positive, gross * np.exp(-np.sqrt(below * below + spend_term)), 0.0)
+    upper = np.where(positive, gross * np.exp(np.sqrt(above * above + spend_term)), 0.0)
+    return lower, upper
