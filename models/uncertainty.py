@@ -97,6 +97,9 @@ from .histories import CustomerHistories, as_histories, group_histories
 # Distinct histories (or history-spend combinations) evaluated at once: each draw's figures
 # of a block are (rows x n_draws) matrices, 50 MB for 65,536 rows and 100 draws.
 ROWS_PER_BLOCK = 1 << 16
+# history_intervals' blocks: fewer model calls per draw (each has a fixed cost) for matrices of
+# 131,072 rows x draws, 105 MB at 100 draws.
+HISTORY_ROWS_PER_BLOCK = 1 << 17
 
 # Give up counting purchases for a history whose distribution has not reached the upper
 # percentile by then (a rounding-deficient PMF would otherwise loop for ever).
@@ -204,6 +207,33 @@ def _row_quantiles(values, probabilities) -> list[np.ndarray]:
         low = ordered[:, below].astype(np.float64)
         # low + w (high - low) stays within [low, high]: a P(alive) never passes 1.
         result.append(low + weight * (ordered[:, above] - low))
+    return result
+
+
+def _finite_row_quantiles(values, probabilities, least_share=0.9) -> list[np.ndarray]:
+    """:func:`_row_quantiles` over each row's finite values only; NaN for a row with fewer than
+    ``least_share`` of them finite. A parameter draw far in a tail can put a model's formula
+    where it does not evaluate (BG/NBD's expected purchases as a nears 1, say) for some
+    histories: those draws leave those rows' quantiles, row by row, so a history gets the same
+    bounds whichever other histories it is scored with."""
+    values = values.astype(np.float32, copy=False)
+    finite = np.isfinite(values)
+    if finite.all():
+        return _row_quantiles(values, probabilities)
+    n_finite = finite.sum(axis=1)
+    ordered = np.sort(np.where(finite, values, np.float32(np.inf)), axis=1)  # the others sort last
+    result = []
+    count = np.maximum(n_finite, 1)
+    for probability in probabilities:
+        position = (count - 1) * probability
+        below = np.floor(position).astype(np.intp)
+        above = np.minimum(below + 1, count - 1)
+        weight = position - below
+        low = np.take_along_axis(ordered, below[:, None], axis=1)[:, 0].astype(np.float64)
+        high = np.take_along_axis(ordered, above[:, None], axis=1)[:, 0].astype(np.float64)
+        bound = low + weight * (high - low)
+        bound[n_finite < least_share * values.shape[1]] = np.nan
+        result.append(bound)
     return result
 
 
@@ -592,11 +622,12 @@ class HistoryIntervals:
     per_history : pandas.DataFrame
         Indexed like the histories given: ``probability_alive_lower``, ``probability_alive_upper``,
         ``expected_purchases_lower``, ``expected_purchases_upper``, ``value_lower``,
-        ``value_upper`` (the ``value_figure``'s bounds).
+        ``value_upper`` (the ``value_figure``'s bounds): quantiles over the draws where the
+        history's figure is finite, NaN where fewer than 9 in 10 are.
     totals : pandas.DataFrame or None
         With weights: one row per draw (index ``draw``), ``expected_purchases`` (the
         ``purchase_weights``-weighted sum over the distinct histories) and ``value`` (the
-        ``value_weights``-weighted one).
+        ``value_weights``-weighted one); NaN at a draw where some history's figure is not finite.
     """
 
     per_history: pd.DataFrame = dataclasses.field(repr=False)
@@ -612,6 +643,7 @@ def history_intervals(
     level=0.9,
     purchase_weights=None,
     value_weights=None,
+    value_at_point_ratio=False,
 ) -> HistoryIntervals:
     """Quantiles over parameter draws of P(alive), expected purchases and a value figure, per history.
 
@@ -640,6 +672,13 @@ def history_intervals(
     value_weights : callable, optional
         ``value_weights(draw, rows)``: the weights of the distinct histories ``rows`` (a
         slice) at that draw, for the value figure's weighted sums.
+    value_at_point_ratio : bool, default False
+        Evaluate ``value_figure`` at the point estimate only and take each draw's value as its
+        expected purchases times the point's ratio of the two (per pair). For a value that is
+        the expected purchases discounted over the same horizon this ratio is an average
+        discount factor, which moves far less between draws than the purchases do (a year of
+        weeks at 10 % a year: bounds within 1 % of the interval's width, 0.1 % of the value); the exact route costs a discounted sum
+        (52 expected purchases for a year of weeks) per pair and draw: 6 s of 10 s at 10M rows.
 
     Returns
     -------
@@ -663,14 +702,20 @@ def history_intervals(
     value_term = np.empty_like(purchase_term)
     for draw, model in enumerate(models):
         purchase_term[draw] = per_alive(model, standing, model.expected_purchases(standing, horizon).to_numpy())
-        value_term[draw] = per_alive(model, standing, np.asarray(value_figure(model, standing), dtype=np.float64))
+        if not value_at_point_ratio:
+            value_term[draw] = per_alive(model, standing, np.asarray(value_figure(model, standing), dtype=np.float64))
+    if value_at_point_ratio:
+        point_value = np.asarray(value_figure(purchase_model, standing), dtype=np.float64)
+        point_purchases = purchase_model.expected_purchases(standing, horizon).to_numpy()
+        ratio = np.divide(point_value, point_purchases, out=np.zeros(len(point_value)), where=point_purchases > 0)
+        value_term = purchase_term * ratio
     lower, upper = (1.0 - level) / 2.0, (1.0 + level) / 2.0
     names = ("probability_alive", "expected_purchases", "value")
     bounds = {f"{name}_{side}": np.empty(n_unique) for name in names for side in ("lower", "upper")}
     with_totals = purchase_weights is not None or value_weights is not None
     totals = {"expected_purchases": np.zeros(n_draws), "value": np.zeros(n_draws)}
-    for start in range(0, n_unique, ROWS_PER_BLOCK):
-        rows_here = slice(start, start + ROWS_PER_BLOCK)
+    for start in range(0, n_unique, HISTORY_ROWS_PER_BLOCK):
+        rows_here = slice(start, start + HISTORY_ROWS_PER_BLOCK)
         block = CustomerHistories(unique.iloc[rows_here].reset_index(drop=True),
                                   np.arange(len(unique.iloc[rows_here])), covariates=histories.covariates)
         alive = np.empty((len(block.unique), n_draws))
@@ -680,8 +725,9 @@ def history_intervals(
         for name, drawn in (("probability_alive", alive),
                             ("expected_purchases", alive * purchase_term[:, block_pair].T),
                             ("value", alive * value_term[:, block_pair].T)):
-            _finite(drawn, name)
-            bounds[f"{name}_lower"][rows_here], bounds[f"{name}_upper"][rows_here] = _row_quantiles(drawn, (lower, upper))
+            bounds[f"{name}_lower"][rows_here], bounds[f"{name}_upper"][rows_here] = _finite_row_quantiles(
+                drawn, (lower, upper))
+            # A draw with a non-finite figure anywhere leaves the totals (their sums are NaN).
             if name == "expected_purchases" and purchase_weights is not None:
                 totals[name] += np.asarray(purchase_weights, dtype=np.float64)[rows_here] @ drawn
             if name == "value" and value_weights is not None:
@@ -747,7 +793,15 @@ def spend_draws(spend_model, parameter_draws, features) -> SpendDraws:
             "per purchase is infinite: the spend model is too uncertain for an interval (fit on more customers)"
         )
     design = design_matrix(features, covariates)
-    (frequency, *design_values), group = group_rows([columns["frequency"], *design.T])
+    counts = np.asarray(columns["frequency"], dtype=np.float64)
+    largest = float(counts.max()) if len(counts) else 0.0
+    if not covariates and largest < 1e6 and np.array_equal(counts, np.floor(counts)):
+        # Whole numbers of purchases are their own group numbers: no hashing of every customer
+        # (a group of nobody costs nothing).
+        group = counts.astype(np.intp)
+        frequency, design_values = np.arange(int(largest) + 1, dtype=np.float64), []
+    else:
+        (frequency, *design_values), group = group_rows([counts, *design.T])
     # Two mean spends per group give the line's intercept and slope at each draw.
     probes = pd.DataFrame({"frequency": np.repeat(frequency, 2),
                            "monetary_value": np.tile([1.0, 2.0], len(frequency)),
@@ -762,6 +816,20 @@ def spend_draws(spend_model, parameter_draws, features) -> SpendDraws:
     return SpendDraws(intercept, slope, group, np.asarray(columns["monetary_value"], dtype=np.float64))
 
 
+def log_distances(point_value, value_lower, value_upper) -> tuple[np.ndarray, np.ndarray]:
+    """How far below and above ``point_value`` its bounds lie on the log scale (both >= 0; 0
+    where the point is 0, and the lower infinite where the lower bound is 0). They depend on
+    the history alone: the pipeline computes them once per distinct history."""
+    point_value = np.asarray(point_value, dtype=np.float64)
+    safe = np.where(point_value > 0, point_value, 1.0)
+    with np.errstate(divide="ignore"):  # a bound of 0 is -inf on the log scale: a lower bound of 0
+        below = np.maximum(-np.log(np.maximum(np.asarray(value_lower, dtype=np.float64), 0.0) / safe), 0.0)
+        above = np.maximum(np.log(np.maximum(np.asarray(value_upper, dtype=np.float64), 0.0) / safe), 0.0)
+    zero = point_value <= 0
+    below[zero], above[zero] = 0.0, 0.0
+    return below, above
+
+
 def value_bounds(point_value, value_lower, value_upper, point_spend, spend_log_variance, level=0.9):
     """Bounds of value x spend (discounted purchases x expected spend) from each factor's own
     uncertainty, the two being independent (separate models, separate likelihoods).
@@ -769,20 +837,30 @@ def value_bounds(point_value, value_lower, value_upper, point_spend, spend_log_v
     On the log scale the two spreads add: each bound is the point product times
     exp(-/+ sqrt(d_value^2 + (z sigma_spend)^2)), where d_value is the distance on the log
     scale from the point value to the value's bound (its draws' quantile, so a skewed value
-    keeps its skew) and sigma_spend^2 the spend's log variance over its draws (z the normal
-    quantile of the level). Exact for lognormal factors; the point product always lies
-    within. Where the point value is 0 the bounds are 0.
+    keeps its skew; :func:`log_distances`) and sigma_spend^2 the spend's log variance over its
+    draws (z the normal quantile of the level). Exact for lognormal factors; the point
+    product always lies within. Where the point value is 0 the bounds are 0.
     """
+    below, above = log_distances(point_value, value_lower, value_upper)
+    gross = np.asarray(point_value, dtype=np.float64) * np.asarray(point_spend, dtype=np.float64)
+    return bounds_from_log_distances(gross, below, above, spend_log_variance, level)
+
+
+def bounds_from_log_distances(gross, below, above, spend_log_variance, level=0.9) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`value_bounds` from the point product ``gross`` and the value's :func:`log_distances`
+    (per customer: each customer's history's)."""
     level = _check_level(level)
     z = float(stats.norm.ppf((1.0 + level) / 2.0))
-    point_value = np.asarray(point_value, dtype=np.float64)
-    positive = point_value > 0
-    safe = np.where(positive, point_value, 1.0)
-    with np.errstate(divide="ignore"):  # a bound of 0 is -inf on the log scale: a lower bound of 0
-        below = np.minimum(np.log(np.maximum(np.asarray(value_lower, dtype=np.float64), 0.0) / safe), 0.0)
-        above = np.maximum(np.log(np.maximum(np.asarray(value_upper, dtype=np.float64), 0.0) / safe), 0.0)
-    spend_term = z * z * np.asarray(spend_log_variance, dtype=np.float64)
-    gross = point_value * np.asarray(point_spend, dtype=np.float64)
-    lower = np.where(positive, gross * np.exp(-np.sqrt(below * below + spend_term)), 0.0)
-    upper = np.where(positive, gross * np.exp(np.sqrt(above * above + spend_term)), 0.0)
+    spend_term = np.multiply(z * z, spend_log_variance, dtype=np.float64)
+    lower = np.multiply(below, below)
+    lower += spend_term
+    np.sqrt(lower, out=lower)
+    np.negative(lower, out=lower)
+    np.exp(lower, out=lower)
+    lower *= gross
+    upper = np.multiply(above, above)
+    upper += spend_term
+    np.sqrt(upper, out=upper)
+    np.exp(upper, out=upper)
+    upper *= gross
     return lower, upper

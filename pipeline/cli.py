@@ -165,6 +165,21 @@ def _print_covariates(covariates: dict[str, Any] | None) -> None:
                       f"chi2 {test['statistic']:.2f} on {test['df']:.0f} df, p = {test['p_value']:.3g}", highlight=False)
 
 
+def _count(amount: float) -> str:
+    return f"{amount:,.0f}"
+
+
+def _interval_text(intervals: dict[str, Any] | None, total: str, fmt: Any = None) -> str:
+    """`` (90 % interval a – b)`` after a company total, or why there is none."""
+    fmt = fmt or _money
+    if not intervals:
+        return ""
+    if "unavailable" in intervals:
+        return f" (no interval: {intervals['unavailable']})"
+    bounds = intervals[total]
+    return f" ({intervals['level']:.0%} interval {fmt(bounds['lower'])} – {fmt(bounds['upper'])})"
+
+
 def _print_like_for_like(comparisons: dict[str, Any] | None, settings: dict[str, Any]) -> None:
     """Predicted vs historical CLV like for like (means per customer): over the horizon, and over
     a whole lifetime; for the company, each tier and each first channel."""
@@ -231,7 +246,9 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     settings = summary["value_settings"]
     console.print(_summary_table("CLV: predicted vs historical", {
         "horizon": f"{settings['horizon_periods']} {settings['period_unit']}s, discount {settings['discount_rate_per_period']:.4%} per {settings['period_unit']}",
-        "predicted CLV total": _money(value["predicted_clv_total"]),
+        "predicted CLV total": _money(value["predicted_clv_total"]) + _interval_text(value.get("intervals"), "predicted_clv_total"),
+        "expected purchases total": f"{value['expected_purchases_total']:,.0f}"
+                                    + _interval_text(value.get("intervals"), "expected_purchases_total", _count),
         "predicted CLV mean / median": f"{_money(value['predicted_clv_mean'])} / {_money(value['predicted_clv_median'])}",
         "historical CLV (company)": _money(value["historical_clv_company"]),
         "historical CLV per customer mean / median": f"{_money(value['historical_clv_customer_mean'])} / {_money(value['historical_clv_customer_median'])}",

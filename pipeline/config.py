@@ -262,6 +262,23 @@ class AcquisitionCostSettings(_Settings):
         return value
 
 
+class IntervalSettings(_Settings):
+    """Per-customer and company intervals from the fitted parameters' uncertainty (seeded by ``seed``)."""
+
+    level: float = Field(0.9, gt=0, lt=1, description="Probability between each lower and upper bound.")
+    draws: int = Field(
+        100, ge=0, le=10_000,
+        description="Parameter draws of each model; 0 turns the intervals off (their columns are then empty).",
+    )
+
+    @field_validator("draws")
+    @classmethod
+    def _enough_draws(cls, value: int) -> int:
+        if 0 < value < 20:
+            raise ValueError("0 (no intervals) or at least 20 draws: fewer cannot place a 90 % bound")
+        return value
+
+
 class ValueSettings(_Settings):
     """Predicted CLV = discounted expected margin over the horizon (or the whole lifetime), minus CAC."""
 
@@ -276,6 +293,7 @@ class ValueSettings(_Settings):
     churn_inactivity_days: float = Field(
         180, gt=0, description="Historical CLV: a customer inactive this long before the end counts as churned."
     )
+    intervals: IntervalSettings = IntervalSettings()
 
     @model_validator(mode="before")
     @classmethod

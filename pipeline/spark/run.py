@@ -57,7 +57,7 @@ from pipeline.config import Config
 from pipeline.errors import EngineError, InputDataError
 from pipeline.io import write_parquet
 from pipeline.spark.feature_tables import SparkFeatures, features_from_config, unique_statistics
-from pipeline.spark.scoring import _user_error, score
+from pipeline.spark.scoring import INTERVALS_ON_SPARK, _user_error, score
 from pipeline.spark.session import spark_session
 from pipeline.stages import backtest as backtest_stage
 from pipeline.stages.acquisition import acquisition_partial
@@ -534,7 +534,7 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     scorer.lifespan_years = historical.lifespan_years
     segments = config.segments
     untiered = features.mapInPandas(
-        lambda batches: (score_customers(scorer, batch, tiers=None)[["predicted_clv"]] for batch in batches if len(batch)),
+        lambda batches: (score_customers(scorer, batch, tiers=None, intervals=False)[["predicted_clv"]] for batch in batches if len(batch)),
         "predicted_clv double",
     )
     if segments.method == "absolute":
@@ -583,6 +583,7 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     extent = written.agg(F.max("frequency").alias("frequency"), F.max("T").alias("T")).head()
     summary = finish_value_summary(value_sums, order, historical, tiers)
     summary["new_customer"] = new_customer_summary(scorer, acquisition_sums)
+    summary["intervals"] = {"unavailable": INTERVALS_ON_SPARK}
     return ValueOutputs(
         scorer=scorer,
         customers=pd.DataFrame({"predicted_clv": plotted.to_numpy()}),
@@ -679,5 +680,5 @@ def refitted_holdout_metric_on_cluster(scorer: Any, calibration: DataFrame, metr
 def predicted_clv_total(features: DataFrame, scorer: Any) -> float:
     """Every customer's predicted CLV under ``scorer``, summed on the cluster."""
     return float(sum(reduce_batches(
-        features, lambda batch: float(score_customers(scorer, batch, tiers=None)["predicted_clv"].sum())
+        features, lambda batch: float(score_customers(scorer, batch, tiers=None, intervals=False)["predicted_clv"].sum())
     )))

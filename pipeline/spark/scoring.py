@@ -20,6 +20,10 @@ from pipeline.stages.features import FEATURE_COLUMNS
 from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import SCORE_COLUMNS
 
+# Why the interval columns are empty on this engine (summary.json's value.intervals says so too).
+INTERVALS_ON_SPARK = ("not computed on engine: spark (each executor batch would evaluate every parameter draw "
+                      "again); run on engine: duckdb or score with clv score there for the interval columns")
+
 
 def score_schema(features_schema: T.StructType) -> T.StructType:
     """The scored rows: customer id, the model features and :data:`SCORE_COLUMNS` (as ``customers.parquet``)."""
@@ -87,7 +91,9 @@ def score(
                 continue
             frame = batch.set_index("customer_id")
             # The scoring core on the batch's own unique histories: nothing leaves the executor.
-            yield frame[FEATURE_COLUMNS].join(score_customers(model, frame)).reset_index()[names]
+            # Without the intervals (empty columns): every Arrow batch of 10,000 rows would
+            # evaluate all the parameter draws again (INTERVALS_ON_SPARK).
+            yield frame[FEATURE_COLUMNS].join(score_customers(model, frame, intervals=False)).reset_index()[names]
 
     scored = needed.mapInPandas(score_batches, schema)
     for name, value in (constant_columns or {}).items():

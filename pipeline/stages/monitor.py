@@ -76,7 +76,7 @@ def forecast_vs_actual(calibration: pd.DataFrame, scorer: Any) -> dict[str, Any]
     """
     horizon = float(calibration["duration_holdout"].iloc[0])
     histories = group_histories(calibration)  # once, for the scores and the holdout forecast
-    scores = score_customers(scorer, calibration, histories=histories)
+    scores = score_customers(scorer, calibration, histories=histories, intervals=False)
     frame = pd.DataFrame({
         "frequency_holdout": calibration["frequency_holdout"].to_numpy(dtype=float),
         "revenue_holdout": calibration["revenue_holdout"].to_numpy(dtype=float),

@@ -59,6 +59,14 @@ from models.tiers import (
     tier_summary,
     tier_thresholds,
 )
+from models.uncertainty import (
+    bounds_from_log_distances,
+    draw_parameters,
+    history_intervals,
+    log_distances,
+    purchase_spread,
+    spend_draws,
+)
 from pipeline.config import PeriodSettings, SegmentSettings, ValueSettings
 from pipeline.errors import InputDataError
 from pipeline.stages.acquisition import acquisition_partial, new_customer_value, unprofitable_groups
@@ -84,7 +92,23 @@ FIGURE_COLUMNS = [
     "historical_clv",
     "historical_clv_horizon",
     "realised_margin",
+    # Intervals of predicted_clv, expected purchases and P(alive) from the parameters'
+    # uncertainty (empty when value.intervals.draws is 0), and the spread of the number of
+    # purchases in the horizon at the point estimate.
+    "clv_lower",
+    "clv_upper",
+    "expected_purchases_lower",
+    "expected_purchases_upper",
+    "probability_alive_lower",
+    "probability_alive_upper",
+    "purchases_p10",
+    "purchases_p90",
 ]
+# Per-history columns history_figures hands to score_customers that no output carries: how far
+# the value figure's bounds lie from it on the log scale (models.uncertainty.log_distances).
+VALUE_LOG_DISTANCES = ("value_log_below", "value_log_above")
+INTERVAL_COLUMNS = ["clv_lower", "clv_upper", "expected_purchases_lower", "expected_purchases_upper",
+                    "probability_alive_lower", "probability_alive_upper"]
 SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
 
@@ -127,6 +151,17 @@ class CustomerValueScorer:
     # value.horizon: lifetime makes predicted_clv the lifetime value (clv_lifetime) rather than
     # the horizon's (clv_horizon); both are always computed.
     lifetime: bool = False
+    # value.intervals: the parameter draws every scoring of this model evaluates (drawn once,
+    # seeded, so an export and the pyfunc give the run's bounds); None without intervals, with
+    # intervals_unavailable saying why when they were asked for.
+    interval_level: float = 0.9
+    purchase_parameter_draws: pd.DataFrame | None = None
+    spend_parameter_draws: pd.DataFrame | None = None
+    intervals_unavailable: str | None = None
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.purchase_parameter_draws is not None and self.spend_parameter_draws is not None
 
     @property
     def discount_rate_continuous(self) -> float:
@@ -187,6 +222,9 @@ class CustomerValueScorer:
             "acquisition_cost_per_channel": self.acquisition_cost_per_channel,
             "lifespan_years": self.lifespan_years,
             "covariates": list(self.covariates),
+            "intervals": ({"level": self.interval_level, "draws": len(self.purchase_parameter_draws)}
+                          if self.has_intervals and self.purchase_parameter_draws is not None
+                          else {"unavailable": self.intervals_unavailable or "not asked for"}),
             "tiers": [
                 {"name": n, "min_predicted_clv": (None if math.isinf(c) else c), "action": a}
                 for n, c, a in zip(self.tier_names, self.tier_cuts, self.tier_actions)
@@ -205,9 +243,12 @@ def unique_histories(features: pd.DataFrame, covariates: list[str] | None = None
     return histories.unique, histories.inverse
 
 
-def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.DataFrame:
+def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame, intervals: bool = True) -> pd.DataFrame:
     """The purchase model's figures for each row of ``histories``: P(alive), churn, expected
-    purchases and P(no purchase) over the horizon, discounted expected purchases.
+    purchases and P(no purchase) over the horizon, discounted expected purchases, DERT, the
+    10th and 90th percentiles of the number of purchases and, when the scorer has parameter
+    draws and ``intervals`` is true, the intervals of P(alive) and expected purchases and the
+    log distances of the value figure's bounds (:data:`VALUE_LOG_DISTANCES`); NaN otherwise.
 
     Parameters
     ----------
@@ -227,7 +268,7 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.
     # Checked and grouped once for the four figures (the rows are usually distinct already).
     grouped = group_histories(histories, covariates=scorer.design_columns)
     probability_alive = model.probability_alive(grouped)
-    return pd.DataFrame(
+    figures = pd.DataFrame(
         {
             "probability_alive": probability_alive,
             "churn_probability": 1.0 - probability_alive,
@@ -240,6 +281,51 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame) -> pd.
         },
         index=histories.index,
     )
+    spread = purchase_spread(model, grouped, horizon)
+    figures["purchases_p10"] = spread["purchases_p10"].to_numpy()
+    figures["purchases_p90"] = spread["purchases_p90"].to_numpy()
+    bounds, _ = history_interval_figures(scorer, grouped, figures, with_draws=intervals)
+    return figures.assign(**{str(name): values.to_numpy() for name, values in bounds.items()})
+
+
+def value_figure_name(scorer: CustomerValueScorer) -> str:
+    """The per-history figure predicted CLV multiplies by spend and margin: DERT for a lifetime
+    value, the horizon's discounted expected purchases otherwise."""
+    return "dert" if scorer.lifetime else "discounted_expected_purchases"
+
+
+def history_interval_figures(
+    scorer: CustomerValueScorer, grouped: CustomerHistories, figures: pd.DataFrame, with_draws: bool = True,
+    purchase_weights: np.ndarray | None = None, value_weights: Any = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The interval columns of :func:`history_figures` (``figures``: its point figures of
+    ``grouped``), and with weights the draws' totals (``models.uncertainty.history_intervals``)."""
+    names = ["expected_purchases_lower", "expected_purchases_upper", "probability_alive_lower",
+             "probability_alive_upper", *VALUE_LOG_DISTANCES]
+    if not (with_draws and scorer.has_intervals and len(figures)):
+        return pd.DataFrame({name: np.full(len(figures), np.nan) for name in names}, index=figures.index), None
+    model = scorer.purchase_model
+    value_name = value_figure_name(scorer)
+    if scorer.lifetime:
+        def value(drawn: Any, standing: CustomerHistories) -> np.ndarray:
+            return drawn.discounted_expected_residual_purchases(standing, scorer.discount_rate_continuous).to_numpy()
+    else:
+        def value(drawn: Any, standing: CustomerHistories) -> np.ndarray:
+            return discounted_expected_purchases(drawn, standing, scorer.horizon_periods, 1.0,
+                                                 scorer.discount_rate_per_period).to_numpy()
+    result = history_intervals(
+        model, scorer.purchase_parameter_draws, grouped, float(scorer.horizon_periods), value,
+        level=scorer.interval_level, purchase_weights=purchase_weights, value_weights=value_weights,
+        # The horizon's discounting held at the point estimate: a year's discount factor moves
+        # far less between draws than the purchases (models.uncertainty.history_intervals).
+        value_at_point_ratio=not scorer.lifetime,
+    )
+    table = result.per_history
+    below, above = log_distances(figures[value_name].to_numpy(), table["value_lower"].to_numpy(),
+                                 table["value_upper"].to_numpy())
+    columns = {name: table[name].to_numpy() for name in names[:4]}
+    columns.update(zip(VALUE_LOG_DISTANCES, (below, above)))
+    return pd.DataFrame(columns, index=figures.index), result.totals
 
 
 class CustomerTerms(NamedTuple):
@@ -275,6 +361,7 @@ def score_customers(
     terms: CustomerTerms | None = None,
     tiers: Literal["text", "categories"] | None = "text",
     histories: CustomerHistories | None = None,
+    intervals: bool = True,
 ) -> pd.DataFrame:
     """Every figure of :data:`SCORE_COLUMNS` for each customer of ``features``, indexed like it.
 
@@ -299,6 +386,9 @@ def score_customers(
     histories : models.CustomerHistories, optional
         ``features`` grouped (``models.group_histories``), when the caller has them (the value
         stage has them from the all-data fit).
+    intervals : bool, default True
+        Compute the interval columns when the scorer has parameter draws (NaN otherwise, and
+        when false: for callers that read only the point figures).
     """
     if scorer.covariate_encoding is not None:
         features = scorer.with_design(features)
@@ -310,7 +400,7 @@ def score_customers(
             histories = group_histories(features, covariates=scorer.design_columns)
         elif len(histories) != len(features):
             raise ValueError(f"histories has {len(histories)} customers, features {len(features)}")
-        per_history = history_figures(scorer, histories.unique)
+        per_history = history_figures(scorer, histories.unique, intervals=intervals)
         history_of = histories.inverse
     # Each customer's history figures, column by column without copies: at 18M customers each is 144 MB.
     columns = {
@@ -340,8 +430,37 @@ def score_customers(
         realised_margin=pd.Series(features["total_amount"].to_numpy() * terms.margin_rate.to_numpy(),
                                   index=features.index),
     )
+    log_below, log_above = (columns.pop(name).to_numpy() for name in VALUE_LOG_DISTANCES)
+    columns["clv_lower"], columns["clv_upper"] = _clv_bounds(
+        scorer, features, columns[value_figure_name(scorer)].to_numpy(), spend.to_numpy(), log_below, log_above,
+        terms, with_draws=intervals,
+    )
     figures = pd.DataFrame({name: columns[name] for name in FIGURE_COLUMNS}, index=features.index, copy=False)
     return figures if tiers is None else with_tiers(scorer, figures, as_text=tiers == "text")
+
+
+def _clv_bounds(
+    scorer: CustomerValueScorer, features: pd.DataFrame, value: np.ndarray, spend: np.ndarray,
+    log_below: np.ndarray, log_above: np.ndarray, terms: CustomerTerms, with_draws: bool,
+) -> tuple[pd.Series, pd.Series]:
+    """Predicted CLV's bounds: the value figure's (per history) and the expected spend's (per
+    customer) uncertainty added on the log scale (``models.uncertainty.value_bounds``), then
+    margin and acquisition cost, which are known: a negative margin swaps the bounds."""
+    if not (with_draws and scorer.has_intervals and len(features)):
+        empty = np.full(len(features), np.nan)
+        return pd.Series(empty, index=features.index), pd.Series(empty.copy(), index=features.index)
+    spend_log_variance = spend_draws(scorer.spend_model, scorer.spend_parameter_draws, features).log_variance()
+    gross = value * spend
+    lower, upper = bounds_from_log_distances(gross, log_below, log_above, spend_log_variance, scorer.interval_level)
+    del gross, spend_log_variance
+    margin, cost = terms.margin_rate.to_numpy(), terms.acquisition_cost.to_numpy()
+    low = np.where(margin >= 0, lower, upper)
+    high = np.where(margin >= 0, upper, lower)
+    low *= margin
+    low -= cost
+    high *= margin
+    high -= cost
+    return pd.Series(low, index=features.index), pd.Series(high, index=features.index)
 
 
 def with_tiers(scorer: CustomerValueScorer, figures: pd.DataFrame, as_text: bool = True) -> pd.DataFrame:
@@ -385,7 +504,7 @@ def _acquisition_cost(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd
 
 def new_scorer(
     purchase_model: Any, purchase_model_name: str, spend_model: Any, value: ValueSettings, period: PeriodSettings,
-    covariates: list[str] | None = None, covariate_encoding: dict[str, Any] | None = None,
+    covariates: list[str] | None = None, covariate_encoding: dict[str, Any] | None = None, seed: int = 0,
 ) -> CustomerValueScorer:
     """A scorer with the value settings and the fitted models; the lifespan and the tier cuts,
     which are learned from the customers, are frozen next (:func:`build_scorer`, or the Spark
@@ -407,7 +526,27 @@ def new_scorer(
         tier_names=[], tier_cuts=[], tier_actions=[],
         covariates=tuple(covariates or ()), covariate_encoding=covariate_encoding,
         lifetime=value.is_lifetime,
+        interval_level=value.intervals.level,
+        **parameter_draws(purchase_model, spend_model, value.intervals.draws, seed),
     )
+
+
+def parameter_draws(purchase_model: Any, spend_model: Any, n_draws: int, seed: int) -> dict[str, Any]:
+    """The scorer's parameter draws (``models.uncertainty.draw_parameters``, the two models from
+    independent child seeds of ``seed``), or none with the reason: intervals are a part a run
+    can do without, so a model without a usable covariance degrades them, not the run."""
+    if n_draws == 0:
+        return {"intervals_unavailable": "value.intervals.draws is 0"}
+    purchase_seed, spend_seed = np.random.SeedSequence(seed).spawn(2)
+    try:
+        purchase = draw_parameters(purchase_model, n_draws, purchase_seed)
+        spend = draw_parameters(spend_model, n_draws, spend_seed)
+        if (spend["q"] <= 1).any():
+            raise ValueError("Gamma-Gamma's q is at or below 1 in some draws (an infinite mean spend): "
+                             "the spend model is too uncertain for an interval")
+    except ValueError as exc:
+        return {"intervals_unavailable": str(exc).splitlines()[0]}
+    return {"purchase_parameter_draws": purchase, "spend_parameter_draws": spend}
 
 
 def lifespan_totals(scorer: CustomerValueScorer, features: pd.DataFrame) -> HistoricalTotals:
@@ -460,23 +599,87 @@ def build_scorer(
     histories: CustomerHistories | None = None,
     covariates: list[str] | None = None,
     covariate_encoding: dict[str, Any] | None = None,
-) -> tuple[CustomerValueScorer, HistoricalCLV, pd.DataFrame]:
+    seed: int = 0,
+) -> tuple[CustomerValueScorer, HistoricalCLV, pd.DataFrame, dict[str, Any]]:
     """Freeze the value settings and tier cuts (as CLV amounts) learned on ``features``.
 
-    Returns the scorer, the historical CLV and the scores of ``features`` (computed once; tier
-    and action as categoricals, which at 18M customers are far cheaper than text).
-    ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them.
+    Returns the scorer, the historical CLV, the scores of ``features`` (computed once; tier
+    and action as categoricals, which at 18M customers are far cheaper than text) and the
+    company totals' interval (:func:`company_interval`).
+    ``histories``: ``features`` grouped (``models.group_histories``), when the caller has them;
+    ``seed``: of the parameter draws behind the intervals.
     """
     scorer = new_scorer(purchase_model, purchase_model_name, spend_model, value, period, covariates,
-                        covariate_encoding)
+                        covariate_encoding, seed)
     with value_errors():
         terms = customer_terms(scorer, features)
         scorer.lifespan_years = terms.historical.lifespan_years
+        design_features = scorer.with_design(features)
+        if histories is None or list(histories.covariates) != scorer.design_columns:
+            histories = group_histories(design_features, covariates=scorer.design_columns)
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
-        figures = score_customers(scorer, features, terms=terms, tiers=None, histories=histories)
+        per_history, company = company_history_figures(scorer, histories, design_features, terms)
+        figures = score_customers(scorer, features, per_history, histories.inverse, terms=terms, tiers=None)
         thresholds = tier_thresholds(figures["predicted_clv"], configured_tiers(segments), method=segments.method)
     freeze_tiers(scorer, segments, thresholds)
-    return scorer, terms.historical, with_tiers(scorer, figures, as_text=False)
+    return scorer, terms.historical, with_tiers(scorer, figures, as_text=False), company
+
+
+def company_history_figures(
+    scorer: CustomerValueScorer, histories: CustomerHistories, features: pd.DataFrame, terms: CustomerTerms
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`history_figures` of every distinct history of the customers, and the company
+    totals' interval from the same parameter draws (:func:`company_interval`), in one pass.
+
+    At draw k the company's predicted CLV is the sum over histories h of the value figure
+    V_k(h) times sum over h's customers of margin x expected spend at draw k: Gamma-Gamma's
+    expected spend is a line in the customer's mean spend (``models.uncertainty.SpendDraws``)
+    whose intercept and slope depend on the history's frequency (and design), so that sum is
+    intercept_k x (sum of margins) + slope_k x (sum of margin x mean spend), two sums per
+    history made once. Minus the acquisition costs, which are known.
+    """
+    unique = histories.unique
+    figures = history_figures(scorer, unique, intervals=False)
+    if not (scorer.has_intervals and len(unique)):
+        return figures, {"unavailable": scorer.intervals_unavailable or "no customers"}
+    spend_covariates = list(getattr(scorer.spend_model, "covariates_", ()))
+    if any(name not in histories.covariates for name in spend_covariates):
+        # Not a configuration the pipeline makes (both models take the same covariates).
+        raise ValueError(f"the spend model's covariates {spend_covariates} are not among the histories' design columns")
+    inverse = histories.inverse
+    margin = terms.margin_rate.to_numpy()
+    margin_sums = np.bincount(inverse, weights=margin, minlength=len(unique))
+    margin_spend_sums = np.bincount(inverse, weights=margin * features["monetary_value"].to_numpy(),
+                                    minlength=len(unique))
+    lines = spend_draws(scorer.spend_model, scorer.spend_parameter_draws,
+                        unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
+    intercept, slope, group = lines.intercept, lines.slope, lines.group
+
+    def value_weights(draw: int, rows: slice) -> np.ndarray:
+        return intercept[draw, group[rows]] * margin_sums[rows] + slope[draw, group[rows]] * margin_spend_sums[rows]
+
+    grouped = group_histories(unique, covariates=scorer.design_columns)
+    bounds, totals = history_interval_figures(scorer, grouped, figures, True,
+                                              histories.counts.astype(np.float64), value_weights)
+    figures = figures.assign(**{str(name): values.to_numpy() for name, values in bounds.items()})
+    assert totals is not None
+    return figures, company_interval(totals, float(terms.acquisition_cost.sum()), scorer.interval_level)
+
+
+def company_interval(totals: pd.DataFrame, acquisition_cost_total: float, level: float) -> dict[str, Any]:
+    """``summary.json``'s ``value.intervals``: the quantiles over the draws of the company's
+    predicted CLV (``totals["value"]`` less the acquisition costs) and expected purchases."""
+    probabilities = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    # A draw where some history's figures do not evaluate (a tail draw; its sums are NaN) leaves.
+    usable = totals[np.isfinite(totals).all(axis=1)]
+    if len(usable) < 0.9 * len(totals):
+        return {"unavailable": f"the models' figures are not finite for some customer at {len(totals) - len(usable)} "
+                               f"of {len(totals)} parameter draws"}
+    clv = np.quantile(usable["value"].to_numpy() - acquisition_cost_total, probabilities)
+    purchases = np.quantile(usable["expected_purchases"].to_numpy(), probabilities)
+    return {"level": float(level), "draws": len(usable),
+            "predicted_clv_total": {"lower": float(clv[0]), "upper": float(clv[1])},
+            "expected_purchases_total": {"lower": float(purchases[0]), "upper": float(purchases[1])}}
 
 
 def tier_table(customers: pd.DataFrame, scorer: CustomerValueScorer) -> pd.DataFrame:
@@ -682,16 +885,17 @@ def value_stage(features: pd.DataFrame, fit: Any, config: Any, histories: Custom
     dropped once the customers are scored, so a caller that hands over its only reference has
     them freed before the summaries (8 bytes a customer: 144 MB at 18M).
     """
-    scorer, historical, scores = build_scorer(
+    scorer, historical, scores, company = build_scorer(
         features, fit.purchase_model, fit.selected, fit.spend_model, config.value, config.segments,
         config.features.period, histories, fit.covariates,
-        None if fit.covariate_encoder is None else fit.covariate_encoder.to_dict(),
+        None if fit.covariate_encoder is None else fit.covariate_encoder.to_dict(), config.seed,
     )
     del histories
     # Rows of ``scores`` are those of ``features`` in order.
     customers = pd.concat([features[["customer_id", "frequency", "recency", "T", "monetary_value"]], scores], axis=1)
     tiers = tier_table(customers, scorer)
     summary = value_summary(_with_channel(customers, features), historical, tiers, config.seed)
+    summary["intervals"] = company
     summary["new_customer"] = new_customer_summary(
         scorer, acquisition_partial(features, scores["margin_rate"], scores["acquisition_cost"])
     )

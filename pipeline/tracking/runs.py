@@ -267,6 +267,10 @@ def log_value(run: _Run, value_summary: dict[str, Any]) -> None:
             flat |= {_metric_key(f"lfl.{prefix}{pair}.{k}"): v for k, v in figures.get(pair, {}).items()}
     for group, row in value_summary.get("new_customer", {}).get("groups", {}).items():
         flat |= {_metric_key(f"new_customer.{group}.{k}"): v for k, v in row.items()}
+    # The company totals' interval from the parameters' uncertainty: interval.<total>.lower/upper.
+    for total, bounds in value_summary.get("intervals", {}).items():
+        if isinstance(bounds, dict):
+            flat |= {f"interval.{total}.{side}": v for side, v in bounds.items()}
     mlflow.log_metrics(_finite(flat))
 
 
