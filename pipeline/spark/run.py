@@ -526,7 +526,8 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
     customers' predicted CLV, ``customers.parquet`` written by the executors, and the summary
     from per-batch sums and order statistics."""
     spark = features.sparkSession
-    scorer = new_scorer(fit.purchase_model, fit.selected, fit.spend_model, config.value, config.features.period)
+    scorer = new_scorer(fit.purchase_model, fit.selected, fit.spend_model, config.value, config.features.period,
+                        seed=config.seed)
     totals = sum(reduce_batches(features, lambda batch: lifespan_totals(scorer, batch)))
     with value_errors():
         # Each customer's historical CLV is then their own, with this lifespan (score_customers).
