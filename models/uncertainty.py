@@ -104,6 +104,10 @@ HISTORY_ROWS_PER_BLOCK = 1 << 17
 # Give up counting purchases for a history whose distribution has not reached the upper
 # percentile by then (a rounding-deficient PMF would otherwise loop for ever).
 MAX_PURCHASES = 10_000
+# Step of the central differences of history_intervals' linearised P(alive), on the log scale of
+# a positive parameter (a relative step) or the raw scale of a coefficient: small against a
+# standard error, large against rounding (logits to ~1e-14: 1e-10 relative error).
+LINEARISATION_STEP = 1e-4
 # Above every cumulative probability: marks where a pair's table of purchases ends unreached.
 PAST = 1.5
 
@@ -644,6 +648,7 @@ def history_intervals(
     purchase_weights=None,
     value_weights=None,
     value_at_point_ratio=False,
+    alive="draws",
 ) -> HistoryIntervals:
     """Quantiles over parameter draws of P(alive), expected purchases and a value figure, per history.
 
@@ -679,6 +684,13 @@ def history_intervals(
         discount factor, which moves far less between draws than the purchases do (a year of
         weeks at 10 % a year: bounds within 1 % of the interval's width, 0.1 % of the value); the exact route costs a discounted sum
         (52 expected purchases for a year of weeks) per pair and draw: 6 s of 10 s at 10M rows.
+    alive : {"draws", "linearised"}, default "draws"
+        How each draw's P(alive) of a history is found: evaluated at the draw, or from its
+        first-order expansion around the point estimate on the logit scale, in the draws'
+        coordinates (log parameters, raw coefficients), the gradient by central differences
+        (2 evaluations per parameter instead of one per draw: Pareto/NBD's P(alive) took 0.44 s
+        per draw on 628k histories). Its error shrinks with the square of the parameters'
+        standard errors, so it suits many customers; the pair terms stay exact at every draw.
 
     Returns
     -------
@@ -692,10 +704,27 @@ def history_intervals(
     inverse, index = histories.inverse, histories.index
     unique = histories.unique
     n_unique = len(unique)
+    if alive not in ("draws", "linearised"):
+        raise ValueError(f"alive must be 'draws' or 'linearised', got {alive!r}")
     models = [purchase_model.with_params(values) for _, values in parameter_draws.iterrows()]
     n_draws = len(models)
     if n_draws == 0:
         raise ValueError("parameter_draws: no draws")
+    if alive == "linearised":
+        coordinates = list(parameter_draws.columns)
+        positive = np.isin(coordinates, list(purchase_model.parameter_names))
+        point = _point(purchase_model, coordinates)
+        # The draws as distances from the point, in the coordinates they were drawn in.
+        shift = parameter_draws.to_numpy(dtype=np.float64).copy()
+        shift[:, positive] = np.log(shift[:, positive] / point[positive])
+        shift[:, ~positive] -= point[~positive]
+        nudged = []
+        for position in range(len(coordinates)):
+            for sign in (1.0, -1.0):
+                values = point.copy()
+                values[position] = (point[position] * np.exp(sign * LINEARISATION_STEP) if positive[position]
+                                    else point[position] + sign * LINEARISATION_STEP)
+                nudged.append(purchase_model.with_params(pd.Series(values, index=coordinates)))
     standing, pair = standing_histories(histories, covariates)
     # Pair terms at each draw (draws x pairs): few pairs, so cheap whatever the customers.
     purchase_term = np.empty((n_draws, len(standing.unique)))
@@ -712,19 +741,25 @@ def history_intervals(
     lower, upper = (1.0 - level) / 2.0, (1.0 + level) / 2.0
     names = ("probability_alive", "expected_purchases", "value")
     bounds = {f"{name}_{side}": np.empty(n_unique) for name in names for side in ("lower", "upper")}
+    # Pairs x draws, so that each block's rows gather contiguous rows.
+    purchase_term_t = np.ascontiguousarray(purchase_term.T)
+    value_term_t = np.ascontiguousarray(value_term.T)
     with_totals = purchase_weights is not None or value_weights is not None
     totals = {"expected_purchases": np.zeros(n_draws), "value": np.zeros(n_draws)}
     for start in range(0, n_unique, HISTORY_ROWS_PER_BLOCK):
         rows_here = slice(start, start + HISTORY_ROWS_PER_BLOCK)
         block = CustomerHistories(unique.iloc[rows_here].reset_index(drop=True),
                                   np.arange(len(unique.iloc[rows_here])), covariates=histories.covariates)
-        alive = np.empty((len(block.unique), n_draws))
-        for draw, model in enumerate(models):
-            alive[:, draw] = model.probability_alive(block).to_numpy()
+        if alive == "draws":
+            drawn_alive = np.empty((len(block.unique), n_draws))
+            for draw, model in enumerate(models):
+                drawn_alive[:, draw] = model.probability_alive(block).to_numpy()
+        else:
+            drawn_alive = _linearised_alive(purchase_model, nudged, shift, block)
         block_pair = pair[rows_here]
-        for name, drawn in (("probability_alive", alive),
-                            ("expected_purchases", alive * purchase_term[:, block_pair].T),
-                            ("value", alive * value_term[:, block_pair].T)):
+        for name, drawn in (("probability_alive", drawn_alive),
+                            ("expected_purchases", drawn_alive * purchase_term_t[block_pair]),
+                            ("value", drawn_alive * value_term_t[block_pair])):
             bounds[f"{name}_lower"][rows_here], bounds[f"{name}_upper"][rows_here] = _finite_row_quantiles(
                 drawn, (lower, upper))
             # A draw with a non-finite figure anywhere leaves the totals (their sums are NaN).
@@ -738,6 +773,28 @@ def history_intervals(
     if with_totals:
         table = pd.DataFrame(totals, index=pd.RangeIndex(n_draws, name="draw"))
     return HistoryIntervals(per_history, table)
+
+
+def _logit(probability):
+    # Clipped so that certainty (P(alive) = 1 where the last purchase was at T) stays finite.
+    clipped = np.clip(probability, 1e-300, 1.0 - 1e-16)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def _linearised_alive(model, nudged, shift, block):
+    """P(alive) of ``block``'s histories at each draw (rows x draws) from the logit's expansion:
+    logit P(alive) at the point + gradient . shift (shift: draws x coordinates), the gradient
+    by central differences at the ``nudged`` models (+ then - for each coordinate)."""
+    point = model.probability_alive(block).to_numpy()
+    at = [_logit(nudged_model.probability_alive(block).to_numpy()) for nudged_model in nudged]
+    gradient = np.column_stack([(at[2 * j] - at[2 * j + 1]) / (2.0 * LINEARISATION_STEP)
+                                for j in range(len(at) // 2)])
+    logits = _logit(point)[:, None] + gradient @ shift.T
+    drawn = 1.0 / (1.0 + np.exp(-logits))
+    # Where P(alive) is certain (a BG/NBD customer without repeat purchases) it stays so at every draw.
+    certain = (point == 1.0) & (np.abs(gradient).max(axis=1) == 0.0)
+    drawn[certain] = 1.0
+    return drawn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -773,10 +830,21 @@ class SpendDraws:
         var_i = (centred_i * centred_i).sum(axis=0) / n
         var_s = (centred_s * centred_s).sum(axis=0) / n
         cov = (centred_i * centred_s).sum(axis=0) / n
+        # Per customer in float32 (a log variance to 7 digits; 18M customers are memory-bound):
+        # (var_i + m (2 cov + var_s m)) / (mean_i + mean_s m)^2 from each group's coefficients.
         g = self.group
-        mean = mean_i[g] + mean_s[g] * m
-        variance = var_i[g] + 2.0 * cov[g] * m + var_s[g] * m * m
-        return np.log1p(np.divide(variance, mean * mean, out=np.zeros(len(m)), where=mean != 0))
+        m = m.astype(np.float32)
+        mean = mean_s.astype(np.float32)[g]
+        mean *= m
+        mean += mean_i.astype(np.float32)[g]
+        variance = var_s.astype(np.float32)[g]
+        variance *= m
+        variance += (2.0 * cov).astype(np.float32)[g]
+        variance *= m
+        variance += var_i.astype(np.float32)[g]
+        mean *= mean
+        ratio = np.divide(variance, mean, out=np.zeros(len(m), dtype=np.float32), where=mean != 0)
+        return np.log1p(ratio, out=ratio)
 
 
 def spend_draws(spend_model, parameter_draws, features) -> SpendDraws:
@@ -851,7 +919,8 @@ def bounds_from_log_distances(gross, below, above, spend_log_variance, level=0.9
     (per customer: each customer's history's)."""
     level = _check_level(level)
     z = float(stats.norm.ppf((1.0 + level) / 2.0))
-    spend_term = np.multiply(z * z, spend_log_variance, dtype=np.float64)
+    # In the inputs' precision (the pipeline passes float32: 18M customers' bounds are memory-bound).
+    spend_term = np.asarray(spend_log_variance) * np.asarray(z * z, dtype=np.asarray(spend_log_variance).dtype)
     lower = np.multiply(below, below)
     lower += spend_term
     np.sqrt(lower, out=lower)

@@ -57,7 +57,7 @@ from pipeline.config import Config
 from pipeline.errors import EngineError, InputDataError
 from pipeline.io import write_parquet
 from pipeline.spark.feature_tables import SparkFeatures, features_from_config, unique_statistics
-from pipeline.spark.scoring import INTERVALS_ON_SPARK, _user_error, score
+from pipeline.spark.scoring import HISTORY_KEYS, HistoryLookup, _broadcast, _user_error, score
 from pipeline.spark.session import spark_session
 from pipeline.stages import backtest as backtest_stage
 from pipeline.stages.acquisition import acquisition_partial
@@ -73,11 +73,17 @@ from pipeline.stages.fit import (
     refitted_models,
 )
 from pipeline.stages.partials import merge_partials
+from pipeline.stages.score import HISTORY_ROW
 from pipeline.stages.value import (
+    HISTORY_SUM_TERMS,
+    HistorySums,
     ValueOutputs,
+    company_history_figures,
     configured_tiers,
     finish_value_summary,
+    freeze_interval_method,
     freeze_tiers,
+    history_sum_terms,
     lifespan_totals,
     new_customer_summary,
     new_scorer,
@@ -520,6 +526,26 @@ def backtest_plot_data_on_cluster(
 # Value
 
 
+def history_sums_on_cluster(features: DataFrame, scorer: Any) -> pd.DataFrame:
+    """``pipeline.stages.value.HistorySums`` of ``features``' customers, added up by history on
+    the cluster: one row per distinct (frequency, recency, T), sorted, with ``customers`` and
+    the sums of :data:`~pipeline.stages.value.HISTORY_SUM_TERMS` (each customer's terms made by
+    the executors with the scorer's margin and acquisition cost)."""
+
+    def terms(batches):
+        for batch in batches:
+            if len(batch):
+                yield pd.concat([batch[HISTORY_KEYS].reset_index(drop=True).astype(np.float64),
+                                 history_sum_terms(scorer, batch).reset_index(drop=True)], axis=1)
+
+    schema = ", ".join(f"`{name}` double" for name in [*HISTORY_KEYS, *HISTORY_SUM_TERMS])
+    grouped = features.mapInPandas(terms, schema).groupBy(*HISTORY_KEYS).agg(
+        F.count(F.lit(1)).alias("customers"), *[F.sum(name).alias(name) for name in HISTORY_SUM_TERMS]
+    )
+    frame = grouped.toPandas()
+    return frame.sort_values(HISTORY_KEYS, kind="stable").reset_index(drop=True)
+
+
 def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: int, catalog: RunCatalog,
                      progress=None) -> ValueOutputs:
     """The value stage on the cluster: the lifespan from summed totals, the tier cuts from the
@@ -534,8 +560,20 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         historical = historical_clv_from_totals(totals, per_customer_min_exposure_years=DEFAULT_MIN_EXPOSURE_YEARS)
     scorer.lifespan_years = historical.lifespan_years
     segments = config.segments
-    untiered = features.mapInPandas(
-        lambda batches: (score_customers(scorer, batch, tiers=None, intervals=False)[["predicted_clv"]] for batch in batches if len(batch)),
+    # Every distinct history's figures once, on the driver, with the company totals' interval
+    # from the per-history sums the cluster adds up; the executors look their customers' up.
+    sums = history_sums_on_cluster(features, scorer)
+    freeze_interval_method(scorer, len(sums))
+    with value_errors():
+        figures_of_histories, company = company_history_figures(scorer, sums[HISTORY_KEYS], HistorySums(
+            customers=sums["customers"].to_numpy(dtype=np.float64), margin=sums["margin"].to_numpy(),
+            margin_spend=sums["margin_spend"].to_numpy(), acquisition_cost=float(sums["acquisition_cost"].sum()),
+        ))
+    lookup = HistoryLookup(sums[HISTORY_KEYS], figures_of_histories)
+    figures_value, release_figures = _broadcast(spark, figures_of_histories)
+    untiered = lookup.join(features).mapInPandas(
+        lambda batches: (score_customers(scorer, batch, figures_value(), batch[HISTORY_ROW].to_numpy(),
+                                         tiers=None)[["predicted_clv"]] for batch in batches if len(batch)),
         "predicted_clv double",
     )
     if segments.method == "absolute":
@@ -553,9 +591,10 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         finally:
             untiered.unpersist()
         thresholds = dict(zip([tier.name for tier in tiers_], values))
+    release_figures()
     freeze_tiers(scorer, segments, thresholds)
     _progress(progress, "writing customers")
-    score(features, scorer, catalog.path(CUSTOMERS_FILE))
+    score(features, scorer, catalog.path(CUSTOMERS_FILE), lookup=lookup)
     written = spark.read.parquet(str(catalog.path(CUSTOMERS_FILE)))
     # The summaries also read the features the customers table leaves out: the first channel
     # (like for like per channel, as DuckDB's) and the total amount (a new customer's first purchase).
@@ -583,8 +622,8 @@ def value_on_cluster(features: DataFrame, fit: Any, config: Config, customers: i
         plotted = plotted.sample(PLOT_SAMPLE, random_state=config.seed)
     extent = written.agg(F.max("frequency").alias("frequency"), F.max("T").alias("T")).head()
     summary = finish_value_summary(value_sums, order, historical, tiers)
+    summary["intervals"] = company  # in the DuckDB summary's order
     summary["new_customer"] = new_customer_summary(scorer, acquisition_sums)
-    summary["intervals"] = {"unavailable": INTERVALS_ON_SPARK}
     return ValueOutputs(
         scorer=scorer,
         customers=pd.DataFrame({"predicted_clv": plotted.to_numpy()}),

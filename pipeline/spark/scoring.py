@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -17,12 +20,45 @@ from pyspark.sql import types as T
 
 from pipeline.errors import InputDataError
 from pipeline.stages.features import FEATURE_COLUMNS
-from pipeline.stages.score import OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
-from pipeline.stages.value import SCORE_COLUMNS
+from pipeline.stages.score import HISTORY_ROW, OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
+from pipeline.stages.value import FLOAT32_COLUMNS, SCORE_COLUMNS, history_figures
 
-# Why the interval columns are empty on this engine (summary.json's value.intervals says so too).
-INTERVALS_ON_SPARK = ("not computed on engine: spark (each executor batch would evaluate every parameter draw "
-                      "again); run on engine: duckdb or score with clv score there for the interval columns")
+# A history's purchase figures depend on (frequency, recency, T) alone (no covariates on Spark).
+HISTORY_KEYS = ["frequency", "recency", "T"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryLookup:
+    """The purchase figures of a table's distinct histories, computed once on the driver
+    (:func:`pipeline.stages.value.history_figures`, with the intervals' parameter draws), and
+    the histories themselves: each customer is joined to their history's row
+    (:data:`pipeline.stages.score.HISTORY_ROW`) and the executors' batches take its figures by
+    position, as ``clv score`` on DuckDB does. Evaluated per Arrow batch instead, every draw
+    would be evaluated again for each batch of 10,000 customers. The histories grow with the
+    distinct (frequency, recency, T), not with the customers (the all-data fit collects them too).
+    """
+
+    histories: pd.DataFrame
+    figures: pd.DataFrame
+
+    @classmethod
+    def of(cls, features_df: DataFrame, scorer: Any) -> HistoryLookup:
+        histories = distinct_histories(features_df)
+        return cls(histories, history_figures(scorer, histories))
+
+    def join(self, features_df: DataFrame) -> DataFrame:
+        """``features_df`` with each customer's :data:`HISTORY_ROW`."""
+        table = features_df.sparkSession.createDataFrame(
+            self.histories[HISTORY_KEYS].assign(**{HISTORY_ROW: np.arange(len(self.histories), dtype=np.int32)})
+        )
+        return features_df.join(F.broadcast(table), on=HISTORY_KEYS, how="inner")
+
+
+def distinct_histories(features_df: DataFrame) -> pd.DataFrame:
+    """The distinct (frequency, recency, T) of ``features_df`` on the driver, sorted: the same
+    order whatever the partitions."""
+    frame = features_df.select(*HISTORY_KEYS).distinct().toPandas()
+    return frame.sort_values(HISTORY_KEYS, kind="stable").reset_index(drop=True)
 
 
 def score_schema(features_schema: T.StructType) -> T.StructType:
@@ -30,7 +66,8 @@ def score_schema(features_schema: T.StructType) -> T.StructType:
     fields = [features_schema["customer_id"]]
     fields += [features_schema[name] for name in FEATURE_COLUMNS]
     fields += [
-        T.StructField(name, T.StringType() if name in ("tier", "action") else T.DoubleType())
+        T.StructField(name, T.StringType() if name in ("tier", "action")
+                      else T.FloatType() if name in FLOAT32_COLUMNS else T.DoubleType())
         for name in SCORE_COLUMNS
     ]
     return T.StructType(fields)
@@ -50,6 +87,7 @@ def score(
     scorer: Any,
     output_dir: str | Path,
     constant_columns: dict[str, Any] | None = None,
+    lookup: HistoryLookup | None = None,
 ) -> Path:
     """Score every customer with a fitted scorer on the executors and write Parquet partitions.
 
@@ -69,6 +107,10 @@ def score(
     constant_columns : dict, optional
         Appended to every row, e.g. ``{"model_version": "3", "scored_at": ...}``, so an export
         can be traced to the model that made it.
+    lookup : HistoryLookup, optional
+        The figures of the features' histories, when the caller has them (the value stage
+        computes them with the company totals); made here otherwise. A covariate model's
+        batches are scored on their own, without the interval columns.
 
     Returns
     -------
@@ -82,18 +124,24 @@ def score(
     needed = features_df.select(*[c for c in REQUIRED_FEATURES + OPTIONAL_FEATURES if c in features_df.columns])
     schema = score_schema(needed.schema)
     names = schema.fieldNames()
+    if lookup is None and getattr(scorer, "covariate_encoding", None) is None:
+        lookup = HistoryLookup.of(needed, scorer)
+    if lookup is not None:
+        needed = lookup.join(needed)
     scorer_value, release = _broadcast(features_df.sparkSession, scorer)
+    figures_value, release_figures = _broadcast(features_df.sparkSession, None if lookup is None else lookup.figures)
 
     def score_batches(batches):
-        model = scorer_value()
+        model, figures = scorer_value(), figures_value()
         for batch in batches:
             if batch.empty:
                 continue
             frame = batch.set_index("customer_id")
-            # The scoring core on the batch's own unique histories: nothing leaves the executor.
-            # Without the intervals (empty columns): every Arrow batch of 10,000 rows would
-            # evaluate all the parameter draws again (INTERVALS_ON_SPARK).
-            yield frame[FEATURE_COLUMNS].join(score_customers(model, frame, intervals=False)).reset_index()[names]
+            if figures is None:
+                scores = score_customers(model, frame, intervals=False)
+            else:
+                scores = score_customers(model, frame, figures, frame[HISTORY_ROW].to_numpy())
+            yield frame[FEATURE_COLUMNS].join(scores).reset_index()[names]
 
     scored = needed.mapInPandas(score_batches, schema)
     for name, value in (constant_columns or {}).items():
@@ -116,6 +164,7 @@ def score(
         raise
     finally:
         release()
+        release_figures()
     return target
 
 

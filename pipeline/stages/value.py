@@ -109,6 +109,13 @@ FIGURE_COLUMNS = [
 VALUE_LOG_DISTANCES = ("value_log_below", "value_log_above")
 INTERVAL_COLUMNS = ["clv_lower", "clv_upper", "expected_purchases_lower", "expected_purchases_upper",
                     "probability_alive_lower", "probability_alive_upper"]
+# Held as float32 (7 significant digits, plenty for a bound or a count of purchases): eight more
+# columns of 18M customers are 576 MB so, not 1.15 GB.
+FLOAT32_COLUMNS = [*INTERVAL_COLUMNS, "purchases_p10", "purchases_p90"]
+# Above this many (distinct history, draw) evaluations of P(alive), each draw's P(alive) comes
+# from its linear expansion around the point (models.uncertainty.history_intervals): exact up to
+# about 20,000 histories at 100 draws, where the parameters' errors are also the largest.
+LINEARISE_ABOVE = 2_000_000
 SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
 
@@ -155,6 +162,7 @@ class CustomerValueScorer:
     # seeded, so an export and the pyfunc give the run's bounds); None without intervals, with
     # intervals_unavailable saying why when they were asked for.
     interval_level: float = 0.9
+    interval_alive: str = "draws"  # "linearised" on many histories (LINEARISE_ABOVE); frozen at the run
     purchase_parameter_draws: pd.DataFrame | None = None
     spend_parameter_draws: pd.DataFrame | None = None
     intervals_unavailable: str | None = None
@@ -282,8 +290,8 @@ def history_figures(scorer: CustomerValueScorer, histories: pd.DataFrame, interv
         index=histories.index,
     )
     spread = purchase_spread(model, grouped, horizon)
-    figures["purchases_p10"] = spread["purchases_p10"].to_numpy()
-    figures["purchases_p90"] = spread["purchases_p90"].to_numpy()
+    figures["purchases_p10"] = spread["purchases_p10"].to_numpy(dtype=np.float32)
+    figures["purchases_p90"] = spread["purchases_p90"].to_numpy(dtype=np.float32)
     bounds, _ = history_interval_figures(scorer, grouped, figures, with_draws=intervals)
     return figures.assign(**{str(name): values.to_numpy() for name, values in bounds.items()})
 
@@ -303,7 +311,8 @@ def history_interval_figures(
     names = ["expected_purchases_lower", "expected_purchases_upper", "probability_alive_lower",
              "probability_alive_upper", *VALUE_LOG_DISTANCES]
     if not (with_draws and scorer.has_intervals and len(figures)):
-        return pd.DataFrame({name: np.full(len(figures), np.nan) for name in names}, index=figures.index), None
+        return pd.DataFrame({name: np.full(len(figures), np.nan, dtype=np.float32) for name in names},
+                            index=figures.index), None
     model = scorer.purchase_model
     value_name = value_figure_name(scorer)
     if scorer.lifetime:
@@ -319,12 +328,13 @@ def history_interval_figures(
         # The horizon's discounting held at the point estimate: a year's discount factor moves
         # far less between draws than the purchases (models.uncertainty.history_intervals).
         value_at_point_ratio=not scorer.lifetime,
+        alive=scorer.interval_alive,
     )
     table = result.per_history
     below, above = log_distances(figures[value_name].to_numpy(), table["value_lower"].to_numpy(),
                                  table["value_upper"].to_numpy())
-    columns = {name: table[name].to_numpy() for name in names[:4]}
-    columns.update(zip(VALUE_LOG_DISTANCES, (below, above)))
+    columns = {name: table[name].to_numpy(dtype=np.float32) for name in names[:4]}
+    columns.update(zip(VALUE_LOG_DISTANCES, (below.astype(np.float32), above.astype(np.float32))))
     return pd.DataFrame(columns, index=figures.index), result.totals
 
 
@@ -447,13 +457,15 @@ def _clv_bounds(
     customer) uncertainty added on the log scale (``models.uncertainty.value_bounds``), then
     margin and acquisition cost, which are known: a negative margin swaps the bounds."""
     if not (with_draws and scorer.has_intervals and len(features)):
-        empty = np.full(len(features), np.nan)
+        empty = np.full(len(features), np.nan, dtype=np.float32)
         return pd.Series(empty, index=features.index), pd.Series(empty.copy(), index=features.index)
     spend_log_variance = spend_draws(scorer.spend_model, scorer.spend_parameter_draws, features).log_variance()
-    gross = value * spend
-    lower, upper = bounds_from_log_distances(gross, log_below, log_above, spend_log_variance, scorer.interval_level)
+    gross = (value * spend).astype(np.float32)
+    lower, upper = bounds_from_log_distances(gross, log_below, log_above, spend_log_variance.astype(np.float32),
+                                             scorer.interval_level)
     del gross, spend_log_variance
-    margin, cost = terms.margin_rate.to_numpy(), terms.acquisition_cost.to_numpy()
+    margin = terms.margin_rate.to_numpy().astype(np.float32)
+    cost = terms.acquisition_cost.to_numpy().astype(np.float32)
     low = np.where(margin >= 0, lower, upper)
     high = np.where(margin >= 0, upper, lower)
     low *= margin
@@ -617,53 +629,94 @@ def build_scorer(
         design_features = scorer.with_design(features)
         if histories is None or list(histories.covariates) != scorer.design_columns:
             histories = group_histories(design_features, covariates=scorer.design_columns)
+        freeze_interval_method(scorer, len(histories.counts))
         # The per-customer historical CLV above used the lifespan it estimated, the one now frozen.
-        per_history, company = company_history_figures(scorer, histories, design_features, terms)
+        per_history, company = company_history_figures(scorer, histories.unique,
+                                                       history_sums(histories, design_features, terms))
         figures = score_customers(scorer, features, per_history, histories.inverse, terms=terms, tiers=None)
         thresholds = tier_thresholds(figures["predicted_clv"], configured_tiers(segments), method=segments.method)
     freeze_tiers(scorer, segments, thresholds)
     return scorer, terms.historical, with_tiers(scorer, figures, as_text=False), company
 
 
+def freeze_interval_method(scorer: CustomerValueScorer, n_histories: int) -> None:
+    """How every scoring of this model finds each draw's P(alive) (:data:`LINEARISE_ABOVE`),
+    decided on the run's distinct histories and frozen, so an export of a few customers gets
+    the run's bounds."""
+    if scorer.purchase_parameter_draws is not None:
+        evaluations = n_histories * len(scorer.purchase_parameter_draws)
+        scorer.interval_alive = "linearised" if evaluations > LINEARISE_ABOVE else "draws"
+
+
+class HistorySums(NamedTuple):
+    """What the company totals' interval needs of the customers, per distinct history: how
+    many, the sum of their margin rates and of margin rate x mean spend; and the acquisition
+    costs' total. Sums, so an engine can add them up where the customers are."""
+
+    customers: np.ndarray
+    margin: np.ndarray
+    margin_spend: np.ndarray
+    acquisition_cost: float
+
+
+# The per-customer terms HistorySums adds up by history (an engine groups and sums them).
+HISTORY_SUM_TERMS = ("margin", "margin_spend", "acquisition_cost")
+
+
+def history_sum_terms(scorer: CustomerValueScorer, features: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's terms of :class:`HistorySums` (:data:`HISTORY_SUM_TERMS`), indexed like ``features``."""
+    margin = _margin_rate(scorer, features).to_numpy()
+    return pd.DataFrame({"margin": margin, "margin_spend": margin * features["monetary_value"].to_numpy(),
+                         "acquisition_cost": _acquisition_cost(scorer, features).to_numpy()}, index=features.index)
+
+
+def history_sums(histories: CustomerHistories, features: pd.DataFrame, terms: CustomerTerms) -> HistorySums:
+    """:class:`HistorySums` of the customers ``histories`` groups (``features``: theirs)."""
+    inverse, n_unique = histories.inverse, len(histories.counts)
+    margin = terms.margin_rate.to_numpy()
+    return HistorySums(
+        customers=histories.counts.astype(np.float64),
+        margin=np.bincount(inverse, weights=margin, minlength=n_unique),
+        margin_spend=np.bincount(inverse, weights=margin * features["monetary_value"].to_numpy(), minlength=n_unique),
+        acquisition_cost=float(terms.acquisition_cost.sum()),
+    )
+
+
 def company_history_figures(
-    scorer: CustomerValueScorer, histories: CustomerHistories, features: pd.DataFrame, terms: CustomerTerms
+    scorer: CustomerValueScorer, unique: pd.DataFrame, sums: HistorySums
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """:func:`history_figures` of every distinct history of the customers, and the company
-    totals' interval from the same parameter draws (:func:`company_interval`), in one pass.
+    """:func:`history_figures` of the distinct histories ``unique`` (with the design columns of a
+    covariate model) and the company totals' interval from the same parameter draws
+    (:func:`company_interval`), in one pass.
 
     At draw k the company's predicted CLV is the sum over histories h of the value figure
     V_k(h) times sum over h's customers of margin x expected spend at draw k: Gamma-Gamma's
     expected spend is a line in the customer's mean spend (``models.uncertainty.SpendDraws``)
     whose intercept and slope depend on the history's frequency (and design), so that sum is
-    intercept_k x (sum of margins) + slope_k x (sum of margin x mean spend), two sums per
-    history made once. Minus the acquisition costs, which are known.
+    intercept_k x (sum of margins) + slope_k x (sum of margin x mean spend): ``sums``. Minus
+    the acquisition costs, which are known.
     """
-    unique = histories.unique
     figures = history_figures(scorer, unique, intervals=False)
     if not (scorer.has_intervals and len(unique)):
         return figures, {"unavailable": scorer.intervals_unavailable or "no customers"}
+    design = scorer.design_columns
     spend_covariates = list(getattr(scorer.spend_model, "covariates_", ()))
-    if any(name not in histories.covariates for name in spend_covariates):
+    if any(name not in design for name in spend_covariates):
         # Not a configuration the pipeline makes (both models take the same covariates).
         raise ValueError(f"the spend model's covariates {spend_covariates} are not among the histories' design columns")
-    inverse = histories.inverse
-    margin = terms.margin_rate.to_numpy()
-    margin_sums = np.bincount(inverse, weights=margin, minlength=len(unique))
-    margin_spend_sums = np.bincount(inverse, weights=margin * features["monetary_value"].to_numpy(),
-                                    minlength=len(unique))
     lines = spend_draws(scorer.spend_model, scorer.spend_parameter_draws,
                         unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
     intercept, slope, group = lines.intercept, lines.slope, lines.group
+    margin_sums, margin_spend_sums = sums.margin, sums.margin_spend
 
     def value_weights(draw: int, rows: slice) -> np.ndarray:
         return intercept[draw, group[rows]] * margin_sums[rows] + slope[draw, group[rows]] * margin_spend_sums[rows]
 
-    grouped = group_histories(unique, covariates=scorer.design_columns)
-    bounds, totals = history_interval_figures(scorer, grouped, figures, True,
-                                              histories.counts.astype(np.float64), value_weights)
+    grouped = group_histories(unique, covariates=design)
+    bounds, totals = history_interval_figures(scorer, grouped, figures, True, sums.customers, value_weights)
     figures = figures.assign(**{str(name): values.to_numpy() for name, values in bounds.items()})
     assert totals is not None
-    return figures, company_interval(totals, float(terms.acquisition_cost.sum()), scorer.interval_level)
+    return figures, company_interval(totals, sums.acquisition_cost, scorer.interval_level)
 
 
 def company_interval(totals: pd.DataFrame, acquisition_cost_total: float, level: float) -> dict[str, Any]:

@@ -441,7 +441,7 @@ def test_spend_draws_are_the_spend_models_own_at_each_draw_and_give_its_log_vari
     rebuilt = result.intercept[:, result.group] + result.slope[:, result.group] * sample["monetary_value"].to_numpy()
     np.testing.assert_allclose(rebuilt, drawn, rtol=1e-10)
     mean, variance = drawn.mean(axis=0), drawn.var(axis=0)
-    np.testing.assert_allclose(result.log_variance(), np.log1p(variance / mean**2), rtol=1e-6)
+    np.testing.assert_allclose(result.log_variance(), np.log1p(variance / mean**2), rtol=1e-5)  # float32
     with pytest.raises(ValueError, match="q <= 1"):
         spend_draws(spend, draws.assign(q=0.5), sample)
 
@@ -514,3 +514,30 @@ def test_the_horizons_discounting_held_at_the_point_moves_the_value_bounds_by_li
         assert (np.abs(cheap[side] - exact[side]) <= 2e-3 * exact[side]).all(), side
     pd.testing.assert_frame_equal(cheap.drop(columns=["value_lower", "value_upper"]),
                                   exact.drop(columns=["value_lower", "value_upper"]))
+
+
+@pytest.mark.parametrize("model_class", [BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel])
+def test_linearised_p_alive_gives_the_draws_bounds_on_many_customers(model_class):
+    """On 20,000 customers the parameters' errors are small and the logit's expansion is close:
+    every bound within 10 % of its interval's width of the exact draws', most within 3 % (a
+    seed's own Monte Carlo error is several per cent), and P(alive) = 1 kept."""
+    data = simulated(31, 20_000)
+    purchase = model_class().fit(data)
+    sample = group_histories(data.iloc[:1500]).unique
+    draws = draw_parameters(purchase, 100, seed=4)
+
+    def value(model, histories):
+        return model.discounted_expected_residual_purchases(histories, RATE).to_numpy()
+
+    exact = history_intervals(purchase, draws, sample, 26.0, value).per_history
+    linear = history_intervals(purchase, draws, sample, 26.0, value, alive="linearised").per_history
+    for figure in ("probability_alive", "expected_purchases", "value"):
+        width = exact[f"{figure}_upper"] - exact[f"{figure}_lower"]
+        for side in ("lower", "upper"):
+            gap = (linear[f"{figure}_{side}"] - exact[f"{figure}_{side}"]).abs()
+            assert (gap <= 0.1 * width + 1e-12).all(), (figure, side, (gap / width).max())
+            assert (gap / width).median() < 0.03, (figure, side)
+    certain = purchase.probability_alive(sample).to_numpy() == 1.0
+    assert (linear["probability_alive_lower"][certain] == 1.0).all()
+    with pytest.raises(ValueError, match="alive must be"):
+        history_intervals(purchase, draws, sample, 26.0, value, alive="guess")

@@ -36,7 +36,7 @@ from pipeline.duckdb_engine import compute_features, features_from_config  # noq
 from pipeline.errors import ConfigError, InputDataError  # noqa: E402
 from pipeline.stages.features import FEATURE_COLUMNS, resolve_calibration_end  # noqa: E402
 from pipeline.stages.fit import fit_purchase_model, fit_spend_model  # noqa: E402
-from pipeline.stages.value import SCORE_COLUMNS, build_scorer, score_customers  # noqa: E402
+from pipeline.stages.value import SCORE_COLUMNS, build_scorer  # noqa: E402
 from tests.conftest import DATA, sample_config  # noqa: E402
 from tests.pipeline.test_bad_input import BAD, write_config  # noqa: E402
 from tests.pipeline.test_bad_input import CASES as BAD_INPUT_CASES  # noqa: E402
@@ -204,8 +204,7 @@ def test_fit_on_collected_statistics_is_bit_identical(fitted):
 
 def test_scores_equal_the_scorer_in_pandas(fitted, tmp_path):
     _, full, _, _, scorer, ours = fitted
-    # Spark scores without the intervals (pipeline.spark.scoring.INTERVALS_ON_SPARK).
-    reference = full[FEATURE_COLUMNS].join(score_customers(scorer, full, intervals=False))
+    reference = full[FEATURE_COLUMNS].join(scorer.score(full))
     # One partition: one batch holding what the pandas call holds, so every figure is identical.
     out = spark_engine.score(ours.coalesce(1), scorer, tmp_path / "one", constant_columns={"model_version": "7"})
     single = pd.read_parquet(out)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from tests.conftest import CONFIGS
-from tests.engines import assert_same_runs, run_dir, spark_leaves_the_intervals_empty
+from tests.engines import assert_same_runs, run_dir
 
 # End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def exports(runs, tmp_path_factory):
 
 def test_spark_scoring_equals_duckdb_scoring(exports):
     out, duck, spark = exports
-    spark, duck = spark_leaves_the_intervals_empty(spark[duck.columns], duck)
+    spark = spark[duck.columns]
     pd.testing.assert_frame_equal(spark.drop(columns=["as_of_date", "scored_at"]),
                                   duck.drop(columns=["as_of_date", "scored_at"]), check_exact=True, check_dtype=False)
     assert (out / "spark" / "scores.parquet.manifest.json").is_file()
@@ -76,9 +76,9 @@ def test_the_run_and_both_exports_give_identical_rows(runs, exports):
     _, duck, spark = exports
     run = customers(root, "duckdb").set_index("customer_id")
     assert len(run) == len(duck) == len(spark) == 2357
-    pd.testing.assert_frame_equal(duck[run.columns].sort_index(), run.sort_index(), check_exact=True)
-    rows, run = spark_leaves_the_intervals_empty(spark[run.columns].sort_index(), run.sort_index())
-    pd.testing.assert_frame_equal(rows, run, check_exact=True)
+    for export in (duck, spark):
+        rows = export[run.columns].sort_index()
+        pd.testing.assert_frame_equal(rows, run.sort_index(), check_exact=True)
 
 
 def test_spark_run_equals_duckdb_run_on_a_synthetic_log_with_numeric_ids(runs, tmp_path):

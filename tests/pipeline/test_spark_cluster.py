@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import CONFIGS, REPO_ROOT
-from tests.engines import assert_same_runs, run_dir, spark_leaves_the_intervals_empty
+from tests.engines import assert_same_runs, run_dir
 from tests.pipeline.test_bad_input import BAD, write_config
 
 # End to end (runs, Spark, notebooks or servers): `pytest -m "not slow"` skips them.
@@ -131,8 +131,7 @@ def test_scoring_on_the_cluster_gives_the_run_rows(runs, spark_cluster, tmp_path
     run = customers(root, "duckdb").set_index("customer_id")
     scores = pd.read_parquet(out).set_index("customer_id")
     assert len(scores) == len(run) == 2357
-    scores, run = spark_leaves_the_intervals_empty(scores[run.columns].sort_index(), run.sort_index())
-    pd.testing.assert_frame_equal(scores, run, check_exact=True)
+    pd.testing.assert_frame_equal(scores[run.columns].sort_index(), run.sort_index(), check_exact=True)
     assert executors_of(spark_cluster, "clv-cluster-score")
 
 
