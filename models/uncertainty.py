@@ -104,10 +104,10 @@ HISTORY_ROWS_PER_BLOCK = 1 << 17
 # Give up counting purchases for a history whose distribution has not reached the upper
 # percentile by then (a rounding-deficient PMF would otherwise loop for ever).
 MAX_PURCHASES = 10_000
-# Step of the central differences of history_intervals' linearised P(alive), on the log scale of
-# a positive parameter (a relative step) or the raw scale of a coefficient: small against a
+# Step of the central differences of history_intervals' delta method, on the log scale of a
+# positive parameter (a relative step) or the raw scale of a coefficient: small against a
 # standard error, large against rounding (logits to ~1e-14: 1e-10 relative error).
-LINEARISATION_STEP = 1e-4
+DELTA_STEP = 1e-4
 # Above every cumulative probability: marks where a pair's table of purchases ends unreached.
 PAST = 1.5
 
@@ -166,6 +166,13 @@ def draw_parameters(model, n_draws, seed) -> pd.DataFrame:
     drawn = centre + rng.standard_normal((n_draws, len(names))) @ factor.T
     drawn[:, positive] = np.exp(drawn[:, positive])
     return pd.DataFrame(drawn, columns=names, index=pd.RangeIndex(n_draws, name="draw"))
+
+
+def point_parameters(model) -> pd.DataFrame:
+    """The fitted values as one row with :func:`draw_parameters`' columns (for ``with_params``)."""
+    check_is_fitted(model)
+    names = list(model.covariance_.index)
+    return pd.DataFrame([_point(model, names)], columns=names, index=pd.RangeIndex(1, name="draw"))
 
 
 def _point(model, names) -> np.ndarray:
@@ -648,9 +655,9 @@ def history_intervals(
     purchase_weights=None,
     value_weights=None,
     value_at_point_ratio=False,
-    alive="draws",
+    method="draws",
 ) -> HistoryIntervals:
-    """Quantiles over parameter draws of P(alive), expected purchases and a value figure, per history.
+    """Intervals of P(alive), expected purchases and a value figure per history, from parameter draws.
 
     Each draw's figures come from its P(alive) of every distinct history and the pair terms of
     :func:`standing_histories` (the figure of the standing history over its P(alive)), so a
@@ -676,21 +683,25 @@ def history_intervals(
         the draws' weighted sums of expected purchases go to ``totals``.
     value_weights : callable, optional
         ``value_weights(draw, rows)``: the weights of the distinct histories ``rows`` (a
-        slice) at that draw, for the value figure's weighted sums.
+        slice) at that draw (``None``: at the point estimate), for the value figure's weighted sums.
     value_at_point_ratio : bool, default False
         Evaluate ``value_figure`` at the point estimate only and take each draw's value as its
         expected purchases times the point's ratio of the two (per pair). For a value that is
         the expected purchases discounted over the same horizon this ratio is an average
         discount factor, which moves far less between draws than the purchases do (a year of
-        weeks at 10 % a year: bounds within 1 % of the interval's width, 0.1 % of the value); the exact route costs a discounted sum
-        (52 expected purchases for a year of weeks) per pair and draw: 6 s of 10 s at 10M rows.
-    alive : {"draws", "linearised"}, default "draws"
-        How each draw's P(alive) of a history is found: evaluated at the draw, or from its
-        first-order expansion around the point estimate on the logit scale, in the draws'
-        coordinates (log parameters, raw coefficients), the gradient by central differences
-        (2 evaluations per parameter instead of one per draw: Pareto/NBD's P(alive) took 0.44 s
-        per draw on 628k histories). Its error shrinks with the square of the parameters'
-        standard errors, so it suits many customers; the pair terms stay exact at every draw.
+        weeks at 10 % a year: bounds within 1 % of the interval's width, 0.1 % of the value);
+        the exact route costs a discounted sum (52 expected purchases for a year of weeks) per
+        pair and draw: 6 s of 10 s at 10M rows.
+    method : {"draws", "delta"}, default "draws"
+        ``draws``: each history's figures at every draw, and their quantiles. ``delta``: their
+        limit for many customers, without evaluating each draw: each figure is normal around
+        the point on the logit (P(alive)) or log scale (the others), with the variance g' S g
+        of its gradient g in the draws' coordinates (log parameters, raw coefficients; central
+        differences: 2 evaluations of P(alive) per parameter instead of one per draw) and S
+        their covariance (``draw_parameters``'). Its error shrinks with the square of the
+        parameters' standard errors, so it suits many customers (628k histories: 100 exact
+        draws of Pareto/NBD's P(alive) took 44 s). The totals still come from the draws, to
+        first order in the purchase parameters and exactly in the spend weights.
 
     Returns
     -------
@@ -699,33 +710,32 @@ def history_intervals(
     check_is_fitted(purchase_model)
     horizon = check_horizon(horizon)
     level = _check_level(level)
+    if method not in ("draws", "delta"):
+        raise ValueError(f"method must be 'draws' or 'delta', got {method!r}")
+    if len(parameter_draws) == 0:
+        raise ValueError("parameter_draws: no draws")
     covariates = tuple(getattr(purchase_model, "covariates_", ()))
     histories = as_histories(histories, covariates)
     inverse, index = histories.inverse, histories.index
-    unique = histories.unique
-    n_unique = len(unique)
-    if alive not in ("draws", "linearised"):
-        raise ValueError(f"alive must be 'draws' or 'linearised', got {alive!r}")
+    standing, pair = standing_histories(histories, covariates)
+    lower, upper = (1.0 - level) / 2.0, (1.0 + level) / 2.0
+    run = _intervals_by_draws if method == "draws" else _intervals_by_delta
+    bounds, totals = run(purchase_model, parameter_draws, histories, standing, pair, horizon, value_figure,
+                         (lower, upper), purchase_weights, value_weights, value_at_point_ratio)
+    per_history = pd.DataFrame({name: values[inverse] for name, values in bounds.items()}, index=index, copy=False)
+    table = None
+    if purchase_weights is not None or value_weights is not None:
+        table = pd.DataFrame(totals, index=pd.RangeIndex(len(parameter_draws), name="draw"))
+    return HistoryIntervals(per_history, table)
+
+
+_FIGURES = ("probability_alive", "expected_purchases", "value")
+
+
+def _intervals_by_draws(purchase_model, parameter_draws, histories, standing, pair, horizon, value_figure,
+                        probabilities, purchase_weights, value_weights, value_at_point_ratio):
     models = [purchase_model.with_params(values) for _, values in parameter_draws.iterrows()]
     n_draws = len(models)
-    if n_draws == 0:
-        raise ValueError("parameter_draws: no draws")
-    if alive == "linearised":
-        coordinates = list(parameter_draws.columns)
-        positive = np.isin(coordinates, list(purchase_model.parameter_names))
-        point = _point(purchase_model, coordinates)
-        # The draws as distances from the point, in the coordinates they were drawn in.
-        shift = parameter_draws.to_numpy(dtype=np.float64).copy()
-        shift[:, positive] = np.log(shift[:, positive] / point[positive])
-        shift[:, ~positive] -= point[~positive]
-        nudged = []
-        for position in range(len(coordinates)):
-            for sign in (1.0, -1.0):
-                values = point.copy()
-                values[position] = (point[position] * np.exp(sign * LINEARISATION_STEP) if positive[position]
-                                    else point[position] + sign * LINEARISATION_STEP)
-                nudged.append(purchase_model.with_params(pd.Series(values, index=coordinates)))
-    standing, pair = standing_histories(histories, covariates)
     # Pair terms at each draw (draws x pairs): few pairs, so cheap whatever the customers.
     purchase_term = np.empty((n_draws, len(standing.unique)))
     value_term = np.empty_like(purchase_term)
@@ -734,67 +744,123 @@ def history_intervals(
         if not value_at_point_ratio:
             value_term[draw] = per_alive(model, standing, np.asarray(value_figure(model, standing), dtype=np.float64))
     if value_at_point_ratio:
-        point_value = np.asarray(value_figure(purchase_model, standing), dtype=np.float64)
-        point_purchases = purchase_model.expected_purchases(standing, horizon).to_numpy()
-        ratio = np.divide(point_value, point_purchases, out=np.zeros(len(point_value)), where=point_purchases > 0)
-        value_term = purchase_term * ratio
-    lower, upper = (1.0 - level) / 2.0, (1.0 + level) / 2.0
-    names = ("probability_alive", "expected_purchases", "value")
-    bounds = {f"{name}_{side}": np.empty(n_unique) for name in names for side in ("lower", "upper")}
+        value_term = purchase_term * _point_ratio(purchase_model, standing, horizon, value_figure)
+    unique = histories.unique
+    n_unique = len(unique)
+    bounds = {f"{name}_{side}": np.empty(n_unique) for name in _FIGURES for side in ("lower", "upper")}
+    totals = {"expected_purchases": np.zeros(n_draws), "value": np.zeros(n_draws)}
     # Pairs x draws, so that each block's rows gather contiguous rows.
     purchase_term_t = np.ascontiguousarray(purchase_term.T)
     value_term_t = np.ascontiguousarray(value_term.T)
-    with_totals = purchase_weights is not None or value_weights is not None
-    totals = {"expected_purchases": np.zeros(n_draws), "value": np.zeros(n_draws)}
     for start in range(0, n_unique, HISTORY_ROWS_PER_BLOCK):
         rows_here = slice(start, start + HISTORY_ROWS_PER_BLOCK)
         block = CustomerHistories(unique.iloc[rows_here].reset_index(drop=True),
                                   np.arange(len(unique.iloc[rows_here])), covariates=histories.covariates)
-        if alive == "draws":
-            drawn_alive = np.empty((len(block.unique), n_draws))
-            for draw, model in enumerate(models):
-                drawn_alive[:, draw] = model.probability_alive(block).to_numpy()
-        else:
-            drawn_alive = _linearised_alive(purchase_model, nudged, shift, block)
+        drawn_alive = np.empty((len(block.unique), n_draws))
+        for draw, model in enumerate(models):
+            drawn_alive[:, draw] = model.probability_alive(block).to_numpy()
         block_pair = pair[rows_here]
         for name, drawn in (("probability_alive", drawn_alive),
                             ("expected_purchases", drawn_alive * purchase_term_t[block_pair]),
                             ("value", drawn_alive * value_term_t[block_pair])):
             bounds[f"{name}_lower"][rows_here], bounds[f"{name}_upper"][rows_here] = _finite_row_quantiles(
-                drawn, (lower, upper))
+                drawn, probabilities)
             # A draw with a non-finite figure anywhere leaves the totals (their sums are NaN).
             if name == "expected_purchases" and purchase_weights is not None:
                 totals[name] += np.asarray(purchase_weights, dtype=np.float64)[rows_here] @ drawn
             if name == "value" and value_weights is not None:
                 for draw in range(n_draws):
                     totals[name][draw] += drawn[:, draw] @ value_weights(draw, rows_here)
-    per_history = pd.DataFrame({name: values[inverse] for name, values in bounds.items()}, index=index, copy=False)
-    table = None
-    if with_totals:
-        table = pd.DataFrame(totals, index=pd.RangeIndex(n_draws, name="draw"))
-    return HistoryIntervals(per_history, table)
+    return bounds, totals
+
+
+def _point_ratio(model, standing, horizon, value_figure):
+    """Per pair, the value figure over the expected purchases at the point estimate."""
+    point_value = np.asarray(value_figure(model, standing), dtype=np.float64)
+    point_purchases = model.expected_purchases(standing, horizon).to_numpy()
+    return np.divide(point_value, point_purchases, out=np.zeros(len(point_value)), where=point_purchases > 0)
+
+
+def _intervals_by_delta(purchase_model, parameter_draws, histories, standing, pair, horizon, value_figure,
+                        probabilities, purchase_weights, value_weights, value_at_point_ratio):
+    coordinates = list(parameter_draws.columns)
+    positive = np.isin(coordinates, list(purchase_model.parameter_names))
+    point = _point(purchase_model, coordinates)
+    scale = np.where(positive, point, 1.0)
+    sigma = purchase_model.covariance_.loc[coordinates, coordinates].to_numpy(dtype=np.float64)
+    factor = np.linalg.cholesky(sigma / np.outer(scale, scale))  # the draws' covariance, as drawn
+    # The draws as distances from the point, in those coordinates (draws x coordinates).
+    shift = parameter_draws.to_numpy(dtype=np.float64).copy()
+    shift[:, positive] = np.log(shift[:, positive] / point[positive])
+    shift[:, ~positive] -= point[~positive]
+    nudged = []
+    for position in range(len(coordinates)):
+        for sign in (1.0, -1.0):
+            values = point.copy()
+            values[position] = (point[position] * np.exp(sign * DELTA_STEP) if positive[position]
+                                else point[position] + sign * DELTA_STEP)
+            nudged.append(purchase_model.with_params(pd.Series(values, index=coordinates)))
+
+    def differences(at):
+        """Central differences of the nudged models' values (each a vector): rows x coordinates."""
+        return np.column_stack([(at[2 * j] - at[2 * j + 1]) / (2.0 * DELTA_STEP) for j in range(len(coordinates))])
+
+    ratio = _point_ratio(purchase_model, standing, horizon, value_figure) if value_at_point_ratio else None
+
+    def terms_of(model):
+        purchases = per_alive(model, standing, model.expected_purchases(standing, horizon).to_numpy())
+        if ratio is not None:
+            return purchases, purchases * ratio
+        return purchases, per_alive(model, standing, np.asarray(value_figure(model, standing), dtype=np.float64))
+
+    purchase_term, value_term = terms_of(purchase_model)
+    nudged_terms = [terms_of(model) for model in nudged]
+    term_gradients = [differences([_safe_log(terms[which]) for terms in nudged_terms]) for which in (0, 1)]
+    unique = histories.unique
+    alive = purchase_model.probability_alive(unique).to_numpy()
+    logit_gradient = differences([_logit(model.probability_alive(unique).to_numpy()) for model in nudged])
+    # d log P(alive) = (1 - P(alive)) d logit P(alive).
+    log_alive_gradient = (1.0 - alive)[:, None] * logit_gradient
+
+    def spread(gradients):
+        return np.sqrt(np.square(gradients @ factor).sum(axis=1))
+
+    z_values = {side: float(stats.norm.ppf(probability)) for side, probability in zip(("lower", "upper"), probabilities)}
+    bounds = {}
+    logit, alive_spread, certain = _logit(alive), spread(logit_gradient), alive == 1.0
+    for side, z in z_values.items():
+        drawn = 1.0 / (1.0 + np.exp(-(logit + z * alive_spread)))
+        drawn[certain] = 1.0
+        bounds[f"probability_alive_{side}"] = drawn
+    totals = {"expected_purchases": np.zeros(len(shift)), "value": np.zeros(len(shift))}
+    for name, term, term_gradient in (("expected_purchases", purchase_term, term_gradients[0]),
+                                      ("value", value_term, term_gradients[1])):
+        figure = alive * term[pair]
+        figure_gradient = log_alive_gradient + term_gradient[pair]
+        figure_spread = spread(figure_gradient)
+        for side, z in z_values.items():
+            bounds[f"{name}_{side}"] = figure * np.exp(z * figure_spread)
+        # The totals at each draw: first order in the purchase parameters (the figures'
+        # gradients times the draws' shifts), exactly in the spend weights the value carries.
+        if name == "expected_purchases" and purchase_weights is not None:
+            weighted = np.asarray(purchase_weights, dtype=np.float64) * figure
+            totals[name] = weighted.sum() + shift @ (figure_gradient.T @ weighted)
+        if name == "value" and value_weights is not None:
+            everything = slice(0, len(figure))
+            at_point = figure * value_weights(None, everything)
+            by_draw = np.array([figure @ value_weights(draw, everything) for draw in range(len(shift))])
+            totals[name] = by_draw + shift @ (figure_gradient.T @ at_point)
+    return bounds, totals
+
+
+def _safe_log(values):
+    return np.log(np.maximum(values, 1e-300))
 
 
 def _logit(probability):
     # Clipped so that certainty (P(alive) = 1 where the last purchase was at T) stays finite.
     clipped = np.clip(probability, 1e-300, 1.0 - 1e-16)
     return np.log(clipped) - np.log1p(-clipped)
-
-
-def _linearised_alive(model, nudged, shift, block):
-    """P(alive) of ``block``'s histories at each draw (rows x draws) from the logit's expansion:
-    logit P(alive) at the point + gradient . shift (shift: draws x coordinates), the gradient
-    by central differences at the ``nudged`` models (+ then - for each coordinate)."""
-    point = model.probability_alive(block).to_numpy()
-    at = [_logit(nudged_model.probability_alive(block).to_numpy()) for nudged_model in nudged]
-    gradient = np.column_stack([(at[2 * j] - at[2 * j + 1]) / (2.0 * LINEARISATION_STEP)
-                                for j in range(len(at) // 2)])
-    logits = _logit(point)[:, None] + gradient @ shift.T
-    drawn = 1.0 / (1.0 + np.exp(-logits))
-    # Where P(alive) is certain (a BG/NBD customer without repeat purchases) it stays so at every draw.
-    certain = (point == 1.0) & (np.abs(gradient).max(axis=1) == 0.0)
-    drawn[certain] = 1.0
-    return drawn
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,7 @@ from models.uncertainty import (
     draw_parameters,
     history_intervals,
     log_distances,
+    point_parameters,
     purchase_spread,
     spend_draws,
 )
@@ -112,10 +113,10 @@ INTERVAL_COLUMNS = ["clv_lower", "clv_upper", "expected_purchases_lower", "expec
 # Held as float32 (7 significant digits, plenty for a bound or a count of purchases): eight more
 # columns of 18M customers are 576 MB so, not 1.15 GB.
 FLOAT32_COLUMNS = [*INTERVAL_COLUMNS, "purchases_p10", "purchases_p90"]
-# Above this many (distinct history, draw) evaluations of P(alive), each draw's P(alive) comes
-# from its linear expansion around the point (models.uncertainty.history_intervals): exact up to
+# Above this many (distinct history, draw) evaluations, each history's bounds are the draws'
+# limit, the delta method (models.uncertainty.history_intervals): every draw is evaluated up to
 # about 20,000 histories at 100 draws, where the parameters' errors are also the largest.
-LINEARISE_ABOVE = 2_000_000
+DELTA_ABOVE = 2_000_000
 SCORE_COLUMNS = [*FIGURE_COLUMNS, "tier", "action"]
 
 
@@ -162,7 +163,7 @@ class CustomerValueScorer:
     # seeded, so an export and the pyfunc give the run's bounds); None without intervals, with
     # intervals_unavailable saying why when they were asked for.
     interval_level: float = 0.9
-    interval_alive: str = "draws"  # "linearised" on many histories (LINEARISE_ABOVE); frozen at the run
+    interval_method: str = "draws"  # "delta" on many histories (DELTA_ABOVE); frozen at the run
     purchase_parameter_draws: pd.DataFrame | None = None
     spend_parameter_draws: pd.DataFrame | None = None
     intervals_unavailable: str | None = None
@@ -328,7 +329,7 @@ def history_interval_figures(
         # The horizon's discounting held at the point estimate: a year's discount factor moves
         # far less between draws than the purchases (models.uncertainty.history_intervals).
         value_at_point_ratio=not scorer.lifetime,
-        alive=scorer.interval_alive,
+        method=scorer.interval_method,
     )
     table = result.per_history
     below, above = log_distances(figures[value_name].to_numpy(), table["value_lower"].to_numpy(),
@@ -640,12 +641,12 @@ def build_scorer(
 
 
 def freeze_interval_method(scorer: CustomerValueScorer, n_histories: int) -> None:
-    """How every scoring of this model finds each draw's P(alive) (:data:`LINEARISE_ABOVE`),
+    """How every scoring of this model finds each history's bounds (:data:`DELTA_ABOVE`),
     decided on the run's distinct histories and frozen, so an export of a few customers gets
     the run's bounds."""
     if scorer.purchase_parameter_draws is not None:
         evaluations = n_histories * len(scorer.purchase_parameter_draws)
-        scorer.interval_alive = "linearised" if evaluations > LINEARISE_ABOVE else "draws"
+        scorer.interval_method = "delta" if evaluations > DELTA_ABOVE else "draws"
 
 
 class HistorySums(NamedTuple):
@@ -706,11 +707,15 @@ def company_history_figures(
         raise ValueError(f"the spend model's covariates {spend_covariates} are not among the histories' design columns")
     lines = spend_draws(scorer.spend_model, scorer.spend_parameter_draws,
                         unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
-    intercept, slope, group = lines.intercept, lines.slope, lines.group
+    point = spend_draws(scorer.spend_model, point_parameters(scorer.spend_model),
+                        unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
     margin_sums, margin_spend_sums = sums.margin, sums.margin_spend
 
-    def value_weights(draw: int, rows: slice) -> np.ndarray:
-        return intercept[draw, group[rows]] * margin_sums[rows] + slope[draw, group[rows]] * margin_spend_sums[rows]
+    def value_weights(draw: int | None, rows: slice) -> np.ndarray:
+        at = point if draw is None else lines
+        k = 0 if draw is None else draw
+        group = at.group[rows]
+        return at.intercept[k, group] * margin_sums[rows] + at.slope[k, group] * margin_spend_sums[rows]
 
     grouped = group_histories(unique, covariates=design)
     bounds, totals = history_interval_figures(scorer, grouped, figures, True, sums.customers, value_weights)

@@ -517,27 +517,44 @@ def test_the_horizons_discounting_held_at_the_point_moves_the_value_bounds_by_li
 
 
 @pytest.mark.parametrize("model_class", [BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel])
-def test_linearised_p_alive_gives_the_draws_bounds_on_many_customers(model_class):
-    """On 20,000 customers the parameters' errors are small and the logit's expansion is close:
-    every bound within 10 % of its interval's width of the exact draws', most within 3 % (a
-    seed's own Monte Carlo error is several per cent), and P(alive) = 1 kept."""
+def test_the_delta_method_gives_the_draws_bounds_on_many_customers(model_class):
+    """On 20,000 customers the parameters' errors are small and the delta method is close to
+    the quantiles of 2,000 exact draws: every bound within 10 % of its interval's width, most
+    within 4 % (2,000 draws' 5 % quantile itself moves by about 2 % of the width), and
+    P(alive) = 1 kept. The totals at each draw (first order in the purchase parameters) are
+    close to the exact draws' totals."""
     data = simulated(31, 20_000)
     purchase = model_class().fit(data)
-    sample = group_histories(data.iloc[:1500]).unique
-    draws = draw_parameters(purchase, 100, seed=4)
+    sample = group_histories(data.iloc[:600]).unique
+    draws = draw_parameters(purchase, 2000, seed=4)
 
     def value(model, histories):
-        return model.discounted_expected_residual_purchases(histories, RATE).to_numpy()
+        # A value of the form P(alive) x pair term over a longer horizon (DERT at 2,000 draws
+        # would take minutes: BG/NBD's is a quadrature where 2F1 is not trusted).
+        return model.expected_purchases(histories, 104.0).to_numpy()
 
-    exact = history_intervals(purchase, draws, sample, 26.0, value).per_history
-    linear = history_intervals(purchase, draws, sample, 26.0, value, alive="linearised").per_history
+    counts = np.arange(1.0, len(sample) + 1)
+    weights = np.linspace(1.0, 3.0, len(sample))
+
+    def value_weights(draw, rows):
+        return weights[rows] * (1.0 if draw is None else 1.0 + 0.01 * np.sin(draw))
+
+    exact = history_intervals(purchase, draws, sample, 26.0, value, purchase_weights=counts,
+                              value_weights=value_weights)
+    delta = history_intervals(purchase, draws, sample, 26.0, value, method="delta", purchase_weights=counts,
+                              value_weights=value_weights)
+    linear = delta.per_history
     for figure in ("probability_alive", "expected_purchases", "value"):
-        width = exact[f"{figure}_upper"] - exact[f"{figure}_lower"]
+        width = exact.per_history[f"{figure}_upper"] - exact.per_history[f"{figure}_lower"]
         for side in ("lower", "upper"):
-            gap = (linear[f"{figure}_{side}"] - exact[f"{figure}_{side}"]).abs()
+            gap = (linear[f"{figure}_{side}"] - exact.per_history[f"{figure}_{side}"]).abs()
             assert (gap <= 0.1 * width + 1e-12).all(), (figure, side, (gap / width).max())
-            assert (gap / width).median() < 0.03, (figure, side)
+            assert (gap / width).median() < 0.04, (figure, side, (gap / width).median())
+    for total in ("expected_purchases", "value"):
+        # First order in the parameters: the far tails move most; the 90 % bounds hardly.
+        ours, theirs = (np.quantile(result.totals[total], [0.05, 0.95]) for result in (delta, exact))
+        assert np.abs(ours - theirs).max() < 0.05 * (theirs[1] - theirs[0]), total
     certain = purchase.probability_alive(sample).to_numpy() == 1.0
     assert (linear["probability_alive_lower"][certain] == 1.0).all()
-    with pytest.raises(ValueError, match="alive must be"):
-        history_intervals(purchase, draws, sample, 26.0, value, alive="guess")
+    with pytest.raises(ValueError, match="method must be"):
+        history_intervals(purchase, draws, sample, 26.0, value, method="guess")

@@ -116,3 +116,27 @@ def test_a_model_without_a_usable_covariance_degrades_the_intervals_not_the_run(
     assert scores[INTERVAL_COLUMNS].isna().all().all() and scores["predicted_clv"].notna().all()
     assert "covariance_ is not finite" in company["unavailable"]
     assert draw_parameters(purchase, 3, 0).shape == (3, 4)
+
+
+def test_many_histories_take_the_delta_method_frozen_in_the_scorer(fitted, monkeypatch):
+    """Above DELTA_ABOVE history-draws the bounds are the draws' limit; on CDNOW's sample
+    (2,357 customers, the parameters' errors at their largest) still close to the draws'."""
+    from pipeline.stages import value as value_module
+
+    scorer, scores, company = value(fitted)
+    assert scorer.interval_method == "draws"
+    monkeypatch.setattr(value_module, "DELTA_ABOVE", 0)
+    delta_scorer, delta_scores, delta_company = value(fitted)
+    assert delta_scorer.interval_method == "delta"
+    for column in INTERVAL_COLUMNS:
+        width = scores[column.rsplit("_", 1)[0] + "_upper"] - scores[column.rsplit("_", 1)[0] + "_lower"]
+        gap = (delta_scores[column] - scores[column]).abs()
+        assert (gap <= 0.25 * width + 1e-9).mean() > 0.95, column
+    for total in ("predicted_clv_total", "expected_purchases_total"):
+        width = company[total]["upper"] - company[total]["lower"]
+        for side in ("lower", "upper"):
+            assert abs(delta_company[total][side] - company[total][side]) < 0.1 * width, (total, side)
+    # Frozen: a few customers scored later get the run's delta bounds, not draws'.
+    features = fitted[0]
+    again = delta_scorer.score(features.iloc[:50])
+    np.testing.assert_array_equal(again["clv_upper"].to_numpy(), delta_scores["clv_upper"].iloc[:50].to_numpy())
