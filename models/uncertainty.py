@@ -24,49 +24,25 @@ draw with the k-th spend draw.
 
 How the pipeline uses this
 --------------------------
-In the value stage, beside the point figures and with the same pieces::
+The scoring core evaluates once per distinct history (``pipeline.stages.value``):
 
-    intervals = customer_intervals(
-        purchase_model, spend_model, features,            # features: frequency, recency, T,
-        n_steps=horizon_periods, step_periods=1.0,        #   monetary_value (+ design columns)
-        discount_rate_per_step=discount_rate_per_period,
-        margin_rate=terms.margin_rate, acquisition_cost=terms.acquisition_cost,
-        level=0.9, n_draws=100, seed=seed, histories=histories,  # histories: optional, grouped once
-    )
-    intervals.per_customer   # indexed like features: clv_lower, clv_upper,
-                             # expected_purchases_lower, expected_purchases_upper,
-                             # probability_alive_lower, probability_alive_upper
-    intervals.company        # rows "clv", "expected_purchases"; columns "lower", "upper"
-    spread = purchase_spread(purchase_model, histories or features, horizon=horizon_periods)
-    spread                   # probability_no_purchases, purchases_p10, purchases_p90
+* :func:`history_intervals`: bounds of P(alive), expected purchases and the value figure
+  (discounted purchases over the horizon, or DERT) per history. Every figure of a history's
+  future is P(alive) times a term of (design, frequency, T) (:func:`standing_histories`), so a
+  draw costs one P(alive) per distinct history and the terms of the few pairs. On many
+  histories (``method="delta"``) the draws are replaced by their limit, the delta method on the
+  logit or log scale; the company totals still come from the draws.
+* :func:`spend_draws`: Gamma-Gamma's expected spend at each draw is a line in the customer's
+  mean spend, per (frequency, design); its log variance per customer.
+* :func:`value_bounds` / :func:`bounds_from_log_distances`: the CLV bound adds the value's and
+  the spend's spreads on the log scale (the two models are independent).
+* :func:`purchase_spread`: P(no purchase) and percentiles of the number of purchases, from one
+  table per (design, frequency, T) pair.
 
-``expected_purchases`` is over ``n_steps * step_periods`` periods, CLV is
-:func:`~models.discounting.discounted_expected_purchases` times Gamma-Gamma's
-``expected_spend`` times the margin rate minus the acquisition cost
-(:func:`~models.discounting.predicted_clv`'s formula), at each draw. ``margin_rate`` and
-``acquisition_cost`` are known per customer, not estimated, so they move the interval but
-add no width. The company rows are the quantiles of the per-draw sums over customers.
-
-Cost: P(alive) and expected purchases are evaluated once per distinct history and draw;
-spend once per distinct (frequency, monetary_value) pair and draw; the CLV quantiles once
-per distinct (history, spend pair). The discounted purchases, a sum over ``n_steps``
-horizons, would cost ``n_steps`` evaluations per history and draw (2 s a draw at 628k
-histories and 52 steps). They need fewer: in every purchase model the conditional
-expectation over any horizon t is a history term times a (frequency, T, t) term (BG/NBD
-and MBG/NBD: 1 / the denominator of Fader, Hardie & Lee 2005 eq. 10; Pareto/NBD: P(alive),
-Fader & Hardie note 009 eq. 41), and so is the discounted sum of its steps. Their ratio
-depends on (design, frequency, T) alone, so :func:`~models.discounting.discounted_expected_purchases`
-is evaluated on one history per such pair and each history's discounted purchases are its
-expected purchases at the full horizon times its pair's ratio (equal to the direct sum to
-rounding; tested for the three models). Time grows linearly with ``n_draws``.
-
-Measured on the 50M-row benchmark log (all data: 18.0M customers, 628k distinct histories,
-1.22M spend pairs, 8.9M (history, spend pair) combinations; BG/NBD, 52 weekly steps) on a
-shared 2-CPU machine where the point discounted purchases took 4.5 s: 100 draws 104 s and
-2.6 GB above the fitted models' peak; before the discounting shortcut 325 s.
-:func:`purchase_spread` took 3.8 s. That is far above the pipeline's budget (intervals and
-lifetime value adding 15 % to a 44 s run), so the pipeline should ask for few draws or
-compute intervals on request (see the branch's report for where the time goes).
+:func:`customer_intervals` is the full Monte Carlo of every customer's CLV at every pair of
+draws: the reference the tests hold the pipeline's cheaper route to (within 15 % on the log
+scale). On the 50M-row benchmark log (18.0M customers, 628k distinct histories, 8.9M
+(history, spend pair) combinations) its 100 draws took 104 s.
 """
 
 from __future__ import annotations

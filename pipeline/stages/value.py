@@ -413,9 +413,15 @@ def score_customers(
             raise ValueError(f"histories has {len(histories)} customers, features {len(features)}")
         per_history = history_figures(scorer, histories.unique, intervals=intervals)
         history_of = histories.inverse
-    # Each customer's history figures, column by column without copies: at 18M customers each is 144 MB.
+    if history_of is None:
+        raise ValueError("per_history needs history_of, each customer's row among the histories")
+    # Each customer's history figures, column by column without copies: at 18M customers each is
+    # 144 MB. np.take rather than indexing (half the time for float64), with a writeable copy of
+    # the positions: from the read-only array CustomerHistories holds, each take took 4 times as
+    # long (0.24 s against 0.06 s a column at 18M customers, numpy 2).
+    history_of = np.array(history_of, dtype=np.intp)
     columns = {
-        name: pd.Series(values.to_numpy()[history_of], index=features.index, copy=False)
+        name: pd.Series(np.take(values.to_numpy(), history_of), index=features.index, copy=False)
         for name, values in per_history.items()
     }
     spend = scorer.spend_model.expected_spend(features)
