@@ -17,8 +17,8 @@ The scoring core, which every command and engine goes through, is two functions:
 
 The value stage (:func:`build_scorer`) calls them on all customers at once; ``clv score`` on
 DuckDB (``pipeline/batch.py``) finds the histories in SQL, evaluates them once and joins each
-batch to them by row number; on Spark (``pipeline/spark/scoring.py``) each ``mapInPandas`` batch is
-scored on the executors; ``CustomerValueScorer.score`` (the MLflow model, the monitor) is the
+batch to them by row number; on Spark (``pipeline/spark/scoring.py``) the driver evaluates the
+distinct histories once and each ``mapInPandas`` batch takes its customers' by row on the executors; ``CustomerValueScorer.score`` (the MLflow model, the monitor) is the
 same call on any frame. A new per-customer figure is computed in one of the two functions and
 placed in :data:`FIGURE_COLUMNS`; every output then has it.
 """
