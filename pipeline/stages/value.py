@@ -706,6 +706,19 @@ def company_history_figures(
     figures = history_figures(scorer, unique, intervals=False)
     if not (scorer.has_intervals and len(unique)):
         return figures, {"unavailable": scorer.intervals_unavailable or "no customers"}
+    try:
+        return _with_company_interval(scorer, unique, sums, figures)
+    except ValueError as exc:
+        # Intervals are a part a run can do without: the scorer drops its draws, so every later
+        # scoring of this model leaves the columns empty too, and the summary says why.
+        scorer.purchase_parameter_draws = scorer.spend_parameter_draws = None
+        scorer.intervals_unavailable = str(exc).splitlines()[0]
+        return figures, {"unavailable": scorer.intervals_unavailable}
+
+
+def _with_company_interval(
+    scorer: CustomerValueScorer, unique: pd.DataFrame, sums: HistorySums, figures: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     design = scorer.design_columns
     spend_covariates = list(getattr(scorer.spend_model, "covariates_", ()))
     if any(name not in design for name in spend_covariates):

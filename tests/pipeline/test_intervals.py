@@ -140,3 +140,18 @@ def test_many_histories_take_the_delta_method_frozen_in_the_scorer(fitted, monke
     features = fitted[0]
     again = delta_scorer.score(features.iloc[:50])
     np.testing.assert_array_equal(again["clv_upper"].to_numpy(), delta_scores["clv_upper"].iloc[:50].to_numpy())
+
+
+def test_intervals_that_fail_to_evaluate_degrade_to_empty_columns_with_the_reason(fitted, monkeypatch):
+    from pipeline.stages import value as value_module
+
+    def fails(*args, **kwargs):
+        raise ValueError("expected_spend: 3 rows with a NaN or infinite value at some parameter draw\nmore")
+
+    monkeypatch.setattr(value_module, "history_intervals", fails)
+    scorer, scores, company = value(fitted)
+    assert company == {"unavailable": "expected_spend: 3 rows with a NaN or infinite value at some parameter draw"}
+    assert scores[INTERVAL_COLUMNS].isna().all().all() and scores["predicted_clv"].notna().all()
+    # The scorer dropped its draws: later scorings leave the columns empty too, and say why.
+    assert not scorer.has_intervals and "NaN or infinite" in scorer.settings_summary()["intervals"]["unavailable"]
+    assert scorer.score(fitted[0].iloc[:20])[INTERVAL_COLUMNS].isna().all().all()
