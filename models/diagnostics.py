@@ -1,0 +1,188 @@
+"""How well a purchase model fits and predicts: goodness of fit, calibration and ranking figures.
+
+Pure functions of model predictions and what happened (issue 20 builds the run's diagnostics on
+them):
+
+* :func:`purchase_count_distribution` and :func:`chi_square_test`: the histogram of repeat
+  purchases 0, 1, ..., 7+ in each customer's calibration period, actual against expected under
+  the model, and Pearson's chi-square test of the two (Fader, Hardie & Lee 2005 report it for
+  BG/NBD on CDNOW).
+* :func:`probability_scores`: the Brier score and log loss of a predicted probability (e.g. of at
+  least one purchase in the holdout, which unlike P(alive) can be observed) and its reliability
+  table by decile of prediction.
+* :func:`gains_curve` and :func:`normalized_gini`: how much of the realised value the customers
+  ranked first by a prediction hold. Customers with equal predictions (many share one history)
+  are ranked as a block: each holds the block's mean, which is the expectation over every order
+  of the block, so no arbitrary tie-break (row order, id) moves the figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._validation import check_positive_int
+
+# The histogram's last bin holds this many repeat purchases and more (7+, as FHL 2005).
+LARGEST_BIN = 7
+
+
+def purchase_count_distribution(model, ages, largest=LARGEST_BIN) -> pd.Series:
+    """Expected number of customers with 0, 1, ..., ``largest - 1`` and ``largest`` or more
+    repeat purchases in their own calibration period, under a fitted purchase model.
+
+    A customer observed for T periods since their first purchase makes X(T) repeat purchases
+    with the model's unconditional distribution (a new customer's: the conditional one given
+    the empty history (0, 0, 0)); the expected histogram sums it over the customers' T, once
+    per distinct T.
+
+    Parameters
+    ----------
+    model : fitted purchase model
+        Without covariates (a covariate model's customers differ beyond T).
+    ages : array_like
+        Each customer's T (model periods), or the distinct ones with ``counts``.
+    largest : int, default 7
+        The last bin: this many purchases or more.
+
+    Returns
+    -------
+    pandas.Series
+        Indexed ``0, 1, ..., largest - 1, "largest+"`` (e.g. ``"7+"``); sums to the customers.
+    """
+    largest = check_positive_int(largest, "largest")
+    if getattr(model, "covariates_", ()):
+        raise ValueError("purchase_count_distribution: a model with covariates needs each customer's design")
+    ages = np.asarray(ages, dtype=np.float64)
+    distinct, counts = np.unique(ages, return_counts=True)
+    if len(distinct) and (not np.all(np.isfinite(distinct)) or distinct.min() < 0):
+        raise ValueError("ages must be finite and not negative")
+    expected = np.zeros(largest + 1)
+    empty = pd.DataFrame({"frequency": [0.0], "recency": [0.0], "T": [0.0]})
+    for age, count in zip(distinct, counts):
+        masses = [float(model.probability_of_purchases(empty, n, float(age)).iloc[0]) for n in range(largest)]
+        expected[:largest] += count * np.array(masses)
+        expected[largest] += count * max(0.0, 1.0 - sum(masses))
+    return pd.Series(expected, index=[*range(largest), f"{largest}+"], name="expected")
+
+
+def observed_purchase_counts(frequency, largest=LARGEST_BIN) -> pd.Series:
+    """Customers with 0, 1, ..., ``largest - 1`` and ``largest`` or more repeat purchases."""
+    largest = check_positive_int(largest, "largest")
+    frequency = np.asarray(frequency, dtype=np.float64)
+    binned = np.minimum(np.floor(frequency), largest).astype(np.intp)
+    counts = np.bincount(binned, minlength=largest + 1).astype(np.float64)
+    return pd.Series(counts, index=[*range(largest), f"{largest}+"], name="observed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChiSquareTest:
+    """Pearson's chi-square test of observed against expected counts."""
+
+    statistic: float
+    degrees_of_freedom: int
+    p_value: float
+
+
+def chi_square_test(observed, expected, fitted_parameters) -> ChiSquareTest:
+    """Pearson's statistic sum (O - E)^2 / E over the bins, with bins - 1 - ``fitted_parameters``
+    degrees of freedom (the expected counts come from a model fitted on the same customers).
+
+    Raises
+    ------
+    ValueError
+        If the two differ in length or totals, an expected count is not positive, or no
+        degree of freedom is left.
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if observed.shape != expected.shape or observed.ndim != 1:
+        raise ValueError(f"observed and expected must be 1-d and alike, got {observed.shape} and {expected.shape}")
+    if not np.all(expected > 0):
+        raise ValueError("every expected count must be positive")
+    if not np.isclose(observed.sum(), expected.sum(), rtol=1e-6):
+        raise ValueError(f"observed ({observed.sum():g}) and expected ({expected.sum():g}) count different customers")
+    degrees = len(observed) - 1 - int(fitted_parameters)
+    if degrees < 1:
+        raise ValueError(f"{len(observed)} bins leave no degree of freedom for {fitted_parameters} fitted parameters")
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return ChiSquareTest(statistic, degrees, float(stats.chi2.sf(statistic, degrees)))
+
+
+def probability_scores(predicted, happened, bins=10) -> tuple[dict[str, float], pd.DataFrame]:
+    """Brier score, log loss and the reliability table of predicted probabilities of an event.
+
+    Parameters
+    ----------
+    predicted : array_like
+        Probabilities in [0, 1].
+    happened : array_like of bool
+        Whether the event happened, one per prediction.
+    bins : int, default 10
+        Groups of the reliability table: deciles of the prediction (customers with equal
+        predictions stay in one group, so a group may hold more or fewer than a tenth).
+
+    Returns
+    -------
+    (dict, pandas.DataFrame)
+        ``brier``, ``log_loss`` (probabilities clipped to [1e-15, 1 - 1e-15]) and ``base_rate``;
+        and per group ``customers``, ``mean_predicted``, ``observed_rate``.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64)
+    happened = np.asarray(happened, dtype=bool)
+    if predicted.shape != happened.shape or predicted.ndim != 1 or len(predicted) == 0:
+        raise ValueError("predicted and happened must be 1-d, alike and not empty")
+    if not np.all((predicted >= 0) & (predicted <= 1)):
+        raise ValueError("predicted must be probabilities in [0, 1]")
+    bins = check_positive_int(bins, "bins")
+    outcome = happened.astype(np.float64)
+    clipped = np.clip(predicted, 1e-15, 1 - 1e-15)
+    scores = {
+        "brier": float(np.mean((predicted - outcome) ** 2)),
+        "log_loss": float(-np.mean(outcome * np.log(clipped) + (1 - outcome) * np.log1p(-clipped))),
+        "base_rate": float(outcome.mean()),
+    }
+    # Average ranks: equal predictions share a rank and so a group.
+    group = np.minimum((stats.rankdata(predicted, method="average") - 1) * bins // len(predicted), bins - 1)
+    table = pd.DataFrame({"group": group.astype(int), "predicted": predicted, "outcome": outcome}).groupby("group").agg(
+        customers=("outcome", "size"), mean_predicted=("predicted", "mean"), observed_rate=("outcome", "mean"))
+    return scores, table
+
+
+def gains_curve(predicted, realised) -> pd.DataFrame:
+    """The cumulative share of ``realised`` value held by the customers ranked first by ``predicted``.
+
+    One point per block of equal predictions (highest first) and the origin: ``customers_share``
+    and ``value_share``; between two points the curve is straight, which is the mean over every
+    order of the block's customers.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64)
+    realised = np.asarray(realised, dtype=np.float64)
+    if predicted.shape != realised.shape or predicted.ndim != 1 or len(predicted) == 0:
+        raise ValueError("predicted and realised must be 1-d, alike and not empty")
+    if not (np.all(np.isfinite(predicted)) and np.all(np.isfinite(realised))):
+        raise ValueError("predicted and realised must be finite")
+    blocks = pd.DataFrame({"predicted": predicted, "realised": realised}).groupby("predicted", sort=True).agg(
+        customers=("realised", "size"), value=("realised", "sum")).iloc[::-1]
+    total = realised.sum()
+    customers = np.concatenate([[0.0], np.cumsum(blocks["customers"].to_numpy())]) / len(predicted)
+    value = np.concatenate([[0.0], np.cumsum(blocks["value"].to_numpy())]) / (total if total else 1.0)
+    return pd.DataFrame({"customers_share": customers, "value_share": value})
+
+
+def normalized_gini(predicted, realised) -> float:
+    """The Gini of ``realised`` ranked by ``predicted`` over that of ``realised`` ranked by
+    itself: 1 for the best order, 0 for no information (every prediction equal), negative
+    for worse than none. NaN when every realised value is equal (no order to find)."""
+
+    def gini(order_by) -> float:
+        curve = gains_curve(order_by, realised)
+        area = np.trapezoid(curve["value_share"], curve["customers_share"])
+        return 2.0 * area - 1.0
+
+    realised = np.asarray(realised, dtype=np.float64)
+    best = gini(realised)
+    return float(gini(predicted) / best) if best > 0 else float("nan")
