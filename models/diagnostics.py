@@ -30,7 +30,7 @@ from ._validation import check_positive_int
 LARGEST_BIN = 7
 
 
-def purchase_count_distribution(model, ages, largest=LARGEST_BIN) -> pd.Series:
+def purchase_count_distribution(model, ages, largest=LARGEST_BIN, counts=None) -> pd.Series:
     """Expected number of customers with 0, 1, ..., ``largest - 1`` and ``largest`` or more
     repeat purchases in their own calibration period, under a fitted purchase model.
 
@@ -47,6 +47,9 @@ def purchase_count_distribution(model, ages, largest=LARGEST_BIN) -> pd.Series:
         Each customer's T (model periods), or the distinct ones with ``counts``.
     largest : int, default 7
         The last bin: this many purchases or more.
+    counts : array_like, optional
+        Customers with each entry of ``ages`` (distinct histories' ages and their counts);
+        one each by default.
 
     Returns
     -------
@@ -57,7 +60,11 @@ def purchase_count_distribution(model, ages, largest=LARGEST_BIN) -> pd.Series:
     if getattr(model, "covariates_", ()):
         raise ValueError("purchase_count_distribution: a model with covariates needs each customer's design")
     ages = np.asarray(ages, dtype=np.float64)
-    distinct, counts = np.unique(ages, return_counts=True)
+    weights = np.ones(len(ages)) if counts is None else np.asarray(counts, dtype=np.float64)
+    if weights.shape != ages.shape:
+        raise ValueError(f"counts: {len(weights)} for {len(ages)} ages")
+    distinct, position = np.unique(ages, return_inverse=True)
+    counts = np.bincount(position, weights=weights, minlength=len(distinct))
     if len(distinct) and (not np.all(np.isfinite(distinct)) or distinct.min() < 0):
         raise ValueError("ages must be finite and not negative")
     expected = np.zeros(largest + 1)
@@ -69,12 +76,14 @@ def purchase_count_distribution(model, ages, largest=LARGEST_BIN) -> pd.Series:
     return pd.Series(expected, index=[*range(largest), f"{largest}+"], name="expected")
 
 
-def observed_purchase_counts(frequency, largest=LARGEST_BIN) -> pd.Series:
-    """Customers with 0, 1, ..., ``largest - 1`` and ``largest`` or more repeat purchases."""
+def observed_purchase_counts(frequency, largest=LARGEST_BIN, counts=None) -> pd.Series:
+    """Customers with 0, 1, ..., ``largest - 1`` and ``largest`` or more repeat purchases
+    (``counts``: customers with each entry of ``frequency``, one each by default)."""
     largest = check_positive_int(largest, "largest")
     frequency = np.asarray(frequency, dtype=np.float64)
     binned = np.minimum(np.floor(frequency), largest).astype(np.intp)
-    counts = np.bincount(binned, minlength=largest + 1).astype(np.float64)
+    counts = np.bincount(binned, weights=None if counts is None else np.asarray(counts, dtype=np.float64),
+                         minlength=largest + 1).astype(np.float64)
     return pd.Series(counts, index=[*range(largest), f"{largest}+"], name="observed")
 
 

@@ -165,6 +165,10 @@ def _print_covariates(covariates: dict[str, Any] | None) -> None:
                       f"chi2 {test['statistic']:.2f} on {test['df']:.0f} df, p = {test['p_value']:.3g}", highlight=False)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value  # not None (a NaN in JSON), not NaN
+
+
 def _count(amount: float) -> str:
     return f"{amount:,.0f}"
 
@@ -276,6 +280,8 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
             ("purchases_total_error_pct", "total purch. err", "{:+.1f}%"),
             ("revenue_total_error_pct", "total rev. err", "{:+.1f}%"), ("spend_rmse", "RMSE spend", "{:.2f}"),
             ("purchases_spearman", "Spearman", "{:.3f}"), ("top_decile_revenue_capture", "top-10% capture", "{:.1%}"),
+            # Pearson's test of the calibration histogram 0..7+ (small p: the model misfits it).
+            ("calibration_chi_square", "χ² (calib.)", "{:.1f}"), ("calibration_chi_square_p_value", "χ² p", "{:.3g}"),
         ]
         backtest.add_column("model")
         for _, label, _ in columns:
@@ -284,7 +290,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
             marker = " ✓" if name == model["selected_purchase_model"] else ""
             backtest.add_row(
                 name + marker,
-                *[fmt.format(metrics[key]) if key in metrics else "—" for key, _, fmt in columns],
+                *[fmt.format(metrics[key]) if _is_number(metrics.get(key)) else "—" for key, _, fmt in columns],
             )
         console.print(backtest)
     console.print(f"outputs: [bold]{run_dir}[/] (customers.parquet, summary.json, plots/)", highlight=False)

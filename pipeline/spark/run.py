@@ -487,6 +487,8 @@ def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: i
     )
     names = [*fitted.purchase, "historical_baseline"]
     metrics = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
+    for name, model in fitted.purchase.items():
+        metrics[name].update(backtest_stage.goodness_of_fit(model, histories))
     models_only = {name: metrics[name] for name in fitted.purchase}
     selected, reason = backtest_stage.select_model(models_only, config.models.selection_metric)
     fitted.selected = selected

@@ -389,3 +389,30 @@ def select_model(metrics_by_model: dict[str, dict[str, float]], metric: str) -> 
         return name, f"no candidate has a finite {metric}; kept the first candidate, {name}"
     ranking = ", ".join(f"{name} {abs(metrics_by_model[name][key]):.4g}" for name in finite)
     return finite[0], f"lowest holdout {metric} ({ranking})"
+
+
+# The calibration histogram's test, one per candidate (models.diagnostics): the figures each
+# candidate's backtest row gains, on both engines.
+GOODNESS_OF_FIT_KEYS = ("calibration_chi_square", "calibration_chi_square_dof", "calibration_chi_square_p_value")
+
+
+def goodness_of_fit(model: Any, histories: Any) -> dict[str, float]:
+    """Pearson's chi-square test of the calibration period's repeat purchases 0..7+, actual
+    against expected under ``model`` (fitted on those ``histories``: distinct, with counts).
+    NaN for a model with covariates (its expected histogram needs each customer's design) or
+    where a bin's expectation is not positive."""
+    from models.diagnostics import chi_square_test, observed_purchase_counts, purchase_count_distribution
+
+    empty = dict.fromkeys(GOODNESS_OF_FIT_KEYS, float("nan"))
+    if getattr(model, "covariates_", ()):
+        return empty
+    frequency, _, age = histories.unique_arrays()
+    counts = histories.counts
+    try:
+        with np.errstate(all="ignore"):
+            expected = purchase_count_distribution(model, age, counts=counts)
+            test = chi_square_test(observed_purchase_counts(frequency, counts=counts), expected,
+                                   fitted_parameters=len(model.params_))
+    except ValueError:
+        return empty
+    return dict(zip(GOODNESS_OF_FIT_KEYS, (test.statistic, float(test.degrees_of_freedom), test.p_value)))

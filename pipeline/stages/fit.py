@@ -352,7 +352,13 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     is left out as one that cannot fit. ``histories``: ``calibration`` grouped
     (:func:`group_customers`), when the caller has them."""
     from models.historical import naive_holdout_forecast
-    from pipeline.stages.backtest import backtest_model, holdout_actuals, holdout_metrics, select_model
+    from pipeline.stages.backtest import (
+        backtest_model,
+        goodness_of_fit,
+        holdout_actuals,
+        holdout_metrics,
+        select_model,
+    )
 
     # One spend prediction and one ranking of the actual holdout for every candidate.
     actuals = holdout_actuals(calibration, seed)
@@ -377,6 +383,8 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
                                                    seed, spend_with_covariates, actuals)
                 else:
                     metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed, spend, actuals)
+            metrics[name].update(goodness_of_fit(model, histories if histories is not None
+                                                 else group_customers(calibration)))
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]

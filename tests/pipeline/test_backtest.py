@@ -262,3 +262,22 @@ def test_top_share_capture_from_a_thresholds_sums():
     assert top_share_capture_from_sums(revenue_at_threshold(actual, predicted, 2.0), 1_020, actual.sum()) == (
         pytest.approx(108 / 1_024)
     )
+
+
+def test_each_candidate_gets_its_calibration_histograms_chi_square(cdnow_sample_calibration_features):
+    from models import BetaGeoModel, group_histories
+    from models.diagnostics import chi_square_test, observed_purchase_counts, purchase_count_distribution
+    from pipeline.stages.backtest import GOODNESS_OF_FIT_KEYS, goodness_of_fit
+
+    calibration = cdnow_sample_calibration_features
+    histories = group_histories(calibration[["frequency", "recency", "T"]])
+    model = BetaGeoModel().fit(histories)
+    figures = goodness_of_fit(model, histories)
+    assert list(figures) == list(GOODNESS_OF_FIT_KEYS)
+    by_customer = chi_square_test(observed_purchase_counts(calibration["frequency"]),
+                                  purchase_count_distribution(model, calibration["T"]), 4)
+    assert figures["calibration_chi_square"] == pytest.approx(by_customer.statistic, rel=1e-9)
+    assert figures["calibration_chi_square_dof"] == 3 and 0 <= figures["calibration_chi_square_p_value"] <= 1
+    with_covariates = BetaGeoModel(covariates=["web"]).fit(
+        calibration.assign(web=(np.arange(len(calibration)) % 2).astype(float)))
+    assert all(np.isnan(v) for v in goodness_of_fit(with_covariates, histories).values())
