@@ -370,7 +370,7 @@ def customer_intervals(
         block = order[start:start + ROWS_PER_BLOCK]
         block_unique = unique.iloc[block].reset_index(drop=True)
         block_histories = CustomerHistories(block_unique, np.arange(len(block)), covariates=histories.covariates)
-        standing = _standing_histories(block_histories, purchase_covariates)
+        standing = standing_histories(block_histories, purchase_covariates)
         alive = np.empty((len(block), n_draws))
         expected = np.empty((len(block), n_draws))
         for draw, model in enumerate(purchase_models):
@@ -429,37 +429,17 @@ def customer_intervals(
     return CustomerIntervals(per_customer, company, company_draws, level, n_draws)
 
 
-def _standing_histories(histories, covariates):
-    """One history per distinct (design, frequency, T) of ``histories`` (grouped one row per
-    customer), as CustomerHistories, with each row's position among them and theirs among the rows."""
-    frequency, _, age = histories.unique_arrays()
-    _, pair = group_rows([*histories.unique_design(covariates).T, frequency, age])
-    first = _first_rows(pair)
-    standing = CustomerHistories(histories.unique.iloc[first].reset_index(drop=True), np.arange(len(first)),
-                                 covariates=histories.covariates)
-    return standing, pair, first
-
-
 def _discounted_expected_purchases(model, standing, expected, n_steps, step_periods, discount_rate_per_step):
-    """:func:`~models.discounting.discounted_expected_purchases` of each row of the histories
-    :func:`_standing_histories` grouped, from ``expected``, their expected purchases over the
-    whole ``n_steps * step_periods``: the history term cancels from the ratio of the two (module
-    docstring), so the discounting is evaluated on the standing histories only."""
-    histories, pair, first = standing
-    standing_discounted = discounted_expected_purchases(
-        model, histories, n_steps, step_periods, discount_rate_per_step
-    ).to_numpy()
-    standing_expected = expected[first]
-    ratio = np.divide(standing_discounted, standing_expected, out=np.zeros(len(first)), where=standing_expected > 0)
-    return expected * ratio[pair]
+    """:func:`~models.discounting.discounted_expected_purchases` of each history
+    :func:`standing_histories` grouped (``standing``: its result), from ``expected``, their
+    expected purchases over the whole ``n_steps * step_periods``: P(alive) cancels from the ratio
+    of the two, so the discounting is evaluated on the standing histories only."""
+    histories, pair = standing
 
+    def discounted(drawn, rows):
+        return discounted_expected_purchases(drawn, rows, n_steps, step_periods, discount_rate_per_step).to_numpy()
 
-def _first_rows(inverse) -> np.ndarray:
-    """The position of each group's first row, for groups numbered 0.. in ``inverse``."""
-    first = np.empty(int(inverse.max()) + 1 if len(inverse) else 0, dtype=np.intp)
-    # Writing positions in reverse leaves each group's first position last.
-    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
-    return first
+    return expected * _point_ratio(model, histories, n_steps * step_periods, discounted)[pair]
 
 
 def _seed_entropy(seed):

@@ -106,7 +106,6 @@ EXACT_LIMIT = backtest_stage.RANK_SAMPLE
 QUANTILE_ERROR = 1e-4
 # Predicted CLV values drawn for the distribution plot.
 PLOT_SAMPLE = 200_000
-HISTORY = ["frequency", "recency", "T"]
 
 
 def _progress(callback, message: str) -> None:
@@ -314,7 +313,7 @@ def histories_of(table: DataFrame) -> CustomerHistories:
     """The distinct histories of ``table``'s customers with their counts, in the order of their
     first customer by id (the order a fit on the per-customer table meets them: bit-identical fits)."""
     statistics = unique_statistics(table)
-    return CustomerHistories.from_counts(statistics[HISTORY], statistics["customers"].to_numpy())
+    return CustomerHistories.from_counts(statistics[HISTORY_KEYS], statistics["customers"].to_numpy())
 
 
 def spend_statistics_of(table: DataFrame, seed: int, limit: int = SPEND_PAIRS_LIMIT) -> tuple[SpendStatistics, str]:

@@ -18,13 +18,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from models.histories import HISTORY_COLUMNS
 from pipeline.errors import InputDataError
 from pipeline.stages.features import FEATURE_COLUMNS
 from pipeline.stages.score import HISTORY_ROW, OPTIONAL_FEATURES, REQUIRED_FEATURES, check_feature_columns
 from pipeline.stages.value import FLOAT32_COLUMNS, SCORE_COLUMNS, history_figures
 
 # A history's purchase figures depend on (frequency, recency, T) alone (no covariates on Spark).
-HISTORY_KEYS = ["frequency", "recency", "T"]
+HISTORY_KEYS = list(HISTORY_COLUMNS)
 
 
 @dataclasses.dataclass(frozen=True)

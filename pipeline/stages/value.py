@@ -77,6 +77,14 @@ from pipeline.stages.partials import GroupedSums, grouped_sums
 DAYS_PER_MONTH = DAYS_PER_YEAR / 12
 
 # Every per-customer figure, in the order of customers.parquet and the exports (tier and action follow).
+# Intervals of predicted_clv, expected purchases and P(alive) from the parameters' uncertainty
+# (empty when value.intervals.draws is 0).
+INTERVAL_COLUMNS = ["clv_lower", "clv_upper", "expected_purchases_lower", "expected_purchases_upper",
+                    "probability_alive_lower", "probability_alive_upper"]
+# Those and the spread of the number of purchases in the horizon at the point estimate, held as
+# float32 (7 significant digits, plenty for a bound or a count of purchases): eight more columns
+# of 18M customers are 576 MB so, not 1.15 GB.
+FLOAT32_COLUMNS = [*INTERVAL_COLUMNS, "purchases_p10", "purchases_p90"]
 FIGURE_COLUMNS = [
     "probability_alive",
     "churn_probability",
@@ -93,26 +101,11 @@ FIGURE_COLUMNS = [
     "historical_clv",
     "historical_clv_horizon",
     "realised_margin",
-    # Intervals of predicted_clv, expected purchases and P(alive) from the parameters'
-    # uncertainty (empty when value.intervals.draws is 0), and the spread of the number of
-    # purchases in the horizon at the point estimate.
-    "clv_lower",
-    "clv_upper",
-    "expected_purchases_lower",
-    "expected_purchases_upper",
-    "probability_alive_lower",
-    "probability_alive_upper",
-    "purchases_p10",
-    "purchases_p90",
+    *FLOAT32_COLUMNS,
 ]
 # Per-history columns history_figures hands to score_customers that no output carries: how far
 # the value figure's bounds lie from it on the log scale (models.uncertainty.log_distances).
 VALUE_LOG_DISTANCES = ("value_log_below", "value_log_above")
-INTERVAL_COLUMNS = ["clv_lower", "clv_upper", "expected_purchases_lower", "expected_purchases_upper",
-                    "probability_alive_lower", "probability_alive_upper"]
-# Held as float32 (7 significant digits, plenty for a bound or a count of purchases): eight more
-# columns of 18M customers are 576 MB so, not 1.15 GB.
-FLOAT32_COLUMNS = [*INTERVAL_COLUMNS, "purchases_p10", "purchases_p90"]
 # Above this many (distinct history, draw) evaluations, each history's bounds are the draws'
 # limit, the delta method (models.uncertainty.history_intervals): every draw is evaluated up to
 # about 20,000 histories at 100 draws, where the parameters' errors are also the largest.
@@ -724,10 +717,10 @@ def _with_company_interval(
     if any(name not in design for name in spend_covariates):
         # Not a configuration the pipeline makes (both models take the same covariates).
         raise ValueError(f"the spend model's covariates {spend_covariates} are not among the histories' design columns")
-    lines = spend_draws(scorer.spend_model, scorer.spend_parameter_draws,
-                        unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
-    point = spend_draws(scorer.spend_model, point_parameters(scorer.spend_model),
-                        unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0)))
+    # Any mean spend gives a history's line (the intercept and slope depend on its frequency and design).
+    probes = unique.assign(monetary_value=np.where(unique["frequency"] > 0, 1.0, 0.0))
+    lines = spend_draws(scorer.spend_model, scorer.spend_parameter_draws, probes)
+    point = spend_draws(scorer.spend_model, point_parameters(scorer.spend_model), probes)
     margin_sums, margin_spend_sums = sums.margin, sums.margin_spend
 
     def value_weights(draw: int | None, rows: slice) -> np.ndarray:

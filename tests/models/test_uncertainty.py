@@ -26,7 +26,6 @@ from models import (
 from models.discounting import discounted_expected_purchases, predicted_clv
 from models.uncertainty import (
     _discounted_expected_purchases,
-    _standing_histories,
     customer_intervals,
     draw_parameters,
     history_intervals,
@@ -173,9 +172,9 @@ def test_discounting_one_history_per_frequency_and_age_equals_discounting_each(f
     model = model_class(covariates=covariates).fit(data)
     grouped = group_histories(data, covariates=model.covariates_)
     unique = group_histories(grouped.unique, covariates=model.covariates_)
-    assert len(_standing_histories(unique, model.covariates_)[0]) < len(unique) / 2
+    assert len(standing_histories(unique, model.covariates_)[0].unique) < len(unique) / 2
     expected = model.expected_purchases_by_horizon(unique, [26.0])[:, 0]
-    shortcut = _discounted_expected_purchases(model, _standing_histories(unique, model.covariates_), expected,
+    shortcut = _discounted_expected_purchases(model, standing_histories(unique, model.covariates_), expected,
                                               26, 1.0, RATE)
     direct = discounted_expected_purchases(model, unique, 26, 1.0, RATE).to_numpy()
     np.testing.assert_allclose(shortcut, direct, rtol=1e-12, atol=0)
