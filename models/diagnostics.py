@@ -7,6 +7,8 @@ them):
   purchases 0, 1, ..., 7+ in each customer's calibration period, actual against expected under
   the model, and Pearson's chi-square test of the two (Fader, Hardie & Lee 2005 report it for
   BG/NBD on CDNOW).
+* :func:`conditional_expectation_test`: the holdout's purchases by calibration frequency,
+  actual against the model's conditional expectations.
 * :func:`probability_scores`: the Brier score and log loss of a predicted probability (e.g. of at
   least one purchase in the holdout, which unlike P(alive) can be observed) and its reliability
   table by decile of prediction.
@@ -121,6 +123,75 @@ def chi_square_test(observed, expected, fitted_parameters) -> ChiSquareTest:
     return ChiSquareTest(statistic, degrees, float(stats.chi2.sf(statistic, degrees)))
 
 
+def conditional_expectation_test(actual, expected) -> ChiSquareTest:
+    """Pearson's statistic of the holdout's purchases per group of customers (e.g. by their
+    calibration frequency 0, 1, ..., 7+), actual against the model's conditional expectations.
+
+    Nothing is fitted on the holdout and the totals need not agree, so every group with a
+    positive expectation is a degree of freedom. The statistic treats each group's purchases as
+    Poisson counts; under the purchase models they are over-dispersed (each customer's rate is
+    uncertain and they may have dropped out), so the p-value is a lower bound on the true one:
+    a p-value near 1 is good news, a small one from a large group is a hint, not a verdict.
+    A group with no expected purchases counts only if it made some: then the statistic is
+    infinite (the naive baseline says customers who never repeated never will).
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape or actual.ndim != 1:
+        raise ValueError(f"actual and expected must be 1-d and alike, got {actual.shape} and {expected.shape}")
+    if np.any(expected < 0) or np.any(actual < 0):
+        raise ValueError("counts must not be negative")
+    used = (expected > 0) | (actual > 0)
+    if not used.any():
+        raise ValueError("no group has a purchase, expected or actual")
+    with np.errstate(divide="ignore"):
+        statistic = float(np.sum((actual[used] - expected[used]) ** 2 / expected[used]))
+    degrees = int(used.sum())
+    return ChiSquareTest(statistic, degrees, float(stats.chi2.sf(statistic, degrees)))
+
+
+# Probabilities are clipped this far from 0 and 1 for log loss (scikit-learn's habit): a
+# confident miss costs about 34.5 nats instead of infinity.
+LOG_LOSS_CLIP = 1e-15
+
+
+def probability_score_sums(predicted, happened) -> dict[str, float]:
+    """The sums :func:`probability_scores` divides by the customers, of any batch of them
+    (they add across batches): ``customers``, ``events``, ``squared_error_sum``, ``log_loss_sum``."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    happened = np.asarray(happened, dtype=bool)
+    if predicted.shape != happened.shape or predicted.ndim != 1:
+        raise ValueError("predicted and happened must be 1-d and alike")
+    if not np.all((predicted >= 0) & (predicted <= 1)):
+        raise ValueError("predicted must be probabilities in [0, 1]")
+    clipped = np.clip(predicted, LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP)
+    return {
+        "customers": float(len(predicted)),
+        "events": float(happened.sum()),
+        "squared_error_sum": float(np.sum((predicted - happened) ** 2)),
+        "log_loss_sum": float(-(np.log(clipped[happened]).sum() + np.log1p(-clipped[~happened]).sum())),
+    }
+
+
+def probability_scores_from_sums(sums: dict[str, float]) -> dict[str, float]:
+    """``brier``, ``log_loss`` and ``base_rate`` from (merged) :func:`probability_score_sums`."""
+    customers = sums["customers"]
+    if not customers:
+        return {"brier": float("nan"), "log_loss": float("nan"), "base_rate": float("nan")}
+    return {"brier": sums["squared_error_sum"] / customers, "log_loss": sums["log_loss_sum"] / customers,
+            "base_rate": sums["events"] / customers}
+
+
+def decile_groups(predicted, bins=10) -> np.ndarray:
+    """Each prediction's group 0..``bins - 1`` by its average rank: equal predictions share a
+    rank and so a group (which may then hold more or fewer than a tenth of the customers)."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    bins = check_positive_int(bins, "bins")
+    if len(predicted) == 0:
+        return np.zeros(0, dtype=int)
+    return np.minimum((stats.rankdata(predicted, method="average") - 1) * bins // len(predicted), bins - 1).astype(int)
+
+
 def probability_scores(predicted, happened, bins=10) -> tuple[dict[str, float], pd.DataFrame]:
     """Brier score, log loss and the reliability table of predicted probabilities of an event.
 
@@ -142,22 +213,13 @@ def probability_scores(predicted, happened, bins=10) -> tuple[dict[str, float], 
     """
     predicted = np.asarray(predicted, dtype=np.float64)
     happened = np.asarray(happened, dtype=bool)
-    if predicted.shape != happened.shape or predicted.ndim != 1 or len(predicted) == 0:
-        raise ValueError("predicted and happened must be 1-d, alike and not empty")
-    if not np.all((predicted >= 0) & (predicted <= 1)):
-        raise ValueError("predicted must be probabilities in [0, 1]")
-    bins = check_positive_int(bins, "bins")
-    outcome = happened.astype(np.float64)
-    clipped = np.clip(predicted, 1e-15, 1 - 1e-15)
-    scores = {
-        "brier": float(np.mean((predicted - outcome) ** 2)),
-        "log_loss": float(-np.mean(outcome * np.log(clipped) + (1 - outcome) * np.log1p(-clipped))),
-        "base_rate": float(outcome.mean()),
-    }
-    # Average ranks: equal predictions share a rank and so a group.
-    group = np.minimum((stats.rankdata(predicted, method="average") - 1) * bins // len(predicted), bins - 1)
-    table = pd.DataFrame({"group": group.astype(int), "predicted": predicted, "outcome": outcome}).groupby("group").agg(
-        customers=("outcome", "size"), mean_predicted=("predicted", "mean"), observed_rate=("outcome", "mean"))
+    if len(predicted) == 0:
+        raise ValueError("predicted and happened must not be empty")
+    scores = probability_scores_from_sums(probability_score_sums(predicted, happened))
+    group = decile_groups(predicted, bins)
+    table = pd.DataFrame({"group": group, "predicted": predicted, "outcome": happened.astype(np.float64)}).groupby(
+        "group").agg(customers=("outcome", "size"), mean_predicted=("predicted", "mean"),
+                     observed_rate=("outcome", "mean"))
     return scores, table
 
 

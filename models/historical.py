@@ -537,8 +537,9 @@ def naive_holdout_forecast(features, holdout_periods, min_exposure_periods=1.0):
     -------
     pandas.DataFrame
         ``predicted_purchases`` (purchase periods in the holdout, comparable
-        with ``frequency_holdout``) and ``predicted_revenue`` (comparable
-        with ``revenue_holdout``), indexed like ``features``.
+        with ``frequency_holdout``), ``predicted_revenue`` (comparable
+        with ``revenue_holdout``) and ``probability_any_purchase`` (of at least
+        one purchase in the holdout), indexed like ``features``.
 
     Notes
     -----
@@ -569,8 +570,13 @@ def naive_holdout_forecast(features, holdout_periods, min_exposure_periods=1.0):
     predicted_revenue = columns["frequency"] + 1.0
     np.divide(revenue, predicted_revenue, out=predicted_revenue)
     np.multiply(predicted_purchases, predicted_revenue, out=predicted_revenue)
+    # The baseline states no probability of its own: a rate carried forward with no dropout
+    # is a Poisson process, whose chance of at least one event is 1 - exp(-expected count).
+    # A customer who never repeated gets 0, which log loss punishes when they buy.
+    probability_any_purchase = -np.expm1(-predicted_purchases)
     return pd.DataFrame(
-        {"predicted_purchases": predicted_purchases, "predicted_revenue": predicted_revenue},
+        {"predicted_purchases": predicted_purchases, "predicted_revenue": predicted_revenue,
+         "probability_any_purchase": probability_any_purchase},
         index=features.index,
         copy=False,
     )

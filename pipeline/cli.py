@@ -225,6 +225,52 @@ def _print_new_customer(new_customer: dict[str, Any] | None) -> None:
         console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False)
 
 
+# The backtest as two tables: the errors the selection uses, and the diagnostics (issue 20).
+BACKTEST_COLUMNS = [
+    ("purchases_mae", "MAE purch.", "{:.3f}"), ("purchases_rmse", "RMSE purch.", "{:.3f}"),
+    ("purchases_total_error_pct", "total purch. err", "{:+.1f}%"),
+    ("revenue_total_error_pct", "total rev. err", "{:+.1f}%"), ("spend_rmse", "RMSE spend", "{:.2f}"),
+    ("top_decile_revenue_capture", "top-10% capture", "{:.1%}"),
+]
+DIAGNOSTIC_COLUMNS = [
+    # Pearson's test of the calibration histogram 0..7+ (small p: the model misfits it).
+    ("calibration_chi_square", "χ² calib.", "{:.1f}"), ("calibration_chi_square_p_value", "p", "{:.2g}"),
+    # The holdout by calibration frequency (Poisson approximation: p is a lower bound).
+    ("holdout_chi_square", "χ² holdout", "{:.0f}"),
+    # P(at least one purchase in the holdout) against what happened: lower is better.
+    ("any_purchase_brier", "Brier", "{:.3f}"), ("any_purchase_log_loss", "log loss", "{:.3f}"),
+    ("revenue_gini", "Gini rev.", "{:.3f}"),
+    ("purchases_spearman", "Spearman", "{:.3f}"),
+    ("purchases_spearman_repeat_customers", "Spearman repeaters", "{:.3f}"),
+]
+
+
+def _metrics_table(title: str, rows: dict[str, dict], columns: list, selected: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for _, label, _ in columns:
+        table.add_column(label, justify="right")
+    for name, metrics in rows.items():
+        table.add_row(name + (" ✓" if name == selected else ""),
+                      *[fmt.format(metrics[key]) if _is_number(metrics.get(key)) else "—" for key, _, fmt in columns])
+    return table
+
+
+def _print_backtest(summary: dict[str, Any], selected: str) -> None:
+    rows = summary["backtest"]
+    console.print(_metrics_table("Backtest on the holdout", rows, BACKTEST_COLUMNS, selected))
+    console.print(_metrics_table("Diagnostics: fit, churn calibration, ranking", rows, DIAGNOSTIC_COLUMNS, selected))
+    deciles = summary.get("diagnostics", {}).get(selected, {}).get("revenue_deciles")
+    if deciles:
+        table = Table(title=f"Holdout revenue by decile of prediction ({selected})", title_justify="left")
+        for column in ("decile", "customers", "mean predicted", "mean realised"):
+            table.add_column(column, justify="right")
+        for row in deciles:
+            table.add_row(str(row["decile"]), f"{row['customers']:,}", _money(row["mean_predicted"]),
+                          _money(row["mean_realised"]))
+        console.print(table)
+
+
 def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """Predicted vs historical CLV, tiers and the backtest, as the run's closing report."""
     features = summary["features"]
@@ -274,25 +320,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         )
     console.print(tiers)
     if summary["backtest"]:
-        backtest = Table(title="Backtest on the holdout", title_justify="left")
-        columns = [
-            ("purchases_mae", "MAE purch.", "{:.3f}"), ("purchases_rmse", "RMSE purch.", "{:.3f}"),
-            ("purchases_total_error_pct", "total purch. err", "{:+.1f}%"),
-            ("revenue_total_error_pct", "total rev. err", "{:+.1f}%"), ("spend_rmse", "RMSE spend", "{:.2f}"),
-            ("purchases_spearman", "Spearman", "{:.3f}"), ("top_decile_revenue_capture", "top-10% capture", "{:.1%}"),
-            # Pearson's test of the calibration histogram 0..7+ (small p: the model misfits it).
-            ("calibration_chi_square", "χ² (calib.)", "{:.1f}"), ("calibration_chi_square_p_value", "χ² p", "{:.3g}"),
-        ]
-        backtest.add_column("model")
-        for _, label, _ in columns:
-            backtest.add_column(label, justify="right")
-        for name, metrics in summary["backtest"].items():
-            marker = " ✓" if name == model["selected_purchase_model"] else ""
-            backtest.add_row(
-                name + marker,
-                *[fmt.format(metrics[key]) if _is_number(metrics.get(key)) else "—" for key, _, fmt in columns],
-            )
-        console.print(backtest)
+        _print_backtest(summary, model["selected_purchase_model"])
     console.print(f"outputs: [bold]{run_dir}[/] (customers.parquet, summary.json, plots/)", highlight=False)
 
 

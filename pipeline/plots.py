@@ -121,7 +121,8 @@ def calibration_vs_holdout_from_sums(sums: pd.DataFrame, max_frequency: int = 7)
     return result
 
 
-def plot_calibration_vs_holdout(data: pd.DataFrame, path: str | Path, model_title: str) -> Path:
+def plot_calibration_vs_holdout(data: pd.DataFrame, path: str | Path, model_title: str,
+                                test: str | None = None) -> Path:
     """Draw actual vs predicted mean holdout purchases by calibration frequency as a PNG.
 
     Parameters
@@ -132,6 +133,8 @@ def plot_calibration_vs_holdout(data: pd.DataFrame, path: str | Path, model_titl
         Where to write the PNG (written atomically).
     model_title : str
         Model name shown in the legend and title, e.g. ``"BG/NBD"``.
+    test : str, optional
+        The conditional-expectation chi-square test in words, under the title.
 
     Returns
     -------
@@ -157,7 +160,8 @@ def plot_calibration_vs_holdout(data: pd.DataFrame, path: str | Path, model_titl
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()
-    axes.set_title(f"Conditional expectations in the holdout: actual vs {model_title}")
+    axes.set_title(f"Conditional expectations in the holdout: actual vs {model_title}"
+                   + (f"\n{test}" if test else ""))
     return _save(figure, path)
 
 
@@ -589,3 +593,116 @@ def plot_champion_forecast(data: pd.DataFrame, path: str | Path, model_title: st
     ax.legend(loc="upper left")
     ax.set_title("Champion's forecast vs what happened")
     return None if figure is None else _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backtest's diagnostics (pipeline.stages.backtest.holdout_tables and the calibration
+# histogram), one line or bar group per candidate and the naive baseline.
+
+_BASELINE = "historical_baseline"
+
+
+def _series_style(name: str, position: int) -> dict:
+    if name == _BASELINE:
+        return {"color": "tab:gray", "linestyle": ":", "marker": "x"}
+    return {"color": colormaps["tab10"](position), "marker": "o"}
+
+
+def plot_purchase_histogram(histograms: dict[str, pd.DataFrame], statistics: dict[str, dict], path: str | Path,
+                            titles: dict[str, str]) -> Path:
+    """Customers by repeat purchases in the calibration period, observed and expected under
+    each candidate (FHL 2005's Fig. 3), with each one's chi-square test in the legend.
+
+    ``histograms``: model → ``observed``/``expected`` indexed 0..7+; ``statistics``: model →
+    its backtest row (``calibration_chi_square``, ``_dof``, ``_p_value``); ``titles``: model →
+    its name in the legend."""
+    names = list(histograms)
+    first = histograms[names[0]]
+    positions = np.arange(len(first))
+    width = 0.8 / (len(names) + 1)
+    figure = _new_figure(9.0, 5.0)
+    axes = figure.add_subplot()
+    axes.bar(positions - 0.4 + width / 2, first["observed"], width, color="black", label="actual")
+    for number, name in enumerate(names, start=1):
+        row = statistics.get(name, {})
+        test = (f"χ² {row['calibration_chi_square']:.1f}, {row['calibration_chi_square_dof']:.0f} df, "
+                f"p {row['calibration_chi_square_p_value']:.2g}") if "calibration_chi_square" in row else ""
+        axes.bar(positions - 0.4 + width / 2 + number * width, histograms[name]["expected"], width,
+                 color=colormaps["tab10"](number - 1), label=f"{titles.get(name, name)} ({test})")
+    axes.set_xticks(positions)
+    axes.set_xticklabels([str(label) for label in first.index])
+    axes.set_xlabel("repeat purchases in the calibration period")
+    axes.set_ylabel("customers")
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize=8)
+    axes.set_title("Goodness of fit: repeat purchases in the calibration period, actual vs expected")
+    return _save(figure, path)
+
+
+def plot_reliability(reliability: dict[str, pd.DataFrame], statistics: dict[str, dict], path: str | Path,
+                     titles: dict[str, str]) -> Path:
+    """Predicted probability of at least one purchase in the holdout against the share who did
+    buy, by decile of the prediction: on the diagonal is calibrated. Brier score and log loss
+    in the legend."""
+    figure = _new_figure(7.0, 6.0)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="lightgray", linewidth=1, label="perfectly calibrated")
+    for position, (name, table) in enumerate(reliability.items()):
+        row = statistics.get(name, {})
+        scores = (f"Brier {row['any_purchase_brier']:.3f}, log loss {row['any_purchase_log_loss']:.3f}"
+                  if "any_purchase_brier" in row else "")
+        axes.plot(table["mean_predicted"], table["observed_rate"], **_series_style(name, position),
+                  label=f"{titles.get(name, name)} ({scores})")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("predicted P(at least one purchase in the holdout), decile mean")
+    axes.set_ylabel("share of the decile who bought in the holdout")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.set_title("Reliability of the churn probability (its observable side)")
+    return _save(figure, path)
+
+
+def plot_gains(gains: dict[str, pd.DataFrame], statistics: dict[str, dict], path: str | Path,
+               titles: dict[str, str]) -> Path:
+    """Cumulative share of realised holdout revenue held by the customers ranked first by each
+    prediction, with the best possible order and no order (the diagonal); normalised Gini in
+    the legend."""
+    figure = _new_figure(7.0, 6.0)
+    axes = figure.add_subplot()
+    first = next(iter(gains.values()))
+    axes.plot(first["customers_share"], first["best_value_share"], color="black", linewidth=1,
+              label="best order (by realised revenue)")
+    axes.plot([0, 1], [0, 1], color="lightgray", linewidth=1, label="no order")
+    for position, (name, table) in enumerate(gains.items()):
+        gini = statistics.get(name, {}).get("revenue_gini", float("nan"))
+        style = _series_style(name, position) | {"marker": None}
+        axes.plot(table["customers_share"], table["value_share"], **style,
+                  label=f"{titles.get(name, name)} (Gini {gini:.3f})")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("share of customers, highest predicted holdout revenue first")
+    axes.set_ylabel("share of realised holdout revenue")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.set_title("Gains: how much of the holdout's revenue the ranking finds")
+    return _save(figure, path)
+
+
+def plot_revenue_deciles(deciles: dict[str, pd.DataFrame], path: str | Path, titles: dict[str, str]) -> Path:
+    """Mean predicted and realised holdout revenue per decile of the prediction, one panel per
+    model (the selected one and the baseline, say)."""
+    figure = _new_figure(5.5 * len(deciles), 4.8)
+    for number, (name, table) in enumerate(deciles.items(), start=1):
+        axes = figure.add_subplot(1, len(deciles), number)
+        positions = np.arange(len(table))
+        axes.bar(positions - 0.2, table["mean_predicted"], 0.4, color="tab:blue", label="predicted")
+        axes.bar(positions + 0.2, table["mean_realised"], 0.4, color="black", label="realised")
+        axes.set_xticks(positions)
+        axes.set_xticklabels([str(decile) for decile in table["decile"]])
+        axes.set_xlabel("decile of predicted holdout revenue (equal predictions share one)")
+        axes.set_ylabel("mean holdout revenue per customer")
+        axes.grid(alpha=0.3, axis="y")
+        axes.legend(fontsize=8)
+        axes.set_title(titles.get(name, name), fontsize=10)
+    return _save(figure, path)

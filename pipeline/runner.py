@@ -121,14 +121,19 @@ def draw_plots(
     title = model_title(fit.selected)
     customers = value.customers
     if backtest_data is not None:
+        row = fit.backtest.get(fit.selected, {})
+        test = None if "holdout_chi_square" not in row else (
+            f"χ² {row['holdout_chi_square']:.1f}, {row['holdout_chi_square_dof']:.0f} df, "
+            f"p {row['holdout_chi_square_p_value']:.2g} (Poisson approximation: a lower bound on p)")
         written["calibration_vs_holdout"] = plots.plot_calibration_vs_holdout(
             backtest_data["calibration_vs_holdout"], catalog.plot_path("calibration_vs_holdout"),
-            backtest_data["title"],
+            backtest_data["title"], test,
         )
         written["cumulative_tracking"] = plots.plot_cumulative_tracking(
             backtest_data["cumulative_tracking"], catalog.plot_path("cumulative_tracking"),
             backtest_data["calibration_end"], backtest_data["title"],
         )
+    written |= _diagnostic_plots(catalog, fit)
     matrix = plots.probability_alive_matrix_data(
         fit.purchase_model, int(min(value.max_frequency, 30)), value.max_age, value.max_age
     )
@@ -145,6 +150,36 @@ def draw_plots(
         f"{value.scorer.horizon_periods} {config.features.period.unit}s",
     )
     return {name: str(catalog.final / path.relative_to(catalog.directory)) for name, path in written.items()}
+
+
+def _diagnostic_plots(catalog: RunCatalog, fit: FitOutputs) -> dict[str, Path]:
+    """The backtest's diagnostic PNGs (none without a holdout): goodness of fit, reliability,
+    gains, and value by decile for the selected model beside the baseline."""
+    from pipeline import plots
+    from pipeline.stages.fit import model_title
+
+    tables = fit.diagnostics
+    if not tables:
+        return {}
+    titles = {name: "naive baseline" if name == "historical_baseline" else model_title(name) for name in tables}
+
+    def each(kind: str) -> dict[str, Any]:
+        return {name: model_tables[kind] for name, model_tables in tables.items() if kind in model_tables}
+
+    written = {}
+    if each("calibration_histogram"):
+        written["purchase_histogram"] = plots.plot_purchase_histogram(
+            each("calibration_histogram"), fit.backtest, catalog.plot_path("purchase_histogram"), titles)
+    if each("reliability"):
+        written["reliability"] = plots.plot_reliability(each("reliability"), fit.backtest,
+                                                        catalog.plot_path("reliability"), titles)
+    if each("gains"):
+        written["gains"] = plots.plot_gains(each("gains"), fit.backtest, catalog.plot_path("gains"), titles)
+    deciles = {name: table for name, table in each("revenue_deciles").items()
+               if name in (fit.selected, "historical_baseline")}
+    if deciles:
+        written["revenue_deciles"] = plots.plot_revenue_deciles(deciles, catalog.plot_path("revenue_deciles"), titles)
+    return written
 
 
 def _backtest_plot_data(catalog: RunCatalog, config: Config, model: Any, calibration, first_purchase_date,

@@ -46,7 +46,7 @@ def assert_close(ours, theirs, where: str = "") -> None:
         assert isinstance(ours, list) and len(ours) == len(theirs), where
         for position, (mine, other) in enumerate(zip(ours, theirs)):
             assert_close(mine, other, f"{where}[{position}]")
-    elif isinstance(theirs, float) and not isinstance(ours, bool) and where.endswith("_spearman"):
+    elif isinstance(theirs, float) and not isinstance(ours, bool) and ("_spearman" in where or "_gini" in where):
         assert np.isclose(ours, theirs, rtol=0.0, atol=RANK_ABSOLUTE, equal_nan=True), (where, ours, theirs)
     elif isinstance(theirs, float) and not isinstance(ours, bool):
         assert np.isclose(ours, theirs, rtol=RELATIVE, atol=0.0, equal_nan=True), (where, ours, theirs)
@@ -71,5 +71,7 @@ def assert_same_runs(spark_dir: Path, duckdb_dir: Path) -> None:
         assert spark_model[key] == duckdb_model[key], key  # the same distinct histories: bit for bit
     assert_close(spark_model, duckdb_model, "model")
     assert_close(summaries[0]["backtest"], summaries[1]["backtest"], "backtest")
+    assert summaries[1]["diagnostics"]  # the reliability, decile and gains tables, and histograms
+    assert_close(summaries[0]["diagnostics"], summaries[1]["diagnostics"], "diagnostics")
     assert summaries[1]["value"]["intervals"]["draws"] > 0  # the company interval, on both engines alike
     assert_close(summaries[0]["value"], summaries[1]["value"], "value")

@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from models import CustomerHistories, SpendStatistics, historical_clv_from_totals, spend_statistics
-from models.historical import DEFAULT_MIN_EXPOSURE_YEARS, naive_holdout_forecast
+from models.historical import DEFAULT_MIN_EXPOSURE_YEARS
 from models.tiers import quantile_ranks, quantiles_from_ranks, tier_thresholds
 from pipeline.catalog import (
     CALIBRATION_FILE,
@@ -351,6 +351,10 @@ def _prediction_columns(name: str) -> tuple[str, str]:
     return f"{name}__purchases", f"{name}__revenue"
 
 
+def _probability_column(name: str) -> str:
+    return f"{name}__any_purchase"
+
+
 def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_model: Any, horizon: float) -> DataFrame:
     """Every calibration customer's holdout figures and each model's (and the naive
     baseline's) predictions, computed on the executors by the models themselves."""
@@ -358,23 +362,27 @@ def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_mo
     kept = ["customer_id", "frequency", "frequency_holdout", "revenue_holdout"]
     # The customer id and counts keep the log's types (an id may be text or a number).
     schema = T.StructType([calibration.schema[name] for name in kept] + [T.StructField("spend", T.DoubleType())] + [
-        T.StructField(column, T.DoubleType()) for name in names for column in _prediction_columns(name)
+        T.StructField(column, T.DoubleType())
+        for name in names for column in (*_prediction_columns(name), _probability_column(name))
     ])
 
     def predict(batches):
         for batch in batches:
             if not len(batch):
                 continue
+            batch = batch.assign(duration_holdout=horizon)
             spend = spend_model.expected_spend(batch)
             out = {"customer_id": batch["customer_id"], "frequency": batch["frequency"],
                    "frequency_holdout": batch["frequency_holdout"], "revenue_holdout": batch["revenue_holdout"],
                    "spend": spend}
-            for name, model in models.items():
-                purchases = model.expected_purchases(batch, horizon)
-                out[f"{name}__purchases"], out[f"{name}__revenue"] = purchases, purchases * spend
-            naive = naive_holdout_forecast(batch, horizon)
-            out["historical_baseline__purchases"] = naive["predicted_purchases"]
-            out["historical_baseline__revenue"] = naive["predicted_revenue"]
+            # The DuckDB engine's functions, batch by batch: the same figures.
+            predictions = {name: backtest_stage.model_holdout_predictions(batch, model, spend_model, None, spend)
+                           for name, model in models.items()}
+            predictions["historical_baseline"] = backtest_stage.naive_holdout_predictions(batch)
+            for name, predicted in predictions.items():
+                purchases, revenue = _prediction_columns(name)
+                out[purchases], out[revenue] = predicted.purchases, predicted.revenue
+                out[_probability_column(name)] = predicted.probability_any_purchase
             yield pd.DataFrame(out)
 
     needed = calibration.select("customer_id", "frequency", "recency", "T", "monetary_value", "total_amount",
@@ -383,41 +391,51 @@ def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_mo
 
 
 def _actual(batch: pd.DataFrame) -> pd.DataFrame:
-    return batch[["frequency_holdout", "revenue_holdout"]]
+    return batch[["frequency", "frequency_holdout", "revenue_holdout"]]
 
 
-def holdout_metrics_on_cluster(predictions: DataFrame, names: list[str], customers: int, seed: int) -> dict[str, dict]:
+def holdout_metrics_on_cluster(predictions: DataFrame, names: list[str], customers: int,
+                               seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
     """:func:`pipeline.stages.backtest.holdout_metrics` of every model in ``names`` (and the
-    naive baseline, without spend), from per-batch sums and the order statistics."""
+    naive baseline, without spend), from per-batch sums and the order statistics; and each
+    one's :func:`pipeline.stages.backtest.holdout_tables`, from the rank sample's rows."""
 
     def partial_of(batch):
         partials = {}
         for name in names:
             purchases, revenue = (batch[column] for column in _prediction_columns(name))
             spend = None if name == "historical_baseline" else batch["spend"]
-            partials[name] = backtest_stage.holdout_partial(_actual(batch), purchases, revenue, spend)
+            partials[name] = backtest_stage.holdout_partial(_actual(batch), purchases, revenue, spend,
+                                                            batch[_probability_column(name)])
         return partials
 
     batches = reduce_batches(predictions, partial_of)
     partials = {name: merge_partials(batch[name] for batch in batches) for name in names}
-    order = _holdout_order_statistics(predictions, names, customers, seed, partials)
-    return {name: backtest_stage.finish_holdout_metrics(partials[name], order[name]) for name in names}
+    order, tables = _holdout_order_statistics(predictions, names, customers, seed, partials)
+    return ({name: backtest_stage.finish_holdout_metrics(partials[name], order[name]) for name in names}, tables)
 
 
 def _holdout_order_statistics(predictions: DataFrame, names: list[str], customers: int, seed: int,
-                              partials: dict[str, dict]) -> dict[str, dict]:
-    columns = ["customer_id", "frequency_holdout", "revenue_holdout"]
-    columns += [column for name in names for column in _prediction_columns(name)]
+                              partials: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    columns = ["customer_id", "frequency", "frequency_holdout", "revenue_holdout"]
+    actual = columns[:]
+    columns += [column for name in names for column in (*_prediction_columns(name), _probability_column(name))]
     # Spearman's rho on the customers rank_sample keeps (the ones DuckDB keeps: the same figure).
     sample = rank_sample_rows(predictions.select(*columns), customers, seed)
+    # The plots' tables from the same customers as DuckDB's (all of them up to RANK_SAMPLE).
+    tables = {
+        name: backtest_stage.holdout_tables(sample[actual], sample[_prediction_columns(name)[1]],
+                                            sample[_probability_column(name)], seed, drawn_from=customers)
+        for name in names
+    }
     if customers <= EXACT_LIMIT:
         # Every customer's values, in customer order: exactly DuckDB's figures, top decile too.
         return {
             name: backtest_stage.holdout_order_statistics(
-                sample[columns[:3]], *(sample[column] for column in _prediction_columns(name)), seed=seed
+                sample[actual], *(sample[column] for column in _prediction_columns(name)), seed=seed
             )
             for name in names
-        }
+        }, tables
     # The top decile from the exact threshold and the revenue above it.
     share = backtest_stage.TOP_SHARE
     revenues = {name: _prediction_columns(name)[1] for name in names}
@@ -438,14 +456,14 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     for name in names:
         purchases, revenue = _prediction_columns(name)
         statistics = backtest_stage.holdout_order_statistics(
-            sample[columns[:3]], sample[purchases], sample[revenue],
+            sample[actual], sample[purchases], sample[revenue],
             seed=seed, drawn_from=customers,
         )
         statistics["top_decile_revenue_capture"] = backtest_stage.top_share_capture_from_sums(
             merge_partials(batch[name] for batch in batches), customers, partials[name]["revenue_actual_sum"], share
         )
         order[name] = statistics
-    return order
+    return order, tables
 
 
 def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: int, progress=None) -> tuple[Backtest, DataFrame]:
@@ -485,14 +503,17 @@ def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: i
         StorageLevel.DISK_ONLY
     )
     names = [*fitted.purchase, "historical_baseline"]
-    metrics = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
+    metrics, tables = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
     for name, model in fitted.purchase.items():
-        metrics[name].update(backtest_stage.goodness_of_fit(model, histories))
+        histogram = backtest_stage.calibration_histogram(model, histories)
+        if histogram is not None:
+            tables[name]["calibration_histogram"] = histogram
+        metrics[name].update(backtest_stage.goodness_of_fit(model, histories, histogram))
     models_only = {name: metrics[name] for name in fitted.purchase}
     selected, reason = backtest_stage.select_model(models_only, config.models.selection_metric)
     fitted.selected = selected
     ordered = {name: metrics[name] for name in [*fitted.purchase, "historical_baseline"]}
-    return Backtest(fitted, ordered, selected, reason), predictions
+    return Backtest(fitted, ordered, selected, reason, tables), predictions
 
 
 def backtest_plot_data_on_cluster(
@@ -712,7 +733,7 @@ def refitted_holdout_metric_on_cluster(scorer: Any, calibration: DataFrame, metr
         StorageLevel.DISK_ONLY
     )
     try:
-        metrics = holdout_metrics_on_cluster(predictions, ["refitted"], calibration.count(), seed)
+        metrics, _ = holdout_metrics_on_cluster(predictions, ["refitted"], calibration.count(), seed)
     finally:
         predictions.unpersist()
     return abs(metrics["refitted"][backtest_stage.SELECTION_KEYS[metric]])

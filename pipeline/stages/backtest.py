@@ -3,6 +3,15 @@
 Pure functions of tables; the naive baseline (the business formula's historical rates projected
 over the holdout) is scored with the same metrics so every run says how much the models add.
 
+Beyond the errors, every row says how the model's probability of at least one purchase in the
+holdout scores against what happened (Brier, log loss: P(alive) itself is never observed, this
+is), how much realised value its ranking captures (normalised Gini, with equal predictions
+ranked as a block), Spearman's rho without the customers who never repeated (among whom the
+models' order is nearly noise, and the baseline's tie a free advantage: see the README), and the
+holdout's purchases by calibration frequency against the model's conditional expectations. The
+tables behind the plots (reliability, value by decile, the gains curve) are
+:func:`holdout_tables`.
+
 The metrics are mergeable (:mod:`pipeline.stages.partials`): :func:`holdout_partial` of any batch
 of customers, merged, then :func:`finish_holdout_metrics` with the
 :func:`holdout_order_statistics` (rank correlations, top decile); :func:`holdout_metrics` is that
@@ -18,6 +27,16 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from models import CustomerHistories
+from models.diagnostics import (
+    LARGEST_BIN,
+    conditional_expectation_test,
+    decile_groups,
+    gains_curve,
+    normalized_gini,
+    probability_score_sums,
+    probability_scores,
+    probability_scores_from_sums,
+)
 
 TOP_SHARE = 0.10
 # Spearman's rho needs two full sorts; on tens of millions of customers a seeded sample of
@@ -94,21 +113,38 @@ class _HoldoutColumns(NamedTuple):
     actual_revenue: np.ndarray
     predicted_revenue: np.ndarray
     predicted_spend: np.ndarray | None
+    # The calibration period's repeat purchases (when the table has them): the groups of the
+    # conditional-expectation test and who never repeated.
+    calibration_frequency: np.ndarray | None = None
+    # P(at least one purchase in the holdout), when the predictions come with it.
+    predicted_probability: np.ndarray | None = None
 
 
 def _holdout_columns(
     calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series,
-    predicted_spend: pd.Series | None,
+    predicted_spend: pd.Series | None, predicted_probability: pd.Series | None = None,
 ) -> _HoldoutColumns:
     index = calibration.index
+
+    def column(values: pd.Series | None) -> np.ndarray | None:
+        return None if values is None else values.reindex(index).to_numpy(dtype=float)
+
     return _HoldoutColumns(
         customer_ids(calibration),
         calibration["frequency_holdout"].to_numpy(dtype=float),
         predicted_purchases.reindex(index).to_numpy(dtype=float),
         calibration["revenue_holdout"].to_numpy(dtype=float),
         predicted_revenue.reindex(index).to_numpy(dtype=float),
-        None if predicted_spend is None else predicted_spend.reindex(index).to_numpy(dtype=float),
+        column(predicted_spend),
+        calibration["frequency"].to_numpy(dtype=float) if "frequency" in calibration.columns else None,
+        column(predicted_probability),
     )
+
+
+def frequency_groups(calibration_frequency: np.ndarray) -> np.ndarray:
+    """Each customer's group by calibration repeat purchases: 0, 1, ..., 7 for 7 or more
+    (the bins of the calibration-vs-holdout plot and of the conditional-expectation test)."""
+    return np.minimum(np.floor(calibration_frequency), LARGEST_BIN).astype(np.intp)
 
 
 def _error_sums(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
@@ -120,8 +156,8 @@ def _error_sums(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[
     return sums
 
 
-def _partial(columns: _HoldoutColumns) -> dict[str, float]:
-    partial: dict[str, float] = {"customers": len(columns.actual_purchases)}
+def _partial(columns: _HoldoutColumns) -> dict[str, Any]:
+    partial: dict[str, Any] = {"customers": len(columns.actual_purchases)}
     partial |= _error_sums(columns.actual_purchases, columns.predicted_purchases, "purchases")
     partial |= _error_sums(columns.actual_revenue, columns.predicted_revenue, "revenue")
     if columns.predicted_spend is not None:
@@ -131,6 +167,14 @@ def _partial(columns: _HoldoutColumns) -> dict[str, float]:
         partial["spend_customers"] = int(buyers.sum())
         partial["spend_absolute_error_sum"] = float(np.abs(spend_error).sum())
         partial["spend_squared_error_sum"] = float((spend_error**2).sum())
+    if columns.calibration_frequency is not None:
+        # Arrays of the LARGEST_BIN + 1 groups: they add elementwise when partials merge.
+        groups = frequency_groups(columns.calibration_frequency)
+        partial["by_frequency_actual_sum"] = np.bincount(groups, columns.actual_purchases, LARGEST_BIN + 1)
+        partial["by_frequency_predicted_sum"] = np.bincount(groups, columns.predicted_purchases, LARGEST_BIN + 1)
+    if columns.predicted_probability is not None:
+        sums = probability_score_sums(columns.predicted_probability, columns.actual_purchases > 0)
+        partial |= {f"any_purchase_{key}": value for key, value in sums.items()}
     return partial
 
 
@@ -139,6 +183,7 @@ def holdout_partial(
     predicted_purchases: pd.Series,
     predicted_revenue: pd.Series,
     predicted_spend: pd.Series | None = None,
+    predicted_probability: pd.Series | None = None,
 ) -> dict[str, float]:
     """The sums and counts :func:`holdout_metrics` needs, of any batch of customers.
 
@@ -156,9 +201,13 @@ def holdout_partial(
         ``customers``; for ``purchases`` and ``revenue``: ``*_actual_sum``,
         ``*_predicted_sum``, ``*_absolute_error_sum`` and ``*_squared_error_sum``; with
         ``predicted_spend``: ``spend_customers`` (holdout buyers), ``spend_absolute_error_sum``,
-        ``spend_squared_error_sum``. Counts are ints, sums floats.
+        ``spend_squared_error_sum``; with a ``frequency`` column, ``by_frequency_actual_sum`` and
+        ``by_frequency_predicted_sum`` (arrays, one per :func:`frequency_groups` group); with
+        ``predicted_probability``, the ``any_purchase_*`` sums of
+        :func:`models.diagnostics.probability_score_sums`. Counts are ints, sums floats.
     """
-    return _partial(_holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend))
+    return _partial(_holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend,
+                                     predicted_probability))
 
 
 class HoldoutActuals(NamedTuple):
@@ -190,7 +239,7 @@ def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | Non
     if actuals is None:
         actuals = _actuals(columns.customer_ids, columns.actual_purchases, columns.actual_revenue, seed, drawn_from)
     sample = actuals.sample
-    return {
+    statistics = {
         "purchases_spearman": rank_correlation(
             columns.actual_purchases[sample], columns.predicted_purchases[sample], actuals.purchases_ranks
         ),
@@ -199,6 +248,21 @@ def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | Non
         ),
         "top_decile_revenue_capture": top_share_capture(columns.actual_revenue, columns.predicted_revenue),
     }
+    if len(columns.actual_purchases[sample]):
+        # The Gini ranks equal predictions as a block (the mean over their orders): unlike
+        # Spearman's average ranks, a spread that carries no information neither helps nor hurts.
+        statistics["purchases_gini"] = normalized_gini(columns.predicted_purchases[sample],
+                                                       columns.actual_purchases[sample])
+        statistics["revenue_gini"] = normalized_gini(columns.predicted_revenue[sample], columns.actual_revenue[sample])
+    if columns.calibration_frequency is not None:
+        repeated = columns.calibration_frequency[sample] > 0
+        for subset, who in ((repeated, "repeat_customers"), (~repeated, "one_time_customers")):
+            for kind in ("purchases", "revenue"):
+                actual = getattr(columns, f"actual_{kind}")[sample][subset]
+                predicted = getattr(columns, f"predicted_{kind}")[sample][subset]
+                statistics[f"{kind}_spearman_{who}"] = rank_correlation(actual, predicted)  # NaN if all tied
+        statistics["one_time_customer_share"] = float(np.mean(~repeated)) if len(repeated) else float("nan")
+    return statistics
 
 
 def holdout_order_statistics(
@@ -231,6 +295,10 @@ def _mean(total: float, count: float) -> float:
     return total / count if count else float("nan")
 
 
+# The holdout's purchases by calibration frequency against the conditional expectations.
+HOLDOUT_TEST_KEYS = ("holdout_chi_square", "holdout_chi_square_dof", "holdout_chi_square_p_value")
+
+
 def finish_holdout_metrics(partial: dict[str, float], order_statistics: dict[str, float]) -> dict[str, float]:
     """The figures of :func:`holdout_metrics` from merged :func:`holdout_partial` sums and the
     :func:`holdout_order_statistics` of the same customers."""
@@ -250,6 +318,18 @@ def finish_holdout_metrics(partial: dict[str, float], order_statistics: dict[str
             f"{prefix}_spearman": float(order_statistics[f"{prefix}_spearman"]),
         }
     metrics["top_decile_revenue_capture"] = float(order_statistics["top_decile_revenue_capture"])
+    metrics |= {key: float(value) for key, value in order_statistics.items() if key not in metrics}
+    if "by_frequency_actual_sum" in partial:
+        try:
+            test = conditional_expectation_test(partial["by_frequency_actual_sum"], partial["by_frequency_predicted_sum"])
+            metrics |= dict(zip(HOLDOUT_TEST_KEYS, (test.statistic, float(test.degrees_of_freedom), test.p_value)))
+        except ValueError:  # no group with an expected purchase
+            metrics |= dict.fromkeys(HOLDOUT_TEST_KEYS, float("nan"))
+    if "any_purchase_customers" in partial:
+        scores = probability_scores_from_sums(
+            {key.removeprefix("any_purchase_"): value for key, value in partial.items() if key.startswith("any_purchase_")})
+        metrics |= {"any_purchase_brier": scores["brier"], "any_purchase_log_loss": scores["log_loss"],
+                    "any_purchase_rate": scores["base_rate"]}
     if "spend_customers" in partial:
         buyers = partial["spend_customers"]
         metrics["spend_customers"] = float(buyers)
@@ -326,6 +406,7 @@ def holdout_metrics(
     predicted_spend: pd.Series | None = None,
     seed: int = 0,
     actuals: HoldoutActuals | None = None,
+    predicted_probability: pd.Series | None = None,
 ) -> dict[str, float]:
     """Per-customer and aggregate errors of holdout predictions.
 
@@ -348,10 +429,46 @@ def holdout_metrics(
     actuals : HoldoutActuals, optional
         :func:`holdout_actuals` of ``calibration`` with the same ``seed``, when several models
         are scored on it.
+    predicted_probability : Series, optional
+        Probability of at least one purchase in the holdout: scored by Brier and log loss.
     """
-    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend)
+    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend,
+                               predicted_probability)
     order_statistics = _order_statistics(columns, seed, actuals=actuals)
     return finish_holdout_metrics(_partial(columns), order_statistics)
+
+
+class HoldoutPredictions(NamedTuple):
+    """One model's predictions of every calibration customer's holdout."""
+
+    purchases: pd.Series
+    revenue: pd.Series
+    spend: pd.Series | None
+    probability_any_purchase: pd.Series | None
+
+
+def model_holdout_predictions(
+    calibration: pd.DataFrame, purchase_model: Any, spend_model: Any, histories: CustomerHistories | None = None,
+    expected_spend: pd.Series | None = None,
+) -> HoldoutPredictions:
+    """A purchase model's (with the spend model's) predictions of the holdout; arguments as
+    :func:`backtest_model`."""
+    horizon = float(calibration["duration_holdout"].iloc[0])
+    customers = calibration if histories is None else histories
+    purchases = purchase_model.expected_purchases(customers, horizon)
+    spend = spend_model.expected_spend(calibration) if expected_spend is None else expected_spend
+    # Per distinct history, as the expectation: the observable stand-in for P(alive).
+    probability = 1.0 - purchase_model.probability_of_purchases(customers, 0, horizon)
+    return HoldoutPredictions(purchases, purchases * spend, spend, probability.clip(0.0, 1.0))
+
+
+def naive_holdout_predictions(calibration: pd.DataFrame) -> HoldoutPredictions:
+    """The naive baseline's predictions of the holdout (:func:`models.historical.naive_holdout_forecast`)."""
+    from models.historical import naive_holdout_forecast
+
+    naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
+    return HoldoutPredictions(naive["predicted_purchases"], naive["predicted_revenue"], None,
+                              naive["probability_any_purchase"])
 
 
 def backtest_model(
@@ -365,10 +482,65 @@ def backtest_model(
     model's ``expected_spend(calibration)``, when the caller scores several purchase models
     with one spend model.
     """
-    horizon = float(calibration["duration_holdout"].iloc[0])
-    purchases = purchase_model.expected_purchases(calibration if histories is None else histories, horizon)
-    spend = spend_model.expected_spend(calibration) if expected_spend is None else expected_spend
-    return holdout_metrics(calibration, purchases, purchases * spend, spend, seed=seed, actuals=actuals)
+    predictions = model_holdout_predictions(calibration, purchase_model, spend_model, histories, expected_spend)
+    return scored_predictions(calibration, predictions, seed, actuals)
+
+
+def scored_predictions(calibration: pd.DataFrame, predictions: HoldoutPredictions, seed: int = 0,
+                       actuals: HoldoutActuals | None = None) -> dict[str, float]:
+    """:func:`holdout_metrics` of one model's :class:`HoldoutPredictions`."""
+    return holdout_metrics(calibration, predictions.purchases, predictions.revenue, predictions.spend, seed=seed,
+                           actuals=actuals, predicted_probability=predictions.probability_any_purchase)
+
+
+# How many points of the gains curve a run keeps (a straight line between them): the curve has
+# a point per distinct prediction, up to one per customer.
+GAINS_POINTS = 101
+
+
+def holdout_tables(
+    calibration: pd.DataFrame, predicted_revenue: pd.Series, predicted_probability: pd.Series | None,
+    seed: int = 0, drawn_from: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The tables behind the diagnostic plots, from the customers :func:`rank_sample` keeps
+    (every customer up to :data:`RANK_SAMPLE`; an engine may pass only those rows, with
+    ``drawn_from`` the customers they were drawn from).
+
+    * ``revenue_deciles``: per decile of predicted holdout revenue (highest last; equal
+      predictions in one decile), the customers and their mean predicted and realised revenue.
+    * ``gains``: the share of realised revenue held by the top share of customers ranked by
+      the prediction (``value_share``; ties as a block) and by the realised revenue itself
+      (``best_value_share``), at :data:`GAINS_POINTS` evenly spaced shares.
+    * ``reliability`` (with ``predicted_probability``): per decile of P(at least one purchase
+      in the holdout), the mean prediction and the share who did buy.
+    """
+    ids = customer_ids(calibration)
+    sample = rank_sample(ids, len(ids) if drawn_from is None else drawn_from, seed)
+    realised = calibration["revenue_holdout"].to_numpy(dtype=float)[sample]
+    predicted = predicted_revenue.reindex(calibration.index).to_numpy(dtype=float)[sample]
+    tables: dict[str, pd.DataFrame] = {}
+    if len(realised) == 0:
+        return tables
+    deciles = pd.DataFrame({"decile": decile_groups(predicted) + 1, "predicted": predicted, "realised": realised})
+    tables["revenue_deciles"] = deciles.groupby("decile").agg(
+        customers=("realised", "size"), mean_predicted=("predicted", "mean"), mean_realised=("realised", "mean"),
+    ).reset_index()
+    shares = np.linspace(0.0, 1.0, GAINS_POINTS)
+
+    def gains_at_shares(order_by: np.ndarray) -> np.ndarray:
+        curve = gains_curve(order_by, realised)
+        return np.interp(shares, curve["customers_share"], curve["value_share"])
+
+    # best_value_share: the customers ranked by what they did spend, the curve no model can beat.
+    tables["gains"] = pd.DataFrame({"customers_share": shares, "value_share": gains_at_shares(predicted),
+                                    "best_value_share": gains_at_shares(realised)})
+    if predicted_probability is not None:
+        probability = predicted_probability.reindex(calibration.index).to_numpy(dtype=float)[sample]
+        happened = calibration["frequency_holdout"].to_numpy(dtype=float)[sample] > 0
+        _, reliability = probability_scores(probability, happened)
+        tables["reliability"] = reliability.reset_index().assign(group=lambda t: t["group"] + 1).rename(
+            columns={"group": "decile"})
+    return tables
 
 
 def rank_models(metrics_by_model: dict[str, dict[str, float]], metric: str) -> list[str]:
@@ -396,23 +568,33 @@ def select_model(metrics_by_model: dict[str, dict[str, float]], metric: str) -> 
 GOODNESS_OF_FIT_KEYS = ("calibration_chi_square", "calibration_chi_square_dof", "calibration_chi_square_p_value")
 
 
-def goodness_of_fit(model: Any, histories: Any) -> dict[str, float]:
-    """Pearson's chi-square test of the calibration period's repeat purchases 0..7+, actual
-    against expected under ``model`` (fitted on those ``histories``: distinct, with counts).
-    NaN for a model with covariates (its expected histogram needs each customer's design) or
-    where a bin's expectation is not positive."""
-    from models.diagnostics import chi_square_test, observed_purchase_counts, purchase_count_distribution
+def calibration_histogram(model: Any, histories: Any) -> pd.DataFrame | None:
+    """Customers with 0, 1, ..., 7+ repeat purchases in the calibration period, ``observed``
+    and ``expected`` under ``model`` (fitted on those ``histories``: distinct, with counts);
+    None for a model with covariates (its expected histogram needs each customer's design)."""
+    from models.diagnostics import observed_purchase_counts, purchase_count_distribution
 
-    empty = dict.fromkeys(GOODNESS_OF_FIT_KEYS, float("nan"))
     if getattr(model, "covariates_", ()):
-        return empty
+        return None
     frequency, _, age = histories.unique_arrays()
     counts = histories.counts
+    with np.errstate(all="ignore"):
+        expected = purchase_count_distribution(model, age, counts=counts)
+    return pd.DataFrame({"observed": observed_purchase_counts(frequency, counts=counts), "expected": expected})
+
+
+def goodness_of_fit(model: Any, histories: Any, histogram: pd.DataFrame | None = None) -> dict[str, float]:
+    """Pearson's chi-square test of :func:`calibration_histogram` (``histogram``, when the
+    caller has it). NaN for a model with covariates or where a bin's expectation is not positive."""
+    from models.diagnostics import chi_square_test
+
+    empty = dict.fromkeys(GOODNESS_OF_FIT_KEYS, float("nan"))
     try:
-        with np.errstate(all="ignore"):
-            expected = purchase_count_distribution(model, age, counts=counts)
-            test = chi_square_test(observed_purchase_counts(frequency, counts=counts), expected,
-                                   fitted_parameters=len(model.params_))
+        if histogram is None:
+            histogram = calibration_histogram(model, histories)
+        if histogram is None:
+            return empty
+        test = chi_square_test(histogram["observed"], histogram["expected"], fitted_parameters=len(model.params_))
     except ValueError:
         return empty
     return dict(zip(GOODNESS_OF_FIT_KEYS, (test.statistic, float(test.degrees_of_freedom), test.p_value)))

@@ -319,6 +319,8 @@ class FitOutputs:
     # models were fitted with (fitted on all customers), which scoring applies to anyone.
     covariates: list[str] = dataclasses.field(default_factory=list)
     covariate_encoder: CovariateEncoder | None = None
+    # The backtest's diagnostic tables per model (Backtest.tables); empty without a holdout.
+    diagnostics: dict[str, dict[str, pd.DataFrame]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -343,6 +345,9 @@ class Backtest:
     metrics: dict[str, dict[str, float]]
     selected: str
     reason: str
+    # Per model (and the baseline): the diagnostic tables (pipeline.stages.backtest.holdout_tables
+    # and the calibration histogram), for the plots and the model card.
+    tables: dict[str, dict[str, pd.DataFrame]] = dataclasses.field(default_factory=dict)
 
 
 def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, settings: ModelSettings,
@@ -351,12 +356,14 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     holdout and pick the best on ``settings.selection_metric``; a candidate that cannot predict
     is left out as one that cannot fit. ``histories``: ``calibration`` grouped
     (:func:`group_customers`), when the caller has them."""
-    from models.historical import naive_holdout_forecast
     from pipeline.stages.backtest import (
-        backtest_model,
+        calibration_histogram,
         goodness_of_fit,
         holdout_actuals,
-        holdout_metrics,
+        holdout_tables,
+        model_holdout_predictions,
+        naive_holdout_predictions,
+        scored_predictions,
         select_model,
     )
 
@@ -374,17 +381,25 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     spend_with_covariates = (None if design is None or fitted.spend_with_covariates is None
                              else spend_prediction(fitted.spend_with_covariates, design.features))
     metrics = {}
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    if histories is None:  # once, for every candidate's calibration histogram
+        histories = group_customers(calibration)
     for name, model in list(fitted.purchase.items()):
         try:
             with np.errstate(all="ignore"):
                 if uses_covariates(name):
                     assert design is not None
-                    metrics[name] = backtest_model(design.features, model, fitted.spend_for(name), design.histories,
-                                                   seed, spend_with_covariates, actuals)
+                    customers, predictions = design.features, model_holdout_predictions(
+                        design.features, model, fitted.spend_for(name), design.histories, spend_with_covariates)
                 else:
-                    metrics[name] = backtest_model(calibration, model, fitted.spend, histories, seed, spend, actuals)
-            metrics[name].update(goodness_of_fit(model, histories if histories is not None
-                                                 else group_customers(calibration)))
+                    customers, predictions = calibration, model_holdout_predictions(
+                        calibration, model, fitted.spend, histories, spend)
+                metrics[name] = scored_predictions(customers, predictions, seed, actuals)
+            tables[name] = holdout_tables(customers, predictions.revenue, predictions.probability_any_purchase, seed)
+            histogram = calibration_histogram(model, histories)
+            if histogram is not None:
+                tables[name]["calibration_histogram"] = histogram
+            metrics[name].update(goodness_of_fit(model, None, histogram))
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]
@@ -392,11 +407,10 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
         raise all_candidates_failed(fitted.failed)
     selected, reason = select_model(metrics, settings.selection_metric)
     fitted.selected = selected
-    naive = naive_holdout_forecast(calibration, float(calibration["duration_holdout"].iloc[0]))
-    metrics["historical_baseline"] = holdout_metrics(
-        calibration, naive["predicted_purchases"], naive["predicted_revenue"], seed=seed, actuals=actuals
-    )
-    return Backtest(fitted, metrics, selected, reason)
+    naive = naive_holdout_predictions(calibration)
+    metrics["historical_baseline"] = scored_predictions(calibration, naive, seed, actuals)
+    tables["historical_baseline"] = holdout_tables(calibration, naive.revenue, naive.probability_any_purchase, seed)
+    return Backtest(fitted, metrics, selected, reason, tables)
 
 
 def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtest | None = None,
@@ -474,6 +488,7 @@ def fit_stage(features: pd.DataFrame, settings: ModelSettings, backtest: Backtes
         failed_candidates=failed,
         covariates=list(settings.covariates) if with_covariates else [],
         covariate_encoder=design.encoder if with_covariates and design is not None else None,
+        diagnostics={} if backtest is None else dict(backtest.tables),
     )
 
 

@@ -61,6 +61,19 @@ def covariates_summary(config: Config, fit: FitOutputs) -> dict[str, Any] | None
     }
 
 
+def diagnostics_summary(tables: dict[str, dict[str, pd.DataFrame]]) -> dict[str, dict[str, list[dict]]]:
+    """The backtest's diagnostic tables (per model: reliability, revenue deciles, gains, the
+    calibration histogram) as rows, for ``summary.json``."""
+    def rows(name: str, table: pd.DataFrame) -> list[dict]:
+        if name == "calibration_histogram":  # indexed by the bins 0, 1, ..., "7+"
+            table = table.rename_axis("repeat_purchases").reset_index().astype({"repeat_purchases": str})
+        return [{key: value.item() if hasattr(value, "item") else value for key, value in row.items()}
+                for row in table.to_dict(orient="records")]
+
+    return {model: {name: rows(name, table) for name, table in model_tables.items()}
+            for model, model_tables in tables.items()}
+
+
 def run_summary(
     config: Config, features_summary: dict[str, Any], fit: FitOutputs, value: ValueOutputs,
     plot_paths: dict[str, str],
@@ -85,5 +98,6 @@ def run_summary(
         "value_settings": value.scorer.settings_summary(),
         "value": value.summary,
         "backtest": fit.backtest,
+        "diagnostics": diagnostics_summary(fit.diagnostics),
         "plots": dict(plot_paths),
     }

@@ -133,3 +133,32 @@ def test_ties_count_as_the_mean_over_every_order_of_the_block():
     # Ties broken at random, many times: their mean is the block-mean figure.
     brute = [gini_of(np.lexsort([rng.random(60), -predicted])) / best for _ in range(20_000)]
     assert ours == pytest.approx(np.mean(brute), abs=2e-3)
+
+
+def test_conditional_expectation_test_by_hand_and_a_group_the_model_says_is_empty():
+    from models.diagnostics import conditional_expectation_test
+
+    test = conditional_expectation_test([12.0, 30.0, 8.0], [10.0, 25.0, 10.0])
+    assert test.statistic == pytest.approx(4 / 10 + 25 / 25 + 4 / 10)
+    # Nothing fitted on the holdout and totals free to differ: every group is a degree of freedom.
+    assert test.degrees_of_freedom == 3
+    assert test.p_value == pytest.approx(stats.chi2.sf(1.8, 3))
+    # A group with no purchases expected or made is no group; one expected empty that bought
+    # is an infinitely bad fit, not a group to drop.
+    assert conditional_expectation_test([12.0, 0.0], [10.0, 0.0]).degrees_of_freedom == 1
+    infinite = conditional_expectation_test([12.0, 3.0], [10.0, 0.0])
+    assert infinite.statistic == np.inf and infinite.p_value == 0.0
+    with pytest.raises(ValueError):
+        conditional_expectation_test([0.0], [0.0])
+
+
+def test_probability_sums_of_batches_add_up_to_the_whole_scores():
+    from models.diagnostics import probability_score_sums, probability_scores, probability_scores_from_sums
+
+    rng = np.random.default_rng(3)
+    predicted = rng.random(500)
+    happened = rng.random(500) < predicted
+    whole, _ = probability_scores(predicted, happened)
+    parts = [probability_score_sums(predicted[rows], happened[rows]) for rows in np.array_split(np.arange(500), 7)]
+    merged = {key: sum(part[key] for part in parts) for key in parts[0]}
+    assert probability_scores_from_sums(merged) == pytest.approx(whole, rel=1e-12)

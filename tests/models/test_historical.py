@@ -160,10 +160,11 @@ def test_naive_holdout_forecast_by_hand():
     )
     forecast = naive_holdout_forecast(features, holdout_periods=39.0, min_exposure_periods=1.0)
     # steady: 2 repeat purchases in 20 periods over 39, at 90 / 3 each.
-    assert forecast.loc["steady"].tolist() == pytest.approx([3.9, 117.0])
-    assert forecast.loc["once"].tolist() == [0.0, 0.0]
+    # The chance of at least one purchase is a Poisson process's at that expected count.
+    assert forecast.loc["steady"].tolist() == pytest.approx([3.9, 117.0, 1 - np.exp(-3.9)])
+    assert forecast.loc["once"].tolist() == [0.0, 0.0, 0.0]
     # new: half a period old, so the rate is measured over the one-period floor.
-    assert forecast.loc["new"].tolist() == pytest.approx([39.0, 195.0])
+    assert forecast.loc["new"].tolist() == pytest.approx([39.0, 195.0, 1 - np.exp(-39.0)])
 
     per_customer = naive_holdout_forecast(features, pd.Series({"new": 1.0, "once": 5.0, "steady": 10.0}))
     assert per_customer.loc["steady", "predicted_purchases"] == pytest.approx(1.0)

@@ -169,7 +169,9 @@ def holdout_with_ties(rows: int = 600, seed: int = 4):
     rng = np.random.default_rng(seed)
     actual = rng.poisson(0.8, size=rows).astype(float)
     calibration = pd.DataFrame(
-        {"frequency_holdout": actual, "revenue_holdout": actual * rng.gamma(2.0, 15.0, size=rows)},
+        {"frequency_holdout": actual, "revenue_holdout": actual * rng.gamma(2.0, 15.0, size=rows),
+         # calibration repeat purchases: about half never repeated, some 7 or more
+         "frequency": np.where(rng.random(rows) < 0.5, 0.0, rng.poisson(3.0, size=rows))},
         index=pd.Index([f"c{i}" for i in range(rows)], name="customer_id"),
     )
     purchases = pd.Series(np.round(rng.gamma(1.0, 1.0, size=rows), 1), index=calibration.index)
@@ -186,14 +188,15 @@ def test_holdout_partials_of_batches_merge_to_the_whole_tables_metrics(batches, 
 
     calibration, purchases, revenue, spend = holdout_with_ties()
     spend = spend if with_spend else None
-    whole = holdout_metrics(calibration, purchases, revenue, spend, seed=3)
+    probability = 1.0 - np.exp(-purchases)
+    whole = holdout_metrics(calibration, purchases, revenue, spend, seed=3, predicted_probability=probability)
     partials = []
     for rows in random_batches(len(calibration), batches, seed=batches):
         batch = calibration.iloc[rows]
         # Each batch gets predictions for its own customers only.
         partials.append(holdout_partial(
             batch, purchases.loc[batch.index], revenue.loc[batch.index],
-            None if spend is None else spend.loc[batch.index],
+            None if spend is None else spend.loc[batch.index], probability.loc[batch.index],
         ))
     merged = finish_holdout_metrics(
         merge_partials(partials), holdout_order_statistics(calibration, purchases, revenue, seed=3)
@@ -202,8 +205,69 @@ def test_holdout_partials_of_batches_merge_to_the_whole_tables_metrics(batches, 
     assert all(type(value) is float for value in merged.values())
     for key in ("customers", "spend_customers"):
         assert merged.get(key) == whole.get(key)
-    assert merged == pytest.approx(whole, rel=1e-12)
+    assert merged == pytest.approx(whole, rel=1e-12, nan_ok=True)
     assert ("spend_mae" in whole) is with_spend
+    assert {"any_purchase_brier", "holdout_chi_square", "revenue_gini"} <= set(whole)
+
+
+def test_the_diagnostic_figures_by_definition():
+    from scipy.stats import chi2, spearmanr
+
+    from models.diagnostics import normalized_gini
+
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    probability = 1.0 - np.exp(-purchases)
+    metrics = holdout_metrics(calibration, purchases, revenue, spend, predicted_probability=probability)
+    bought = (calibration["frequency_holdout"] > 0).to_numpy()
+    assert metrics["any_purchase_rate"] == pytest.approx(bought.mean())
+    assert metrics["any_purchase_brier"] == pytest.approx(np.mean((probability.to_numpy() - bought) ** 2))
+    # Clipped at 1e-15 (a prediction of 0 rounds some customers' purchases to none).
+    clipped = np.clip(probability.to_numpy(), 1e-15, 1 - 1e-15)
+    assert metrics["any_purchase_log_loss"] == pytest.approx(
+        -np.mean(np.where(bought, np.log(clipped), np.log1p(-clipped))))
+    # The holdout's purchases by calibration frequency 0..7+ against the predictions' sums.
+    groups = np.minimum(calibration["frequency"], 7)
+    actual = calibration["frequency_holdout"].groupby(groups).sum()
+    expected = purchases.groupby(groups).sum()
+    statistic = float((((actual - expected) ** 2) / expected).sum())
+    assert metrics["holdout_chi_square"] == pytest.approx(statistic)
+    assert metrics["holdout_chi_square_dof"] == len(expected) == 8
+    assert metrics["holdout_chi_square_p_value"] == pytest.approx(chi2.sf(statistic, 8))
+    # Spearman with and without the customers who never repeated; the Gini of both predictions.
+    repeated = calibration["frequency"] > 0
+    assert metrics["purchases_spearman_repeat_customers"] == pytest.approx(
+        spearmanr(calibration.loc[repeated, "frequency_holdout"], purchases[repeated])[0], abs=1e-12)
+    assert metrics["revenue_spearman_one_time_customers"] == pytest.approx(
+        spearmanr(calibration.loc[~repeated, "revenue_holdout"], revenue[~repeated])[0], abs=1e-12)
+    assert metrics["one_time_customer_share"] == pytest.approx((~repeated).mean())
+    assert metrics["revenue_gini"] == pytest.approx(normalized_gini(revenue, calibration["revenue_holdout"]))
+    assert metrics["purchases_gini"] == pytest.approx(normalized_gini(purchases, calibration["frequency_holdout"]))
+
+
+def test_a_prediction_that_ties_every_one_time_customer_gets_no_spearman_among_them():
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    tied = purchases.where(calibration["frequency"] > 0, 0.0)
+    metrics = holdout_metrics(calibration, tied, tied * spend, spend)
+    assert np.isnan(metrics["purchases_spearman_one_time_customers"])
+    assert np.isfinite(metrics["purchases_spearman_repeat_customers"])
+
+
+def test_holdout_tables_cover_every_customer_once():
+    from pipeline.stages.backtest import GAINS_POINTS, holdout_tables
+
+    calibration, purchases, revenue, spend = holdout_with_ties()
+    tables = holdout_tables(calibration, revenue, 1.0 - np.exp(-purchases))
+    deciles, gains, reliability = tables["revenue_deciles"], tables["gains"], tables["reliability"]
+    assert deciles["customers"].sum() == reliability["customers"].sum() == len(calibration)
+    # Deciles in order of the prediction; their customers' revenue adds up to the holdout's.
+    assert deciles["mean_predicted"].is_monotonic_increasing
+    assert (deciles["customers"] * deciles["mean_realised"]).sum() == pytest.approx(calibration["revenue_holdout"].sum())
+    assert len(gains) == GAINS_POINTS and gains.iloc[0].tolist() == [0.0, 0.0, 0.0]
+    assert gains.iloc[-1, 1:].tolist() == pytest.approx([1.0, 1.0])
+    assert (gains["best_value_share"] >= gains["value_share"] - 1e-12).all()
+    bought = calibration["frequency_holdout"] > 0
+    assert (reliability["customers"] * reliability["observed_rate"]).sum() == pytest.approx(bought.sum())
+    assert "reliability" not in holdout_tables(calibration, revenue, None)
 
 
 def test_a_holdout_partial_of_no_customers_merges_as_the_identity():
@@ -214,8 +278,12 @@ def test_a_holdout_partial_of_no_customers_merges_as_the_identity():
     partial = holdout_partial(calibration, purchases, revenue, spend)
     empty = holdout_partial(calibration.iloc[:0], purchases.iloc[:0], revenue.iloc[:0], spend.iloc[:0])
     assert empty["customers"] == 0 and empty["spend_customers"] == 0
-    assert merge_partials([empty, partial]) == partial
-    assert merge_partials([partial, empty]) == partial
+
+    def same(first, second):  # the by-frequency sums are arrays
+        return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+    assert same(merge_partials([empty, partial]), partial)
+    assert same(merge_partials([partial, empty]), partial)
     with pytest.raises(ValueError, match="different keys"):
         merge_partials([partial, holdout_partial(calibration, purchases, revenue)])
 
@@ -281,3 +349,31 @@ def test_each_candidate_gets_its_calibration_histograms_chi_square(cdnow_sample_
     with_covariates = BetaGeoModel(covariates=["web"]).fit(
         calibration.assign(web=(np.arange(len(calibration)) % 2).astype(float)))
     assert all(np.isnan(v) for v in goodness_of_fit(with_covariates, histories).values())
+
+
+def test_every_candidate_and_the_baseline_get_the_diagnostics(cdnow_sample_calibration_features):
+    from pipeline.config import ModelSettings
+    from pipeline.stages.fit import backtest_candidates, fit_models, group_customers
+
+    calibration = cdnow_sample_calibration_features
+    settings = ModelSettings()
+    histories = group_customers(calibration)
+    backtest = backtest_candidates(calibration, fit_models(calibration, settings, histories=histories), settings,
+                                   histories=histories)
+    horizon = float(calibration["duration_holdout"].iloc[0])
+    for name, row in backtest.metrics.items():
+        for key in ("any_purchase_brier", "any_purchase_log_loss", "revenue_gini", "purchases_spearman_repeat_customers"):
+            assert np.isfinite(row[key]), (name, key)
+        tables = backtest.tables[name]
+        assert {"revenue_deciles", "gains", "reliability"} <= set(tables)
+        if name != "historical_baseline":
+            # The probability scored is the model's own P(no purchase in the holdout), complemented.
+            model = backtest.fitted.purchase[name]
+            probability = 1.0 - model.probability_of_purchases(calibration, 0, horizon)
+            bought = calibration["frequency_holdout"] > 0
+            assert row["any_purchase_brier"] == pytest.approx(float(((probability - bought) ** 2).mean()), rel=1e-9)
+            assert "calibration_histogram" in tables and np.isfinite(row["calibration_chi_square"])
+    # The baseline says customers who never repeated never will: some of them did.
+    assert backtest.metrics["historical_baseline"]["holdout_chi_square"] == np.inf
+    assert all(backtest.metrics[name]["any_purchase_log_loss"] < backtest.metrics["historical_baseline"]["any_purchase_log_loss"]
+               for name in backtest.fitted.purchase)
