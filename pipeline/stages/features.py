@@ -112,8 +112,9 @@ def resolve_calibration_end(
     with ``max_holdout_share``, to leave the holdout at most that share of the history."""
     calibration_end = settings.calibration_end
     if settings.holdout_periods is not None:
-        days = settings.holdout_periods * settings.period.days_per_unit
-        calibration_end = observation_end - dt.timedelta(days=round(days))
+        days = settings.holdout_days(observation_end)
+        assert days is not None  # a holdout in periods has a length
+        calibration_end = observation_end - dt.timedelta(days=days)
     if calibration_end is None:
         return None
     if not first_date <= calibration_end < observation_end:
