@@ -135,6 +135,19 @@ def resolve_calibration_end(
     return calibration_end
 
 
+def log_up_to(sorted_log: pa.Table, observation_end: dt.date) -> pa.Table:
+    """The rows of a log sorted by customer and date (see
+    :func:`pipeline.duckdb_engine.sorted_log_sql`) on or before ``observation_end``, still
+    sorted and in one chunk per column: the log as observed at an earlier date."""
+    import pyarrow.compute as pc
+
+    dates = sorted_log.column("order_date")
+    if len(dates) == 0 or pc.max(dates).as_py() <= observation_end:
+        return sorted_log
+    keep = pc.less_equal(dates, pa.scalar(observation_end, type=dates.type))
+    return sorted_log.filter(keep).combine_chunks()
+
+
 def features_of_sorted_log(
     sorted_log: pa.Table, log: LogSummary, period: PeriodSettings, calibration_end: dt.date | None,
     calibration_writer: Any = None, holdout_purchases: bool = False,
