@@ -130,3 +130,27 @@ def test_impossible_origins_are_one_line_and_write_nothing(tmp_path, arguments, 
     assert not (tmp_path / "outputs").exists()
     experiment = MlflowClient(uri).get_experiment_by_name("clv")
     assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
+
+
+@pytest.mark.slow
+def test_spark_origins_equal_duckdb_origins():
+    pytest.importorskip("pyspark")
+    overrides = (CANDIDATES, *THIRTEEN_WEEKS, "features.origins=2")
+    duckdb = backtest_origins(sample_config(*overrides))
+    spark_config = sample_config(*overrides, "engine=spark", "spark.master=local[2]",
+                                 "spark.conf={spark.ui.enabled: 'false', spark.sql.shuffle.partitions: '2'}")
+    try:
+        spark = backtest_origins(spark_config)
+    finally:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.stop()
+    assert [r.origin for r in spark.origins] == [r.origin for r in duckdb.origins]
+    for ours, reference in zip(spark.origins, duckdb.origins):
+        assert ours.selected == reference.selected and ours.metrics.keys() == reference.metrics.keys()
+        for model, row in reference.metrics.items():
+            for metric, value in row.items():
+                # The cluster sums batches in another order: equal to rounding.
+                assert ours.metrics[model][metric] == pytest.approx(value, rel=1e-9, nan_ok=True), (model, metric)
