@@ -53,12 +53,16 @@ SUMMARY_FILE = "summary.json"
 BACKTEST_FILE = "backtest.json"
 VALUE_FILE = "value.json"
 MONITOR_FILE = "monitor.json"
+# clv backtest: the origins' summary (spread, wins, every origin's table) and the long table.
+BACKTEST_ORIGINS_FILE = "backtest_origins.json"
+BACKTEST_ORIGINS_TABLE = "backtest_origins.csv"
 SCORER_FILE = "model/scorer.joblib"
 FITTED_FILE = "model/fitted.joblib"
 MODELS_FILE = "model/models.json"
 PLOTS_DIR = "plots"
 # What a tracked run logs as artifacts (the model directory goes in as the MLflow model).
-ARTIFACT_FILES = (CUSTOMERS_FILE, SUMMARY_FILE, FEATURES_SUMMARY_FILE, BACKTEST_FILE, VALUE_FILE, MONITOR_FILE)
+ARTIFACT_FILES = (CUSTOMERS_FILE, SUMMARY_FILE, FEATURES_SUMMARY_FILE, BACKTEST_FILE, VALUE_FILE, MONITOR_FILE,
+                  BACKTEST_ORIGINS_FILE, BACKTEST_ORIGINS_TABLE)
 
 # The calibration features the backtest and its plots read (not first purchase dates, counts
 # of transactions or the holdout's mean transaction value): at 18M customers each column is 144 MB.
@@ -144,9 +148,10 @@ class RunCatalog:
 
     @classmethod
     @contextlib.contextmanager
-    def create(cls, output_dir: Path, name: str | None = None) -> Iterator[RunCatalog]:
+    def create(cls, output_dir: Path, name: str | None = None, latest: bool = True) -> Iterator[RunCatalog]:
         """A new run under ``output_dir``, written in a hidden staging directory that becomes
-        ``output_dir/<run name>`` (and ``LATEST``) only when the block succeeds.
+        ``output_dir/<run name>`` (and ``LATEST``, unless ``latest`` is false: a run the stages
+        cannot continue from, such as ``clv backtest``'s) only when the block succeeds.
 
         Tables handed to the ``write_*`` methods may be written on a helper thread meanwhile;
         the block's end waits for them, so nothing is committed half-written.
@@ -162,7 +167,8 @@ class RunCatalog:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         staging.rename(output_dir / run_name)
-        mark_latest(output_dir / run_name)
+        if latest:
+            mark_latest(output_dir / run_name)
 
     @classmethod
     def previous(cls, output_dir: Path, run_dir: Path | None = None) -> RunCatalog:
@@ -337,6 +343,14 @@ class RunCatalog:
 
     def summary(self) -> dict[str, Any]:
         return json.loads(self._require(SUMMARY_FILE, "report").read_text())
+
+    # -- backtest over several origins ------------------------------------------------------
+
+    def write_backtest_origins(self, summary: dict[str, Any], table: pd.DataFrame) -> None:
+        """``clv backtest``'s summary and its long table (a row per origin, model and metric)."""
+        write_json(summary, self.path(BACKTEST_ORIGINS_FILE))
+        with atomic_path(self.path(BACKTEST_ORIGINS_TABLE)) as tmp:
+            table.to_csv(tmp, index=False)
 
 
 def _schema(path: Path) -> pa.Schema:

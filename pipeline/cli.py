@@ -457,6 +457,106 @@ def run(
         )
 
 
+# The backtest figures shown per origin and in the stability table (when the rows have them);
+# every other metric is in backtest_origins.json/.csv and MLflow. The selection metric comes first.
+_ORIGIN_COLUMNS = {
+    "purchases_rmse": "RMSE purch.", "purchases_mae": "MAE purch.", "purchases_total_error_pct": "total purch. err %",
+    "revenue_rmse": "RMSE rev.", "revenue_mae": "MAE rev.", "purchases_spearman": "Spearman",
+    "top_decile_revenue_capture": "top-10% capture",
+}
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if _is_number(value) else "—"
+
+
+def _origin_columns(summary: dict[str, Any]) -> list[str]:
+    """The shown metric keys: the selection metric's, then the others the rows have."""
+    from pipeline.stages.backtest import SELECTION_KEYS
+
+    present = {metric for origin in summary["origins"] for row in origin["metrics"].values() for metric in row}
+    first = SELECTION_KEYS[summary["selection_metric"]]
+    return [first] + [key for key in _ORIGIN_COLUMNS if key != first and key in present]
+
+
+def print_backtest_origins(summary: dict[str, Any], run_dir: Path) -> None:
+    """Each origin's backtest (short), then each model's mean ± sd per metric and its wins."""
+    keys = _origin_columns(summary)
+    for origin in summary["origins"]:
+        table = Table(title=f"Origin {origin['origin']}: calibration to {origin['calibration_end']}, holdout to "
+                            f"{origin['observation_end']} ({origin['calibration_customers']:,} customers)",
+                      title_justify="left")
+        table.add_column("model")
+        for key in keys:
+            table.add_column(_ORIGIN_COLUMNS.get(key, key), justify="right")
+        for name, metrics in origin["metrics"].items():
+            table.add_row(name + (" ✓" if name == origin["selected"] else ""), *[_figure(metrics.get(k)) for k in keys])
+        console.print(table)
+        for name, why in origin.get("failed_candidates", {}).items():
+            console.print(f"[yellow]skipped[/] {name}: {escape(why)}", highlight=False)
+    count = len(summary["origins"])
+    table = Table(title=f"Stability over {count} origins: mean ± sd (wins on {summary['selection_metric']})",
+                  title_justify="left")
+    table.add_column("model")
+    table.add_column("wins", justify="right")
+    for key in keys:
+        table.add_column(_ORIGIN_COLUMNS.get(key, key), justify="right")
+    for name, metrics in summary["stability"].items():
+        cells = []
+        for key in keys:
+            figures = metrics.get(key)
+            if figures is None or figures["mean"] is None:
+                cells.append("—")
+            else:
+                spread = "" if figures["sd"] is None else f" ± {figures['sd']:.2g}"
+                cells.append(_figure(figures["mean"]) + spread)
+        wins = summary["wins"].get(name)
+        table.add_row(name, "—" if wins is None else f"{wins}/{count}", *cells)
+    console.print(table)
+    console.print(f"report in {run_dir}", highlight=False)
+
+
+@app.command()
+@user_errors
+def backtest(
+    config: ConfigOption = DEFAULT_CONFIG,
+    set_: SetOption = None,
+    origins: Annotated[int | None, typer.Option(
+        "--origins", "-k", help="Calibration ends to backtest at, one holdout apart (default: features.origins).",
+    )] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Backtest every candidate at several calibration ends: each metric's mean and spread, and how often each model wins."""
+    from pipeline import tracking
+    from pipeline.catalog import RunCatalog
+    from pipeline.errors import TrackingError
+    from pipeline.runner import backtest_origins, write_backtest_origins
+
+    settings = _load(config, [*(set_ or []), *([f"features.origins={origins}"] if origins is not None else [])])
+    progress = _progress_printer(quiet)
+    if settings.tracking.enabled and settings.tracking.required:
+        # An unreachable server stops the command before the work, as it stops clv run.
+        tracking.check_store(tracking.tracking_uri(settings.tracking))
+    # The work first, logged once it is done: an impossible origin leaves no run anywhere.
+    result = backtest_origins(settings, progress=progress)
+    with tracking.tracked_run(settings, "backtest", config_path=config) as tracker:
+        with RunCatalog.create(settings.output_dir, name="backtest", latest=False) as catalog:
+            summary = write_backtest_origins(catalog, result)
+            if tracker:
+                _progress(progress, "logging to MLflow")
+                try:
+                    tracker.log_config()
+                    tracker.log_backtest_origins(summary, catalog.directory)
+                except Exception as exc:  # noqa: BLE001 - any store failure is one line; nothing is kept
+                    raise TrackingError(f"tracking store {tracking.tracking_uri(settings.tracking)}: cannot log the "
+                                        f"backtest ({tracking.error_line(exc)})") from None
+    print_backtest_origins(summary, catalog.final)
+    if tracker:
+        console.print(f"MLflow run [bold]{tracker.run_id}[/] with {len(summary['origins'])} nested origin runs",
+                      highlight=False)
+
+
 @app.command()
 @user_errors
 def promote(

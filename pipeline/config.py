@@ -163,6 +163,12 @@ class FeatureSettings(_Settings):
     holdout_periods: float | None = Field(
         None, gt=0, description="Holdout length in periods, instead of calibration_end."
     )
+    origins: int = Field(
+        1, ge=1,
+        description="clv backtest: refit every candidate at this many calibration ends, each one holdout "
+        "length before the next (the first is the configured split), and report each metric's mean and "
+        "spread; needs calibration_end or holdout_periods when above 1. clv run uses the configured split only.",
+    )
 
     @model_validator(mode="after")
     def _one_split(self) -> FeatureSettings:
@@ -177,6 +183,16 @@ class FeatureSettings(_Settings):
                 f"calibration_end {self.calibration_end} must be before observation_end {self.observation_end}"
             )
         return self
+
+    def holdout_days(self, observation_end: dt.date) -> int | None:
+        """The holdout's length in days ending at ``observation_end`` (None without a holdout):
+        ``holdout_periods`` rounded to whole days as the features stage rounds it, or the days
+        from ``calibration_end`` to ``observation_end``."""
+        if self.holdout_periods is not None:
+            return round(self.holdout_periods * self.period.days_per_unit)
+        if self.calibration_end is not None:
+            return (observation_end - self.calibration_end).days
+        return None
 
 
 PurchaseModelName = Literal["bgnbd", "mbgnbd", "paretonbd"]
@@ -555,5 +571,7 @@ def config_digest(config: Config) -> str:
     """Hash of the settings that shape the model (not where outputs, runs or Spark go)."""
     import hashlib
 
-    data = config.model_dump(mode="json", exclude={"output_dir", "tracking", "spark", "engine", "release", "monitor"})
+    # features.origins says how clv backtest reports on the settings, not what a model is.
+    data = config.model_dump(mode="json", exclude={"output_dir": True, "tracking": True, "spark": True, "engine": True,
+                                                   "release": True, "monitor": True, "features": {"origins"}})
     return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()

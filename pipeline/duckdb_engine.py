@@ -98,6 +98,25 @@ def compute_features(
     )
 
 
+def sorted_log_from_config(
+    config: Config, source: str | Path | pd.DataFrame | None = None, before_sort: Any = None, threads: int | None = None,
+) -> tuple[pa.Table, LogSummary]:
+    """A config's log (or ``source``) validated and sorted by customer and date, with its
+    summary: read once for several feature tables (``clv backtest``'s origins; see
+    :func:`pipeline.stages.features.log_up_to`). ``before_sort(log)`` runs on the summary
+    before the sort, so a setting the data cannot satisfy fails before that work."""
+    con = connect(threads=threads)
+    try:
+        log = load_transactions(con, source if source is not None else config.input.path, config.input,
+                                config.validation, config.features.observation_end)
+        if before_sort is not None:
+            before_sort(log)
+        sorted_log = fetch_sorted_log(con, log)
+    finally:
+        con.close()  # see compute_features
+    return sorted_log.combine_chunks(), log
+
+
 def features_from_config(
     config: Config, source: str | Path | pd.DataFrame | None = None, calibration_writer: Any = None,
 ) -> FeaturesResult:

@@ -706,3 +706,72 @@ def plot_revenue_deciles(deciles: dict[str, pd.DataFrame], path: str | Path, tit
         axes.legend(fontsize=8)
         axes.set_title(titles.get(name, name), fontsize=10)
     return _save(figure, path)
+
+def selection_metric_by_origin_data(long_table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Each model's selection metric at each origin, as the selection compares it (absolute).
+
+    Parameters
+    ----------
+    long_table : pandas.DataFrame
+        :func:`pipeline.stages.stability.long_table` of ``clv backtest``'s origins.
+    key : str
+        The metric's key in the backtest rows (``pipeline.stages.backtest.SELECTION_KEYS``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``calibration_end``, oldest first; a column per model in the table's order;
+        NaN where a model has no value at an origin (it failed there).
+    """
+    rows = long_table[long_table["metric"] == key]
+    wide = rows.assign(value=rows["value"].abs()).pivot(index="calibration_end", columns="model", values="value")
+    return wide.reindex(columns=list(dict.fromkeys(rows["model"]))).sort_index()
+
+
+def plot_selection_metric_by_origin(
+    data: pd.DataFrame, path: str | Path, metric: str, winners: dict | None = None, ax=None,
+) -> Path | None:
+    """Draw each model's selection metric across the origins, as a PNG.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Output of :func:`selection_metric_by_origin_data`.
+    path : str or pathlib.Path
+        Where to write the PNG (written atomically); ignored when ``ax`` is given.
+    metric : str
+        The selection metric's name, for the axis label.
+    winners : dict, optional
+        Calibration end → the model selected there, ringed on its line.
+    ax : matplotlib.axes.Axes, optional
+        Draw on these axes instead of a new figure; nothing is written.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``path``, or None when drawing on ``ax``.
+    """
+    figure = None
+    if ax is None:
+        figure = _new_figure()
+        ax = figure.add_subplot()
+    dates = pd.to_datetime(pd.Index(data.index))
+    colours = colormaps["tab10"]
+    for i, model in enumerate(data.columns):
+        # The naive baseline is the yardstick, not a candidate: grey and dashed.
+        baseline = model == "historical_baseline"
+        ax.plot(dates, data[model], marker="o", color="grey" if baseline else colours(i % 10),
+                linestyle="--" if baseline else "-", label=model)
+    for end, model in (winners or {}).items():
+        value = data[model].get(end) if model in data.columns else None
+        if value is not None and np.isfinite(value):
+            ax.plot([pd.Timestamp(end)], [value], marker="o", markersize=13, markerfacecolor="none",
+                    markeredgecolor="black", linestyle="none")
+    ax.set_xlabel("calibration end of the origin (ringed: the model selected there)")
+    ax.set_ylabel(f"holdout {metric} (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(f"{metric} across {len(data)} origins")
+    if figure is not None:
+        figure.autofmt_xdate()
+    return None if figure is None else _save(figure, path)

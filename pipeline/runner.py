@@ -27,10 +27,12 @@ from pipeline.stages.fit import (
     uses_covariates,
 )
 from pipeline.stages.report import backtest_plot_data, run_summary
+from pipeline.stages.stability import Origin
 from pipeline.stages.value import ValueOutputs, value_stage
 
 __all__ = [
-    "FitOutputs", "PipelineResult", "features_alone", "fit_alone", "report_alone", "run_pipeline", "value_alone",
+    "FitOutputs", "OriginsBacktest", "PipelineResult", "backtest_origins", "features_alone", "fit_alone",
+    "report_alone", "run_pipeline", "value_alone", "write_backtest_origins",
 ]
 
 
@@ -438,4 +440,125 @@ def report_alone(config: Config, run: RunCatalog, progress=None) -> dict[str, An
         plot_paths = draw_plots(catalog, config, fit, value, backtest_data)
         summary = run_summary(config, catalog.features_summary(), fit, value, plot_paths)
         catalog.write_summary(summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# clv backtest: the backtest at several origins
+
+
+@dataclasses.dataclass
+class OriginBacktest:
+    """One origin's backtest: every candidate's (and the naive baseline's) holdout metrics,
+    the candidate selected and why, the candidates left out and why."""
+
+    origin: Origin
+    metrics: dict[str, dict[str, float]]
+    selected: str
+    reason: str
+    failed: dict[str, str]
+    calibration_customers: int
+
+
+@dataclasses.dataclass
+class OriginsBacktest:
+    """The backtest at every origin (latest first), with what the stability report needs."""
+
+    origins: list[OriginBacktest]
+    candidates: list[str]
+    selection_metric: str
+    data: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON of the report (:func:`pipeline.stages.stability.stability_summary`), with the
+        data's dates and each origin's selection reason and skipped candidates."""
+        from pipeline.stages.stability import stability_summary
+
+        summary = stability_summary(
+            [result.origin for result in self.origins], [result.metrics for result in self.origins],
+            [result.selected for result in self.origins], self.candidates, self.selection_metric,
+        )
+        for entry, result in zip(summary["origins"], self.origins):
+            entry |= {"calibration_customers": result.calibration_customers, "selection_reason": result.reason,
+                      "failed_candidates": dict(result.failed)}
+        return {"data": self.data, **summary}
+
+    def long_table(self):
+        """A row per origin, model and metric (:func:`pipeline.stages.stability.long_table`)."""
+        from pipeline.stages.stability import long_table
+
+        return long_table([result.origin for result in self.origins], [result.metrics for result in self.origins])
+
+
+def _origin_progress(progress, origin: Origin, count: int):
+    if progress is None:
+        return None
+    return lambda message: progress(f"origin {origin.number}/{count}: {message}")
+
+
+def backtest_origins(config: Config, source=None, progress=None) -> OriginsBacktest:
+    """The backtest (:func:`run_backtest`) at each of ``features.origins`` calibration ends,
+    one holdout length apart (:func:`pipeline.stages.stability.origin_windows`); origin 1 is
+    ``clv run``'s split, and gives its figures.
+
+    DuckDB reads, validates and sorts the log once; each origin's calibration features come
+    from the rows up to its observation end. Impossible origins fail before the sort.
+    """
+    from pipeline.stages.stability import origin_windows
+
+    if config.engine == "spark":
+        from pipeline.spark.run import backtest_origins_on_spark, spark_failures
+
+        with spark_failures(config.spark.master):
+            return backtest_origins_on_spark(config, source, progress)
+    from pipeline.duckdb_engine import sorted_log_from_config
+    from pipeline.stages.features import log_up_to, pipeline_frame
+    from pipeline.stages.fit import candidate_names
+    from pipeline.stages.sorted_log import summarize_sorted_log
+
+    covariates = CustomerCovariates.read(config)  # a bad attribute file fails before any work
+    windows: list[Origin] = []
+
+    def place_origins(log: Any) -> None:
+        windows.extend(origin_windows(config.features, log.first_date, log.observation_end,
+                                      max_holdout_share=config.validation.max_holdout_share))
+
+    _progress(progress, "reading the log")
+    sorted_log, log = sorted_log_from_config(config, source, before_sort=place_origins)
+    results = []
+    for origin in windows:
+        _progress(progress, f"origin {origin.number}/{len(windows)}: calibration ends {origin.calibration_end}, "
+                            f"holdout to {origin.observation_end}")
+        _, table, _ = summarize_sorted_log(
+            log_up_to(sorted_log, origin.observation_end), config.features.period, origin.observation_end,
+            origin.calibration_end,
+        )
+        assert table is not None  # every origin has a calibration end
+        calibration = covariates.beside(
+            pipeline_frame(table.select(BACKTEST_COLUMNS + covariates.log_columns), indexed=False))
+        del table
+        backtest = run_backtest(calibration, config, _origin_progress(progress, origin, len(windows)))
+        results.append(OriginBacktest(origin, backtest.metrics, backtest.selected, backtest.reason,
+                                      dict(backtest.fitted.failed), len(calibration)))
+        del calibration, backtest
+        RunCatalog.release_memory()
+    data = {"source": log.source, "first_date": log.first_date.isoformat(), "last_date": log.last_date.isoformat(),
+            "observation_end": log.observation_end.isoformat(), "rows_used": log.rows_used}
+    return OriginsBacktest(results, candidate_names(config.models), config.models.selection_metric, data)
+
+
+def write_backtest_origins(catalog: RunCatalog, result: OriginsBacktest) -> dict[str, Any]:
+    """The report of :func:`backtest_origins` into ``catalog``: its JSON, its long table as CSV
+    and the plot of the selection metric across the origins. Returns the summary."""
+    from pipeline import plots
+    from pipeline.stages.backtest import SELECTION_KEYS
+
+    summary = result.summary()
+    table = result.long_table()
+    catalog.write_backtest_origins(summary, table)
+    data = plots.selection_metric_by_origin_data(table, SELECTION_KEYS[result.selection_metric])
+    plots.plot_selection_metric_by_origin(
+        data, catalog.plot_path("selection_metric_by_origin"), result.selection_metric,
+        {entry.origin.calibration_end: entry.selected for entry in result.origins},
+    )
     return summary

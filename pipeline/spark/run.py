@@ -744,3 +744,54 @@ def predicted_clv_total(features: DataFrame, scorer: Any) -> float:
     return float(sum(reduce_batches(
         features, lambda batch: float(score_customers(scorer, batch, tiers=None, intervals=False)["predicted_clv"].sum())
     )))
+
+
+# ---------------------------------------------------------------------------------------------
+# clv backtest: the backtest at several origins
+
+
+def backtest_origins_on_spark(config: Config, source=None, progress=None):
+    """:func:`pipeline.runner.backtest_origins` with ``engine: spark``: the log read and
+    validated once (and kept on the executors' disks, partitioned by customer), each origin's
+    calibration features computed by the executors from its rows up to that origin's
+    observation end, and backtested as ``clv run`` backtests (:func:`run_backtest_on_cluster`)."""
+    from pipeline.runner import OriginBacktest, OriginsBacktest
+    from pipeline.spark.feature_tables import features as feature_tables
+    from pipeline.spark.reading import read_transactions
+    from pipeline.stages.stability import origin_windows
+
+    spark = spark_session(config.spark)
+    _progress(progress, "reading the log")
+    frame, log = read_transactions(spark, source if source is not None else config.input.path, config.input,
+                                   config.validation, config.features.observation_end)
+    windows = origin_windows(config.features, log.first_date, log.observation_end,
+                             max_holdout_share=config.validation.max_holdout_share)
+    # On disk only, as in write_features; partitioned by customer once for every origin's tables.
+    frame = frame.repartition("customer_id").persist(StorageLevel.DISK_ONLY)
+    results = []
+    try:
+        for origin in windows:
+            _progress(progress, f"origin {origin.number}/{len(windows)}: calibration ends {origin.calibration_end}, "
+                                f"holdout to {origin.observation_end}")
+            _, calibration = feature_tables(
+                frame.where(F.col("order_date") <= F.lit(origin.observation_end)), config.features,
+                origin.observation_end, origin.calibration_end, with_margin=log.has_margin,
+                with_channel=log.has_channel, with_acquisition_cost=log.has_acquisition_cost,
+            )
+            # Read by every fit and by the holdout predictions: computed once.
+            calibration = calibration.persist(StorageLevel.DISK_ONLY)
+            try:
+                customers = calibration.count()
+                say = None if progress is None else (
+                    lambda message, number=origin.number: progress(f"origin {number}/{len(windows)}: {message}"))
+                backtest, predictions = run_backtest_on_cluster(calibration, config, customers, say)
+                predictions.unpersist()
+            finally:
+                calibration.unpersist()
+            results.append(OriginBacktest(origin, backtest.metrics, backtest.selected, backtest.reason,
+                                          dict(backtest.fitted.failed), customers))
+    finally:
+        frame.unpersist()
+    data = {"source": log.source, "first_date": log.first_date.isoformat(), "last_date": log.last_date.isoformat(),
+            "observation_end": log.observation_end.isoformat(), "rows_used": log.rows_used}
+    return OriginsBacktest(results, list(config.models.purchase.candidates), config.models.selection_metric, data)

@@ -112,8 +112,9 @@ def resolve_calibration_end(
     with ``max_holdout_share``, to leave the holdout at most that share of the history."""
     calibration_end = settings.calibration_end
     if settings.holdout_periods is not None:
-        days = settings.holdout_periods * settings.period.days_per_unit
-        calibration_end = observation_end - dt.timedelta(days=round(days))
+        days = settings.holdout_days(observation_end)
+        assert days is not None  # a holdout in periods has a length
+        calibration_end = observation_end - dt.timedelta(days=days)
     if calibration_end is None:
         return None
     if not first_date <= calibration_end < observation_end:
@@ -132,6 +133,19 @@ def resolve_calibration_end(
             f"{max_holdout_share:.1%} is allowed (validation.max_holdout_share): shorten the holdout"
         )
     return calibration_end
+
+
+def log_up_to(sorted_log: pa.Table, observation_end: dt.date) -> pa.Table:
+    """The rows of a log sorted by customer and date (see
+    :func:`pipeline.duckdb_engine.sorted_log_sql`) on or before ``observation_end``, still
+    sorted and in one chunk per column: the log as observed at an earlier date."""
+    import pyarrow.compute as pc
+
+    dates = sorted_log.column("order_date")
+    if len(dates) == 0 or pc.max(dates).as_py() <= observation_end:
+        return sorted_log
+    keep = pc.less_equal(dates, pa.scalar(observation_end, type=dates.type))
+    return sorted_log.filter(keep).combine_chunks()
 
 
 def features_of_sorted_log(

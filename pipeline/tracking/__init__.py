@@ -31,6 +31,7 @@ from pipeline.tracking.runs import (
     flatten,
     input_file_sha256,
     log_backtest,
+    log_backtest_origins,
     log_candidates,
     log_config,
     log_data,
@@ -47,7 +48,8 @@ from pipeline.tracking.tracker import InProcessTracker, tracked_run
 __all__ = [
     "CHALLENGER", "CHAMPION", "DEFAULT_URI", "PYFUNC_INPUT_COLUMNS", "RUN_KIND_TAG", "InProcessTracker",
     "champion_version", "check_store", "code_version", "compare_runs", "connect", "data_fingerprint", "end_failed",
-    "error_line", "flatten", "input_file_sha256", "load_scorer", "log_backtest", "log_candidates", "log_config",
+    "error_line", "flatten", "input_file_sha256", "load_scorer", "log_backtest", "log_backtest_origins",
+    "log_candidates", "log_config",
     "log_data", "log_fit", "log_model", "log_model_summaries", "log_monitor", "log_outputs", "log_pipeline_end",
     "log_value", "model_example", "open_run", "promote", "register_model", "resolve_input_path", "tracked_run",
     "tracking_uri",

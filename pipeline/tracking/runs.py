@@ -93,7 +93,10 @@ def open_run(client: Any, config: Config, kind: str, run_name: str | None = None
         try:
             yield opened
         except BaseException as exc:
-            end_failed(opened, error_line(exc), type(exc).__name__, killed=isinstance(exc, KeyboardInterrupt))
+            try:
+                end_failed(opened, error_line(exc), type(exc).__name__, killed=isinstance(exc, KeyboardInterrupt))
+            except Exception:  # noqa: BLE001 - the store may be what failed: the body's error is the one to report
+                pass
             raise
 
 
@@ -296,3 +299,36 @@ def log_monitor(run: _Run, metrics: dict[str, float], alert: str | None) -> None
     mlflow.set_tag("clv.monitor.alert", "true" if alert else "false")
     if alert:
         mlflow.set_tag("clv.monitor.alert_reason", alert[:500])
+
+
+def log_backtest_origins(run: _Run, summary: dict[str, Any], run_dir: Path) -> None:
+    """``clv backtest``: on the open (parent) run, each model's spread per metric
+    (``stability.<model>.<metric>_mean`` / ``_sd``) and its wins (``wins.<model>``), the report's
+    files and plot; one nested run per origin, tagged with its dates and winner, with every
+    model's metrics there as ``<model>.<metric>``."""
+    import mlflow
+
+    origins = summary["origins"]
+    mlflow.log_param("origins", len(origins))
+    flat: dict[str, Any] = {}
+    for model, metrics in summary["stability"].items():
+        for metric, figures in metrics.items():
+            flat[_metric_key(f"stability.{model}.{metric}_mean")] = figures["mean"]
+            flat[_metric_key(f"stability.{model}.{metric}_sd")] = figures["sd"]
+    flat |= {_metric_key(f"wins.{model}"): wins for model, wins in summary["wins"].items()}
+    mlflow.log_metrics(_finite(flat))  # nulls (no finite value, one origin's sd) are left out
+    mlflow.set_tags({"clv.selection_metric": summary["selection_metric"],
+                     "clv.wins": ", ".join(f"{model} {wins}" for model, wins in summary["wins"].items())})
+    for origin in origins:
+        tags = {RUN_KIND_TAG: "origin", "clv.origin": str(origin["origin"]),
+                "clv.calibration_end": origin["calibration_end"], "clv.observation_end": origin["observation_end"],
+                "clv.selected_purchase_model": origin["selected"]}
+        with mlflow.start_run(run_name=f"origin {origin['origin']} ({origin['calibration_end']})", nested=True,
+                              tags=tags):
+            mlflow.log_metrics(_finite({_metric_key(f"{model}.{metric}"): value
+                                        for model, metrics in origin["metrics"].items()
+                                        for metric, value in metrics.items()}))
+            if origin.get("failed_candidates"):
+                mlflow.set_tag("clv.failed_candidates",
+                               "; ".join(f"{k}: {v}" for k, v in origin["failed_candidates"].items())[:5000])
+    log_outputs(run, run_dir)

@@ -69,6 +69,10 @@ class InProcessTracker:
     def log_outputs(self, run_dir: Path) -> None:
         runs.log_outputs(self.run, run_dir)
 
+    def log_backtest_origins(self, summary: dict[str, Any], run_dir: Path) -> None:
+        """``clv backtest``'s report (see :func:`pipeline.tracking.runs.log_backtest_origins`)."""
+        runs.log_backtest_origins(self.run, summary, run_dir)
+
     def log_monitor(self, metrics: dict[str, float], alert: str | None) -> None:
         runs.log_monitor(self.run, metrics, alert)
 

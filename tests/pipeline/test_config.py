@@ -62,3 +62,27 @@ def test_covariates_from_the_log_and_an_attribute_file_are_accepted():
                            "models.covariates=[first_channel, age]")
     assert config.models.covariates == ["first_channel", "age"]
     assert config.input.customers is not None and config.input.customers.customer_id == "id"
+
+
+def test_origins_default_to_one_and_refuse_zero():
+    assert sample_config().features.origins == 1
+    with pytest.raises(ConfigError, match="features.origins: Input should be greater than or equal to 1"):
+        sample_config("features.origins=0")
+
+
+@pytest.mark.parametrize("overrides, days", [
+    ([], 273),  # 1997-09-30 to 1998-06-30
+    (["features.calibration_end=null", "features.holdout_periods=13"], 91),
+    (["features.calibration_end=null", "features.holdout_periods=1.5", "features.period.unit=month"], 46),  # 45.66
+    (["features.calibration_end=null"], None),
+])
+def test_holdout_length_in_days(overrides, days):
+    import datetime as dt
+
+    assert sample_config(*overrides).features.holdout_days(dt.date(1998, 6, 30)) == days
+
+
+def test_origins_do_not_change_the_config_digest():
+    from pipeline.config import config_digest
+
+    assert config_digest(sample_config("features.origins=3")) == config_digest(sample_config())
