@@ -461,7 +461,8 @@ def run(
 # every other metric is in backtest_origins.json/.csv and MLflow. The selection metric comes first.
 _ORIGIN_COLUMNS = {
     "purchases_rmse": "RMSE purch.", "purchases_mae": "MAE purch.", "purchases_total_error_pct": "total purch. err %",
-    "revenue_rmse": "RMSE rev.", "revenue_mae": "MAE rev.", "purchases_spearman": "Spearman",
+    "revenue_rmse": "RMSE rev.", "any_purchase_brier": "Brier", "revenue_gini": "Gini rev.",
+    "purchases_spearman": "Spearman", "purchases_spearman_repeat_customers": "Spearman repeaters",
     "top_decile_revenue_capture": "top-10% capture",
 }
 
@@ -482,6 +483,8 @@ def _origin_columns(summary: dict[str, Any]) -> list[str]:
 def print_backtest_origins(summary: dict[str, Any], run_dir: Path) -> None:
     """Each origin's backtest (short), then each model's mean ± sd per metric and its wins."""
     keys = _origin_columns(summary)
+    if summary.get("note"):
+        console.print(f"[yellow]note[/]: {escape(summary['note'])}", highlight=False)
     for origin in summary["origins"]:
         table = Table(title=f"Origin {origin['origin']}: calibration to {origin['calibration_end']}, holdout to "
                             f"{origin['observation_end']} ({origin['calibration_customers']:,} customers)",

@@ -707,6 +707,7 @@ def plot_revenue_deciles(deciles: dict[str, pd.DataFrame], path: str | Path, tit
         axes.set_title(titles.get(name, name), fontsize=10)
     return _save(figure, path)
 
+
 def selection_metric_by_origin_data(long_table: pd.DataFrame, key: str) -> pd.DataFrame:
     """Each model's selection metric at each origin, as the selection compares it (absolute).
 

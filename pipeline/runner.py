@@ -472,7 +472,7 @@ class OriginsBacktest:
     def summary(self) -> dict[str, Any]:
         """The JSON of the report (:func:`pipeline.stages.stability.stability_summary`), with the
         data's dates and each origin's selection reason and skipped candidates."""
-        from pipeline.stages.stability import stability_summary
+        from pipeline.stages.stability import shortened_holdout_note, stability_summary
 
         summary = stability_summary(
             [result.origin for result in self.origins], [result.metrics for result in self.origins],
@@ -481,7 +481,8 @@ class OriginsBacktest:
         for entry, result in zip(summary["origins"], self.origins):
             entry |= {"calibration_customers": result.calibration_customers, "selection_reason": result.reason,
                       "failed_candidates": dict(result.failed)}
-        return {"data": self.data, **summary}
+        note = shortened_holdout_note([result.origin for result in self.origins])
+        return {"data": self.data, **({"note": note} if note else {}), **summary}
 
     def long_table(self):
         """A row per origin, model and metric (:func:`pipeline.stages.stability.long_table`)."""

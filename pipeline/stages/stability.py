@@ -39,6 +39,9 @@ class Origin:
     number: int
     calibration_end: dt.date
     observation_end: dt.date
+    # The configured holdout's days, when it left no room for every origin and a shorter one
+    # was used (see origin_windows); None when the configured one is used.
+    configured_holdout_days: int | None = None
 
     @property
     def holdout_days(self) -> int:
@@ -46,12 +49,32 @@ class Origin:
 
     def to_dict(self) -> dict[str, Any]:
         return {"origin": self.number, "calibration_end": self.calibration_end.isoformat(),
-                "observation_end": self.observation_end.isoformat(), "holdout_days": self.holdout_days}
+                "observation_end": self.observation_end.isoformat(), "holdout_days": self.holdout_days,
+                "configured_holdout_days": self.configured_holdout_days}
+
+
+def shortened_holdout_note(windows: list[Origin]) -> str | None:
+    """One line saying the origins use a shorter holdout than the configured one, or None."""
+    first = windows[0] if windows else None
+    if first is None or first.configured_holdout_days is None:
+        return None
+    return (f"the configured {first.configured_holdout_days}-day holdout leaves room for fewer than {len(windows)} "
+            f"origins in the data: each origin's holdout is {first.holdout_days} days instead, so origin 1 is not "
+            "clv run's split (set features.holdout_periods to choose the length)")
+
+
+def longest_holdout_days(first_date: dt.date, observation_end: dt.date, origins: int, days_per_period: float) -> int:
+    """The longest holdout, in whole days of whole periods, that leaves ``origins`` of them one
+    after another at the end of the data with at least one holdout of calibration history
+    before the earliest; 0 when not even one period does."""
+    history = (observation_end - first_date).days
+    periods = math.floor(history / (origins + 1) / days_per_period)
+    return round(periods * days_per_period) if periods >= 1 else 0
 
 
 def origin_windows(
     settings: FeatureSettings, first_date: dt.date, observation_end: dt.date, origins: int | None = None,
-    max_holdout_share: float | None = None,
+    max_holdout_share: float | None = None, fit_holdout: bool = True,
 ) -> list[Origin]:
     """The ``origins`` splits (default ``settings.origins``) of a log from ``first_date`` to
     ``observation_end``, latest first.
@@ -60,7 +83,12 @@ def origin_windows(
     (:func:`pipeline.stages.features.resolve_calibration_end`). With more than one, the holdout
     is required and the earliest origin's calibration period must lie in the data and be at
     least one holdout long (a model fitted on less history than it is asked to predict says
-    little about the model); :class:`ConfigError` names the key, the origin and its dates.
+    little about the model). When the configured holdout is too long for that, ``fit_holdout``
+    (the default) uses the longest whole-period holdout that fits
+    (:func:`longest_holdout_days`) for every origin, and the origins say so
+    (``configured_holdout_days``, :func:`shortened_holdout_note`): on the built-in CDNOW log the
+    39-week holdout of its 78 weeks leaves room for one origin only. Otherwise, and when even
+    that is impossible, :class:`ConfigError` names the key, the origin and its dates.
     """
     count = settings.origins if origins is None else origins
     if count < 1:
@@ -71,10 +99,20 @@ def origin_windows(
                           "or features.holdout_periods")
     first_calibration_end = resolve_calibration_end(settings, first_date, observation_end, max_holdout_share)
     assert first_calibration_end is not None  # a holdout was configured
-    windows = [Origin(1, first_calibration_end, observation_end)]
+    configured = None
+    if count > 1 and fit_holdout and (observation_end - first_date).days < (count + 1) * holdout:
+        configured = holdout
+        holdout = longest_holdout_days(first_date, observation_end, count, settings.period.days_per_unit)
+        if holdout == 0:
+            raise ConfigError(
+                f"features.origins {count}: the data's {(observation_end - first_date).days} days from {first_date} "
+                f"to {observation_end} leave no room for {count} holdouts of even one {settings.period.unit} "
+                "each after a calibration period as long: use fewer origins")
+        first_calibration_end = observation_end - dt.timedelta(days=holdout)
+    windows = [Origin(1, first_calibration_end, observation_end, configured)]
     for k in range(1, count):
         end = observation_end - dt.timedelta(days=k * holdout)
-        windows.append(Origin(k + 1, end - dt.timedelta(days=holdout), end))
+        windows.append(Origin(k + 1, end - dt.timedelta(days=holdout), end, configured))
     earliest = windows[-1]
     if count > 1:
         earliest_holdout = f"holdout {earliest.calibration_end} to {earliest.observation_end}"

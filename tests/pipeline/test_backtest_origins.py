@@ -117,8 +117,8 @@ def test_one_origin_is_the_backtest_of_clv_run(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--origins", "0"], "features.origins: Input should be greater than or equal to 1"),
-    # The sample's own 273-day holdout: a second origin would calibrate up to 1996-12-31.
-    (["--origins", "3"], "features.origins 3: origin 3 would calibrate up to 1996-04-02"),
+    # Not even a week's holdout leaves room for 80 origins in the sample's 545 days.
+    (["--origins", "80"], "features.origins 80: the data's 545 days from 1997-01-01"),
 ])
 def test_impossible_origins_are_one_line_and_write_nothing(tmp_path, arguments, message):
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -146,4 +146,24 @@ def test_one_origin_is_the_configured_split():
 ])
 def test_impossible_origins_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
-        origin_windows(settings, D(1997, 1, 1), D(1998, 6, 30))
+        origin_windows(settings, D(1997, 1, 1), D(1998, 6, 30), fit_holdout=False)
+
+
+def test_a_holdout_too_long_for_the_origins_gives_way_to_the_longest_that_fits():
+    from pipeline.stages.stability import shortened_holdout_note
+
+    # The built-in CDNOW run: 39 weeks of holdout in 545 days leave room for one origin; three
+    # origins and a calibration as long as a holdout need 4 holdouts: 19 whole weeks (133 days).
+    windows = origin_windows(weeks(calibration_end=D(1997, 9, 30), origins=3), D(1997, 1, 1), D(1998, 6, 30))
+    assert [(w.calibration_end, w.observation_end) for w in windows] == [
+        (D(1998, 2, 17), D(1998, 6, 30)), (D(1997, 10, 7), D(1998, 2, 17)), (D(1997, 5, 27), D(1997, 10, 7))]
+    assert {w.holdout_days for w in windows} == {133} and {w.configured_holdout_days for w in windows} == {273}
+    note = shortened_holdout_note(windows)
+    assert note is not None and "273-day holdout" in note and "133 days" in note
+    # A holdout that fits is kept, and says nothing.
+    kept = origin_windows(weeks(holdout_periods=13, origins=3), D(1997, 1, 1), D(1998, 6, 30))
+    assert kept == ORIGINS and shortened_holdout_note(kept) is None
+    # Not even one week each: an error, not a day-long holdout.
+    with pytest.raises(ConfigError, match="features.origins 80: the data's 545 days .* leave no room for 80 holdouts "
+                                          "of even one week"):
+        origin_windows(weeks(holdout_periods=13, origins=80), D(1997, 1, 1), D(1998, 6, 30))
