@@ -61,7 +61,8 @@ FITTED_FILE = "model/fitted.joblib"
 MODELS_FILE = "model/models.json"
 PLOTS_DIR = "plots"
 # What a tracked run logs as artifacts (the model directory goes in as the MLflow model).
-ARTIFACT_FILES = (CUSTOMERS_FILE, SUMMARY_FILE, FEATURES_SUMMARY_FILE, BACKTEST_FILE, VALUE_FILE, MONITOR_FILE,
+MODEL_CARD_FILE = "model_card.md"
+ARTIFACT_FILES = (CUSTOMERS_FILE, SUMMARY_FILE, MODEL_CARD_FILE, FEATURES_SUMMARY_FILE, BACKTEST_FILE, VALUE_FILE, MONITOR_FILE,
                   BACKTEST_ORIGINS_FILE, BACKTEST_ORIGINS_TABLE)
 
 # The calibration features the backtest and its plots read (not first purchase dates, counts
@@ -336,7 +337,12 @@ class RunCatalog:
         return self.path(PLOTS_DIR) / f"{name}.png"
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """``summary.json`` and the model card made from it (the card holds nothing else)."""
+        from pipeline.stages.model_card import model_card
+
         write_json(summary, self.path(SUMMARY_FILE))
+        with atomic_path(self.path(MODEL_CARD_FILE)) as tmp:
+            tmp.write_text(model_card(summary))
 
     def write_json(self, name: str, payload: Any) -> None:
         write_json(payload, self.path(name))

@@ -292,6 +292,9 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         "spend model": "Gamma-Gamma (" + ", ".join(f"{k} {v:.4g}" for k, v in model["spend_params"].items()) + ")",
         "frequency–monetary correlation": f"{model['spend_frequency_monetary_correlation']:.3f} (Gamma-Gamma assumes ≈ 0)",
     }))
+    independence = model.get("spend_independence") or {}
+    if independence.get("warning"):
+        console.print(f"[yellow]warning[/]: {escape(independence['warning'])}", highlight=False)
     _print_covariates(model.get("covariates"))
     settings = summary["value_settings"]
     console.print(_summary_table("CLV: predicted vs historical", {
@@ -321,7 +324,8 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
     console.print(tiers)
     if summary["backtest"]:
         _print_backtest(summary, model["selected_purchase_model"])
-    console.print(f"outputs: [bold]{run_dir}[/] (customers.parquet, summary.json, plots/)", highlight=False)
+    console.print(f"outputs: [bold]{run_dir}[/] (customers.parquet, summary.json, model_card.md, plots/)",
+                  highlight=False)
 
 
 @app.command()

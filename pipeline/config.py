@@ -234,6 +234,9 @@ class PurchaseModelSettings(_Settings):
 class SpendModelSettings(_Settings):
     penalizer: float = Field(0.0, ge=0)
     min_repeat_customers: int = Field(30, ge=2)
+    independence_warning_above: float = Field(
+        0.3, gt=0, le=1, description="Warn (printed, summary, model card) when the repeat customers' frequency and "
+        "mean spend correlate above this in absolute value: Gamma-Gamma assumes they are independent.")
 
 
 # The covariate the log itself gives: the channel of each customer's first purchase.
@@ -571,7 +574,9 @@ def config_digest(config: Config) -> str:
     """Hash of the settings that shape the model (not where outputs, runs or Spark go)."""
     import hashlib
 
-    # features.origins says how clv backtest reports on the settings, not what a model is.
+    # features.origins and the spend independence warning say how runs report on the settings,
+    # not what a model is.
     data = config.model_dump(mode="json", exclude={"output_dir": True, "tracking": True, "spark": True, "engine": True,
-                                                   "release": True, "monitor": True, "features": {"origins"}})
+                                                   "release": True, "monitor": True, "features": {"origins"},
+                                                   "models": {"spend": {"independence_warning_above"}}})
     return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()

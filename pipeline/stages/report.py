@@ -9,7 +9,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.release import release_checks
 from pipeline.stages.fit import PURCHASE_MODEL_TITLES, FitOutputs
+from pipeline.stages.model_card import spend_independence
 from pipeline.stages.value import ValueOutputs
 
 
@@ -93,11 +95,17 @@ def run_summary(
             "purchase_log_likelihood": purchase["log_likelihood"],
             "spend_params": fit.spend_model.summary()["params"],
             "spend_frequency_monetary_correlation": float(fit.spend_model.frequency_monetary_correlation_),
+            "spend_independence": spend_independence(float(fit.spend_model.frequency_monetary_correlation_),
+                                                     config.models.spend.independence_warning_above),
             "covariates": covariates_summary(config, fit),
         },
         "value_settings": value.scorer.settings_summary(),
         "value": value.summary,
         "backtest": fit.backtest,
         "diagnostics": diagnostics_summary(fit.diagnostics),
+        # The run's own release gates (clv retrain adds the comparison with the champion).
+        "release": {name: {"passed": check.passed, "detail": check.detail} for name, check in release_checks(
+            fit, value.summary, config.release, config.models.selection_metric,
+            clv_total=value.summary["predicted_clv_total"]).items()},
         "plots": dict(plot_paths),
     }

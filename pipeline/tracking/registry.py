@@ -143,6 +143,23 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
     return pd.DataFrame(rows)
 
 
+def set_description(run_dir: Path) -> None:
+    """The run's model card as its MLflow description (the UI's "Description" box), cut to what
+    a tag holds; the whole card is the ``model_card.md`` artifact."""
+    import mlflow
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from pipeline.catalog import MODEL_CARD_FILE
+
+    card = Path(run_dir) / MODEL_CARD_FILE
+    if not card.is_file():
+        return
+    text = card.read_text()
+    if len(text) > MAX_TAG_VAL_LENGTH:
+        text = text[: MAX_TAG_VAL_LENGTH - 80].rsplit("\n", 1)[0] + f"\n\n… (the whole card: artifact {MODEL_CARD_FILE})\n"
+    mlflow.set_tag("mlflow.note.content", text)
+
+
 def log_pipeline_end(
     run: _Run, config: Config, run_dir: Path, summary: dict[str, Any], scorer: Any, logged_model: Any,
     checks: dict[str, Any], source: Any = None,
@@ -159,5 +176,6 @@ def log_pipeline_end(
     log_data(run, data_fingerprint(config, features_info, source), features_info)
     log_value(run, summary["value"])
     log_outputs(run, run_dir)
+    set_description(run_dir)
     mlflow.set_tag("mlflow.runName", f"{summary['model']['selected_purchase_model']} as of {features_info['observation_end']}")
     return register_model(run, logged_model, scorer, checks)

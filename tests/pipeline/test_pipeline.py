@@ -35,11 +35,48 @@ def test_run_writes_every_output(sample_run):
     result, run_dir = sample_run
     for name in ["customers.parquet", "summary.json", "features.parquet", "calibration.parquet", "model/scorer.joblib"]:
         assert (run_dir / name).is_file(), name
-    for plot in ["calibration_vs_holdout", "cumulative_tracking", "probability_alive_matrix", "clv_distribution", "clv_by_tier"]:
+    for plot in ["calibration_vs_holdout", "cumulative_tracking", "probability_alive_matrix", "clv_distribution", "clv_by_tier",
+                 "purchase_histogram", "reliability", "gains", "revenue_deciles"]:
         assert (run_dir / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["backtest"]) == {"bgnbd", "paretonbd", "historical_baseline"}
     assert summary["model"]["selected_purchase_model"] in {"bgnbd", "paretonbd"}
+    assert set(summary["diagnostics"]) == set(summary["backtest"])
+    assert set(summary["diagnostics"]["bgnbd"]) == {"revenue_deciles", "gains", "reliability", "calibration_histogram"}
+
+
+def test_the_model_card_is_made_of_the_summary(sample_run):
+    from pipeline.stages.model_card import model_card
+
+    _, run_dir = sample_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    card = (run_dir / "model_card.md").read_text()
+    assert card == model_card(summary)
+    for heading in ("## Data", "## Model", "## Fit on the calibration period", "## Holdout",
+                    "## Gamma-Gamma independence", "## Release gates", "## Known limits"):
+        assert heading in card, heading
+    selected = summary["model"]["selected_purchase_model"]
+    row = summary["backtest"][selected]
+    assert f"| {row['any_purchase_brier']:.3f} |" in card
+    assert f"{summary['model']['purchase_params']['r']:.4g}" in card
+    assert all(name in card for name in summary["release"])
+    assert "P(alive) is never observed" in card
+    # The sample's repeat customers barely correlate frequency and spend: no warning; a card
+    # of a summary whose check fired says so, as does one whose gate failed.
+    assert "- no warning" in card and summary["model"]["spend_independence"]["warning"] is None
+    summary["model"]["spend_independence"]["warning"] = "correlate at 0.62"
+    first_gate = next(iter(summary["release"]))
+    summary["release"][first_gate] = {"passed": False, "detail": "ran away"}
+    changed = model_card(summary)
+    assert "**warning**: correlate at 0.62" in changed and f"| {first_gate} | **no** | ran away |" in changed
+
+
+def test_spend_independence_warns_only_above_the_threshold():
+    from pipeline.stages.model_card import spend_independence
+
+    assert spend_independence(0.2, 0.3)["warning"] is None
+    assert "-0.45" in spend_independence(-0.45, 0.3)["warning"]
+    assert spend_independence(float("nan"), 0.3)["warning"] is None
 
 
 def test_customer_rows_are_consistent(sample_run):

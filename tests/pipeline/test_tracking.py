@@ -68,15 +68,21 @@ def test_run_logs_config_data_models_metrics_and_artifacts(sqlite_store):
     assert tags["data.sha256"] == __import__("hashlib").sha256(
         Path(tags["data.path"]).read_bytes()
     ).hexdigest()
-    for key in ["holdout.purchases_rmse", "baseline.purchases_rmse", "clv.predicted_clv_mean",
+    for key in ["holdout.purchases_rmse", "baseline.purchases_rmse", "holdout.any_purchase_brier",
+                "baseline.any_purchase_brier", "holdout.revenue_gini", "holdout.calibration_chi_square",
+                "holdout.holdout_chi_square", "holdout.purchases_spearman_repeat_customers", "clv.predicted_clv_mean",
                 "clv.historical_clv_company", "tier.high.mean_predicted_clv", "purchase.log_likelihood",
                 "spend.p", "spend.se.p", "spend.frequency_monetary_correlation"]:
         assert key in metrics, key
     assert metrics["data.customers"] == 2357
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"customers.parquet", "summary.json", "plots", "config", "models.json"} <= artifacts
+    assert {"customers.parquet", "summary.json", "model_card.md", "plots", "config", "models.json"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert "plots/cumulative_tracking.png" in plots
+    assert {f"plots/{name}.png" for name in ("cumulative_tracking", "purchase_histogram", "reliability", "gains",
+                                              "revenue_deciles")} <= plots
+    # The model card is the run's description in the MLflow UI.
+    card = Path(client.download_artifacts(run.info.run_id, "model_card.md", str(root))).read_text()
+    assert tags["mlflow.note.content"] == card and card.startswith("# Model card: ")
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == tags["data.sha256"][:16]
     # Candidate purchase models are nested runs; the parent records the winner.
     children = client.search_runs(
