@@ -602,6 +602,10 @@ def compare(
             "" if predicted is None or predicted != predicted else f"{predicted:,.2f} / {historical:,.2f}"
             for predicted, historical in zip(frame[f"{pair}_predicted_mean"], frame[f"{pair}_historical_mean"])
         ]
+    frame["brier_pair"] = [
+        "" if ours is None or ours != ours else f"{ours:.3f} / {baseline:.3f}"
+        for ours, baseline in zip(frame["holdout_any_purchase_brier"], frame["baseline_any_purchase_brier"])
+    ]
     table = Table(title="Runs (newest first)", title_justify="left")
     columns = [
         ("run_id", "run", lambda v: v[:8]), ("started", "started", str), ("data", "data sha", str),
@@ -609,6 +613,8 @@ def compare(
         ("holdout_purchases_rmse", "holdout RMSE", "{:.3f}".format),
         ("holdout_purchases_total_error_pct", "total err", "{:+.1f}%".format),
         ("baseline_purchases_rmse", "baseline RMSE", "{:.3f}".format),
+        ("brier_pair", "Brier / base", str), ("holdout_revenue_gini", "Gini rev.", "{:.3f}".format),
+        ("calibration_chi_square_p_value", "χ² calib. p", "{:.2g}".format),
         ("predicted_clv_mean", "pred. CLV", "{:,.2f}".format), ("historical_clv_mean", "hist. CLV", "{:,.2f}".format),
         ("horizon_pair", "horizon pred/hist", str), ("lifetime_pair", "lifetime pred/hist", str),
         ("version", "version", str), ("skipped", "skipped", str),

@@ -129,6 +129,12 @@ def compare_runs(config: Config, experiment: str | None = None, last: int = 10) 
             "holdout_purchases_rmse": metrics.get("holdout.purchases_rmse"),
             "holdout_purchases_total_error_pct": metrics.get("holdout.purchases_total_error_pct"),
             "baseline_purchases_rmse": metrics.get("baseline.purchases_rmse"),
+            # Diagnostics (runs before issue 20 have none): churn calibration, ranking, fit.
+            "holdout_any_purchase_brier": metrics.get("holdout.any_purchase_brier"),
+            "baseline_any_purchase_brier": metrics.get("baseline.any_purchase_brier"),
+            "holdout_revenue_gini": metrics.get("holdout.revenue_gini"),
+            "holdout_purchases_spearman_repeat_customers": metrics.get("holdout.purchases_spearman_repeat_customers"),
+            "calibration_chi_square_p_value": metrics.get("holdout.calibration_chi_square_p_value"),
             "predicted_clv_mean": metrics.get("clv.predicted_clv_mean"),
             "historical_clv_mean": metrics.get("clv.historical_clv_customer_mean"),
             # Like for like (runs before issue 19 have none): horizon and whole-lifetime pairs.

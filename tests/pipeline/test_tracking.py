@@ -136,6 +136,17 @@ def test_promote_and_compare(sqlite_store):
     champion_line = next(line for line in compared.output.splitlines() if "★" in line)
     assert first_run[:8] in champion_line
     assert clv("promote", "99", *common).exit_code == 2
+    # The diagnostics sit beside the errors, as each run logged them.
+    from pipeline.config import load_config
+    from pipeline.tracking.registry import compare_runs
+
+    frame = compare_runs(load_config(Path(SAMPLE), [f"tracking.uri={uri}"])).set_index("run_id")
+    logged = client.get_run(first_run).data.metrics
+    for column, key in (("holdout_any_purchase_brier", "holdout.any_purchase_brier"),
+                        ("baseline_any_purchase_brier", "baseline.any_purchase_brier"),
+                        ("holdout_revenue_gini", "holdout.revenue_gini"),
+                        ("calibration_chi_square_p_value", "holdout.calibration_chi_square_p_value")):
+        assert frame.loc[first_run, column] == logged[key], column
 
 
 def test_champion_loads_in_a_fresh_process_and_reproduces_the_run(sqlite_store, tmp_path):
