@@ -108,10 +108,12 @@ def test_runs_table_plots_and_champion(store, kernel_path):
     diff_row = next(line for line in changed.splitlines() if line.startswith("value.horizon"))
     assert diff_row.split()[1:] == ["6.0", "12.0"]  # newest run first
 
-    for tag, axes in (("plot-clv", 1), ("plot-holdout", 6)):
+    for tag, axes in (("plot-clv", 1), ("plot-holdout", 6), ("plot-diagnostics", 5), ("newest-diagnostics", 2)):
         figures = [o for o in outputs(notebook, tag) if "image/png" in o.get("data", {})]
         assert len(figures) == 1 and f"with {axes} Axes" in figures[0].data["text/plain"], tag
 
+    shown = text(outputs(notebook, "newest-diagnostics"))
+    assert f"plots/reliability.png of run {second[:8]}" in shown and "plots/gains.png" in shown
     candidates = text(outputs(notebook, "candidates"), "text/html")
     assert candidates.count("<th>bgnbd</th>") == 2 and candidates.count("<td>True</td>") == 2
     champion = text(outputs(notebook, "champion"))
