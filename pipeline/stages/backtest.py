@@ -500,7 +500,7 @@ GAINS_POINTS = 101
 
 def holdout_tables(
     calibration: pd.DataFrame, predicted_revenue: pd.Series, predicted_probability: pd.Series | None,
-    seed: int = 0, drawn_from: int | None = None,
+    seed: int = 0, drawn_from: int | None = None, sample: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The tables behind the diagnostic plots, from the customers :func:`rank_sample` keeps
     (every customer up to :data:`RANK_SAMPLE`; an engine may pass only those rows, with
@@ -513,9 +513,13 @@ def holdout_tables(
       (``best_value_share``), at :data:`GAINS_POINTS` evenly spaced shares.
     * ``reliability`` (with ``predicted_probability``): per decile of P(at least one purchase
       in the holdout), the mean prediction and the share who did buy.
+
+    ``sample``: the rows :func:`rank_sample` keeps, when the caller has them
+    (:attr:`HoldoutActuals.sample`).
     """
-    ids = customer_ids(calibration)
-    sample = rank_sample(ids, len(ids) if drawn_from is None else drawn_from, seed)
+    if sample is None:  # else the caller's HoldoutActuals.sample: hashing 18M ids takes a second or two
+        ids = customer_ids(calibration)
+        sample = rank_sample(ids, len(ids) if drawn_from is None else drawn_from, seed)
     realised = calibration["revenue_holdout"].to_numpy(dtype=float)[sample]
     predicted = predicted_revenue.reindex(calibration.index).to_numpy(dtype=float)[sample]
     tables: dict[str, pd.DataFrame] = {}

@@ -395,7 +395,8 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
                     customers, predictions = calibration, model_holdout_predictions(
                         calibration, model, fitted.spend, histories, spend)
                 metrics[name] = scored_predictions(customers, predictions, seed, actuals)
-            tables[name] = holdout_tables(customers, predictions.revenue, predictions.probability_any_purchase, seed)
+            tables[name] = holdout_tables(customers, predictions.revenue, predictions.probability_any_purchase, seed,
+                                          sample=actuals.sample)
             histogram = calibration_histogram(model, histories)
             if histogram is not None:
                 tables[name]["calibration_histogram"] = histogram
@@ -409,7 +410,8 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     fitted.selected = selected
     naive = naive_holdout_predictions(calibration)
     metrics["historical_baseline"] = scored_predictions(calibration, naive, seed, actuals)
-    tables["historical_baseline"] = holdout_tables(calibration, naive.revenue, naive.probability_any_purchase, seed)
+    tables["historical_baseline"] = holdout_tables(calibration, naive.revenue, naive.probability_any_purchase, seed,
+                                                   sample=actuals.sample)
     return Backtest(fitted, metrics, selected, reason, tables)
 
 
