@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from ._validation import check_positive_int
+from .histories import group_histories
 
 # The histogram's last bin holds this many repeat purchases and more (7+, as FHL 2005).
 LARGEST_BIN = 7
@@ -70,7 +71,9 @@ def purchase_count_distribution(model, ages, largest=LARGEST_BIN, counts=None) -
     if len(distinct) and (not np.all(np.isfinite(distinct)) or distinct.min() < 0):
         raise ValueError("ages must be finite and not negative")
     expected = np.zeros(largest + 1)
-    empty = pd.DataFrame({"frequency": [0.0], "recency": [0.0], "T": [0.0]})
+    # Grouped once: a call per age and count on a plain frame spent 2.7 ms grouping its one row
+    # (4.7 s for three models at 18M customers with 252 distinct ages).
+    empty = group_histories(pd.DataFrame({"frequency": [0.0], "recency": [0.0], "T": [0.0]}))
     for age, count in zip(distinct, counts):
         masses = [float(model.probability_of_purchases(empty, n, float(age)).iloc[0]) for n in range(largest)]
         expected[:largest] += count * np.array(masses)
@@ -164,12 +167,17 @@ def probability_score_sums(predicted, happened) -> dict[str, float]:
         raise ValueError("predicted and happened must be 1-d and alike")
     if not np.all((predicted >= 0) & (predicted <= 1)):
         raise ValueError("predicted must be probabilities in [0, 1]")
-    clipped = np.clip(predicted, LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP)
+    # The probability given to what happened, clipped, in one buffer: at 18M customers each
+    # temporary is 144 MB and a masked copy of a column cost more than its logarithm.
+    given = np.where(happened, predicted, 1.0 - predicted)
+    np.clip(given, LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP, out=given)
+    log_loss_sum = -float(np.log(given, out=given).sum())
+    error = np.subtract(predicted, happened, out=given)
     return {
         "customers": float(len(predicted)),
         "events": float(happened.sum()),
-        "squared_error_sum": float(np.sum((predicted - happened) ** 2)),
-        "log_loss_sum": float(-(np.log(clipped[happened]).sum() + np.log1p(-clipped[~happened]).sum())),
+        "squared_error_sum": float(np.square(error, out=error).sum()),
+        "log_loss_sum": log_loss_sum,
     }
 
 
@@ -216,11 +224,17 @@ def probability_scores(predicted, happened, bins=10) -> tuple[dict[str, float], 
     if len(predicted) == 0:
         raise ValueError("predicted and happened must not be empty")
     scores = probability_scores_from_sums(probability_score_sums(predicted, happened))
-    group = decile_groups(predicted, bins)
-    table = pd.DataFrame({"group": group, "predicted": predicted, "outcome": happened.astype(np.float64)}).groupby(
+    return scores, reliability_table(predicted, happened, bins)
+
+
+def reliability_table(predicted, happened, bins=10) -> pd.DataFrame:
+    """Per group of :func:`decile_groups`: ``customers``, ``mean_predicted``, ``observed_rate``
+    (the reliability table of :func:`probability_scores`)."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    outcome = np.asarray(happened, dtype=bool).astype(np.float64)
+    return pd.DataFrame({"group": decile_groups(predicted, bins), "predicted": predicted, "outcome": outcome}).groupby(
         "group").agg(customers=("outcome", "size"), mean_predicted=("predicted", "mean"),
                      observed_rate=("outcome", "mean"))
-    return scores, table
 
 
 def gains_curve(predicted, realised) -> pd.DataFrame:
@@ -244,16 +258,20 @@ def gains_curve(predicted, realised) -> pd.DataFrame:
     return pd.DataFrame({"customers_share": customers, "value_share": value})
 
 
-def normalized_gini(predicted, realised) -> float:
+def gini_coefficient(order_by, realised) -> float:
+    """Twice the area under the gains curve of ``realised`` ranked by ``order_by``, minus one."""
+    curve = gains_curve(order_by, realised)
+    return float(2.0 * np.trapezoid(curve["value_share"], curve["customers_share"]) - 1.0)
+
+
+def normalized_gini(predicted, realised, best=None) -> float:
     """The Gini of ``realised`` ranked by ``predicted`` over that of ``realised`` ranked by
     itself: 1 for the best order, 0 for no information (every prediction equal), negative
-    for worse than none. NaN when every realised value is equal (no order to find)."""
+    for worse than none. NaN when every realised value is equal (no order to find).
 
-    def gini(order_by) -> float:
-        curve = gains_curve(order_by, realised)
-        area = np.trapezoid(curve["value_share"], curve["customers_share"])
-        return 2.0 * area - 1.0
-
+    ``best``: ``gini_coefficient(realised, realised)``, when the caller scores several
+    predictions of the same values."""
     realised = np.asarray(realised, dtype=np.float64)
-    best = gini(realised)
-    return float(gini(predicted) / best) if best > 0 else float("nan")
+    if best is None:
+        best = gini_coefficient(realised, realised)
+    return float(gini_coefficient(predicted, realised) / best) if best > 0 else float("nan")

@@ -422,17 +422,21 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
     columns += [column for name in names for column in (*_prediction_columns(name), _probability_column(name))]
     # Spearman's rho on the customers rank_sample keeps (the ones DuckDB keeps: the same figure).
     sample = rank_sample_rows(predictions.select(*columns), customers, seed)
+    # What every model's figures share, once (as the DuckDB engine does).
+    actuals = backtest_stage.holdout_actuals(sample[actual], seed, drawn_from=customers)
     # The plots' tables from the same customers as DuckDB's (all of them up to RANK_SAMPLE).
     tables = {
         name: backtest_stage.holdout_tables(sample[actual], sample[_prediction_columns(name)[1]],
-                                            sample[_probability_column(name)], seed, drawn_from=customers)
+                                            sample[_probability_column(name)], seed, drawn_from=customers,
+                                            actuals=actuals)
         for name in names
     }
     if customers <= EXACT_LIMIT:
         # Every customer's values, in customer order: exactly DuckDB's figures, top decile too.
         return {
             name: backtest_stage.holdout_order_statistics(
-                sample[actual], *(sample[column] for column in _prediction_columns(name)), seed=seed
+                sample[actual], *(sample[column] for column in _prediction_columns(name)), seed=seed,
+                actuals=actuals,
             )
             for name in names
         }, tables
@@ -457,7 +461,7 @@ def _holdout_order_statistics(predictions: DataFrame, names: list[str], customer
         purchases, revenue = _prediction_columns(name)
         statistics = backtest_stage.holdout_order_statistics(
             sample[actual], sample[purchases], sample[revenue],
-            seed=seed, drawn_from=customers,
+            seed=seed, drawn_from=customers, actuals=actuals,
         )
         statistics["top_decile_revenue_capture"] = backtest_stage.top_share_capture_from_sums(
             merge_partials(batch[name] for batch in batches), customers, partials[name]["revenue_actual_sum"], share

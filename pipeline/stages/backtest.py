@@ -32,10 +32,11 @@ from models.diagnostics import (
     conditional_expectation_test,
     decile_groups,
     gains_curve,
+    gini_coefficient,
     normalized_gini,
     probability_score_sums,
-    probability_scores,
     probability_scores_from_sums,
+    reliability_table,
 )
 
 TOP_SHARE = 0.10
@@ -113,9 +114,9 @@ class _HoldoutColumns(NamedTuple):
     actual_revenue: np.ndarray
     predicted_revenue: np.ndarray
     predicted_spend: np.ndarray | None
-    # The calibration period's repeat purchases (when the table has them): the groups of the
-    # conditional-expectation test and who never repeated.
-    calibration_frequency: np.ndarray | None = None
+    # Each customer's calibration frequency group (frequency_groups), when the table has the
+    # frequency: the groups of the conditional-expectation test; group 0 never repeated.
+    frequency_group: np.ndarray | None = None
     # P(at least one purchase in the holdout), when the predictions come with it.
     predicted_probability: np.ndarray | None = None
 
@@ -123,8 +124,11 @@ class _HoldoutColumns(NamedTuple):
 def _holdout_columns(
     calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series,
     predicted_spend: pd.Series | None, predicted_probability: pd.Series | None = None,
+    groups: np.ndarray | None = None,
 ) -> _HoldoutColumns:
     index = calibration.index
+    if groups is None and "frequency" in calibration.columns:
+        groups = frequency_groups(calibration["frequency"].to_numpy(dtype=float))
 
     def column(values: pd.Series | None) -> np.ndarray | None:
         return None if values is None else values.reindex(index).to_numpy(dtype=float)
@@ -136,7 +140,7 @@ def _holdout_columns(
         calibration["revenue_holdout"].to_numpy(dtype=float),
         predicted_revenue.reindex(index).to_numpy(dtype=float),
         column(predicted_spend),
-        calibration["frequency"].to_numpy(dtype=float) if "frequency" in calibration.columns else None,
+        groups,
         column(predicted_probability),
     )
 
@@ -144,7 +148,8 @@ def _holdout_columns(
 def frequency_groups(calibration_frequency: np.ndarray) -> np.ndarray:
     """Each customer's group by calibration repeat purchases: 0, 1, ..., 7 for 7 or more
     (the bins of the calibration-vs-holdout plot and of the conditional-expectation test)."""
-    return np.minimum(np.floor(calibration_frequency), LARGEST_BIN).astype(np.intp)
+    # Truncation is the floor of counts that are never negative; two passes over 18M, not three.
+    return np.minimum(calibration_frequency, LARGEST_BIN).astype(np.intp)
 
 
 def _error_sums(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
@@ -167,9 +172,9 @@ def _partial(columns: _HoldoutColumns) -> dict[str, Any]:
         partial["spend_customers"] = int(buyers.sum())
         partial["spend_absolute_error_sum"] = float(np.abs(spend_error).sum())
         partial["spend_squared_error_sum"] = float((spend_error**2).sum())
-    if columns.calibration_frequency is not None:
+    if columns.frequency_group is not None:
         # Arrays of the LARGEST_BIN + 1 groups: they add elementwise when partials merge.
-        groups = frequency_groups(columns.calibration_frequency)
+        groups = columns.frequency_group
         partial["by_frequency_actual_sum"] = np.bincount(groups, columns.actual_purchases, LARGEST_BIN + 1)
         partial["by_frequency_predicted_sum"] = np.bincount(groups, columns.predicted_purchases, LARGEST_BIN + 1)
     if columns.predicted_probability is not None:
@@ -210,64 +215,89 @@ def holdout_partial(
                                      predicted_probability))
 
 
+_KINDS = ("purchases", "revenue")
+_SUBSETS = ("repeat_customers", "one_time_customers")
+
+
 class HoldoutActuals(NamedTuple):
-    """What every model's holdout order statistics share: which customers Spearman's rho is
-    estimated on and the ranks of their actual holdout purchases and revenue. Computed once
-    per backtest (:func:`holdout_actuals`) instead of once per candidate."""
+    """What every model's holdout figures share, computed once per backtest
+    (:func:`holdout_actuals`) instead of once per candidate: which customers the rank figures
+    are estimated on (``sample``), their actual holdout purchases and revenue (``actual``, by
+    kind) and those figures' ranks, over the sample and within its repeat and one-time
+    customers (``subset_ranks``), the best possible Gini of each kind (``best_gini``), and every
+    customer's calibration frequency group (``frequency_group``, None without a frequency
+    column; then ``repeated`` and ``subset_ranks`` are None and empty)."""
 
     sample: np.ndarray
     purchases_ranks: np.ndarray
     revenue_ranks: np.ndarray
+    actual: dict[str, np.ndarray]
+    best_gini: dict[str, float]
+    best_gains: np.ndarray
+    frequency_group: np.ndarray | None
+    repeated: np.ndarray | None
+    subset_ranks: dict[tuple[str, str], np.ndarray]
 
 
 def holdout_actuals(calibration: pd.DataFrame, seed: int = 0, drawn_from: int | None = None) -> HoldoutActuals:
     """The :class:`HoldoutActuals` of a calibration table's customers (``seed``, ``drawn_from``:
     see :func:`holdout_order_statistics`)."""
+    groups = (frequency_groups(calibration["frequency"].to_numpy(dtype=float))
+              if "frequency" in calibration.columns else None)
     return _actuals(customer_ids(calibration), calibration["frequency_holdout"].to_numpy(dtype=float),
-                    calibration["revenue_holdout"].to_numpy(dtype=float), seed, drawn_from)
+                    calibration["revenue_holdout"].to_numpy(dtype=float), seed, drawn_from, groups)
+
+
+def _subsets(repeated: np.ndarray) -> dict[str, np.ndarray]:
+    return {"repeat_customers": repeated, "one_time_customers": ~repeated}
 
 
 def _actuals(ids: Any, actual_purchases: np.ndarray, actual_revenue: np.ndarray, seed: int,
-             drawn_from: int | None) -> HoldoutActuals:
+             drawn_from: int | None, groups: np.ndarray | None = None) -> HoldoutActuals:
     customers = len(actual_purchases) if drawn_from is None else drawn_from
     sample = rank_sample(ids, customers, seed)
-    return HoldoutActuals(sample, ranks(actual_purchases[sample]), ranks(actual_revenue[sample]))
+    actual = {"purchases": actual_purchases[sample], "revenue": actual_revenue[sample]}
+    best = {kind: (gini_coefficient(values, values) if len(values) else float("nan")) for kind, values in actual.items()}
+    best_gains = gains_at_shares(actual["revenue"], actual["revenue"]) if len(sample) and sample.any() else np.zeros(0)
+    repeated = None if groups is None else groups[sample] > 0
+    subset_ranks = {} if repeated is None else {
+        (kind, who): ranks(actual[kind][rows]) for who, rows in _subsets(repeated).items() for kind in _KINDS}
+    return HoldoutActuals(sample, ranks(actual["purchases"]), ranks(actual["revenue"]), actual, best, best_gains,
+                          groups, repeated, subset_ranks)
 
 
 def _order_statistics(columns: _HoldoutColumns, seed: int, drawn_from: int | None = None,
                       actuals: HoldoutActuals | None = None) -> dict[str, float]:
     if actuals is None:
-        actuals = _actuals(columns.customer_ids, columns.actual_purchases, columns.actual_revenue, seed, drawn_from)
+        actuals = _actuals(columns.customer_ids, columns.actual_purchases, columns.actual_revenue, seed, drawn_from,
+                           columns.frequency_group)
     sample = actuals.sample
+    # Each column indexed by the sample once: a masked copy of 18M rows costs 50 ms.
+    actual = actuals.actual
+    predicted = {"purchases": columns.predicted_purchases[sample], "revenue": columns.predicted_revenue[sample]}
     statistics = {
-        "purchases_spearman": rank_correlation(
-            columns.actual_purchases[sample], columns.predicted_purchases[sample], actuals.purchases_ranks
-        ),
-        "revenue_spearman": rank_correlation(
-            columns.actual_revenue[sample], columns.predicted_revenue[sample], actuals.revenue_ranks
-        ),
+        "purchases_spearman": rank_correlation(actual["purchases"], predicted["purchases"], actuals.purchases_ranks),
+        "revenue_spearman": rank_correlation(actual["revenue"], predicted["revenue"], actuals.revenue_ranks),
         "top_decile_revenue_capture": top_share_capture(columns.actual_revenue, columns.predicted_revenue),
     }
-    if len(columns.actual_purchases[sample]):
+    if len(actual["purchases"]):
         # The Gini ranks equal predictions as a block (the mean over their orders): unlike
         # Spearman's average ranks, a spread that carries no information neither helps nor hurts.
-        statistics["purchases_gini"] = normalized_gini(columns.predicted_purchases[sample],
-                                                       columns.actual_purchases[sample])
-        statistics["revenue_gini"] = normalized_gini(columns.predicted_revenue[sample], columns.actual_revenue[sample])
-    if columns.calibration_frequency is not None:
-        repeated = columns.calibration_frequency[sample] > 0
-        for subset, who in ((repeated, "repeat_customers"), (~repeated, "one_time_customers")):
-            for kind in ("purchases", "revenue"):
-                actual = getattr(columns, f"actual_{kind}")[sample][subset]
-                predicted = getattr(columns, f"predicted_{kind}")[sample][subset]
-                statistics[f"{kind}_spearman_{who}"] = rank_correlation(actual, predicted)  # NaN if all tied
+        for kind in _KINDS:
+            statistics[f"{kind}_gini"] = normalized_gini(predicted[kind], actual[kind], actuals.best_gini[kind])
+    if actuals.repeated is not None:
+        for who, rows in _subsets(actuals.repeated).items():
+            for kind in _KINDS:
+                statistics[f"{kind}_spearman_{who}"] = rank_correlation(  # NaN if all tied
+                    actual[kind][rows], predicted[kind][rows], actuals.subset_ranks[kind, who])
+        repeated = actuals.repeated
         statistics["one_time_customer_share"] = float(np.mean(~repeated)) if len(repeated) else float("nan")
     return statistics
 
 
 def holdout_order_statistics(
     calibration: pd.DataFrame, predicted_purchases: pd.Series, predicted_revenue: pd.Series, seed: int = 0,
-    drawn_from: int | None = None,
+    drawn_from: int | None = None, actuals: HoldoutActuals | None = None,
 ) -> dict[str, float]:
     """The figures of :func:`holdout_metrics` that are not sums, from every customer's columns.
 
@@ -285,9 +315,13 @@ def holdout_order_statistics(
       revenue above it and at it; with a threshold from approximate quantiles, an engine sums
       :func:`revenue_at_threshold` over batches and finishes with
       :func:`top_share_capture_from_sums`.
+
+    ``actuals``: :func:`holdout_actuals` of the same rows, ``seed`` and ``drawn_from``, when
+    several models' predictions are scored on them.
     """
-    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, None)
-    return _order_statistics(columns, seed, drawn_from)
+    columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, None, None,
+                               None if actuals is None else actuals.frequency_group)
+    return _order_statistics(columns, seed, drawn_from, actuals)
 
 
 def _mean(total: float, count: float) -> float:
@@ -433,7 +467,7 @@ def holdout_metrics(
         Probability of at least one purchase in the holdout: scored by Brier and log loss.
     """
     columns = _holdout_columns(calibration, predicted_purchases, predicted_revenue, predicted_spend,
-                               predicted_probability)
+                               predicted_probability, None if actuals is None else actuals.frequency_group)
     order_statistics = _order_statistics(columns, seed, actuals=actuals)
     return finish_holdout_metrics(_partial(columns), order_statistics)
 
@@ -496,11 +530,18 @@ def scored_predictions(calibration: pd.DataFrame, predictions: HoldoutPrediction
 # How many points of the gains curve a run keeps (a straight line between them): the curve has
 # a point per distinct prediction, up to one per customer.
 GAINS_POINTS = 101
+GAINS_SHARES = np.linspace(0.0, 1.0, GAINS_POINTS)
+
+
+def gains_at_shares(order_by: np.ndarray, realised: np.ndarray) -> np.ndarray:
+    """The gains curve of ``realised`` ranked by ``order_by`` at :data:`GAINS_SHARES`."""
+    curve = gains_curve(order_by, realised)
+    return np.interp(GAINS_SHARES, curve["customers_share"], curve["value_share"])
 
 
 def holdout_tables(
     calibration: pd.DataFrame, predicted_revenue: pd.Series, predicted_probability: pd.Series | None,
-    seed: int = 0, drawn_from: int | None = None, sample: np.ndarray | None = None,
+    seed: int = 0, drawn_from: int | None = None, actuals: HoldoutActuals | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The tables behind the diagnostic plots, from the customers :func:`rank_sample` keeps
     (every customer up to :data:`RANK_SAMPLE`; an engine may pass only those rows, with
@@ -514,13 +555,13 @@ def holdout_tables(
     * ``reliability`` (with ``predicted_probability``): per decile of P(at least one purchase
       in the holdout), the mean prediction and the share who did buy.
 
-    ``sample``: the rows :func:`rank_sample` keeps, when the caller has them
-    (:attr:`HoldoutActuals.sample`).
+    ``actuals``: :func:`holdout_actuals` of ``calibration`` (same ``seed`` and ``drawn_from``),
+    when the caller tables several models' predictions.
     """
-    if sample is None:  # else the caller's HoldoutActuals.sample: hashing 18M ids takes a second or two
-        ids = customer_ids(calibration)
-        sample = rank_sample(ids, len(ids) if drawn_from is None else drawn_from, seed)
-    realised = calibration["revenue_holdout"].to_numpy(dtype=float)[sample]
+    if actuals is None:
+        actuals = holdout_actuals(calibration, seed, drawn_from)
+    sample = actuals.sample
+    realised = actuals.actual["revenue"]
     predicted = predicted_revenue.reindex(calibration.index).to_numpy(dtype=float)[sample]
     tables: dict[str, pd.DataFrame] = {}
     if len(realised) == 0:
@@ -529,19 +570,12 @@ def holdout_tables(
     tables["revenue_deciles"] = deciles.groupby("decile").agg(
         customers=("realised", "size"), mean_predicted=("predicted", "mean"), mean_realised=("realised", "mean"),
     ).reset_index()
-    shares = np.linspace(0.0, 1.0, GAINS_POINTS)
-
-    def gains_at_shares(order_by: np.ndarray) -> np.ndarray:
-        curve = gains_curve(order_by, realised)
-        return np.interp(shares, curve["customers_share"], curve["value_share"])
-
     # best_value_share: the customers ranked by what they did spend, the curve no model can beat.
-    tables["gains"] = pd.DataFrame({"customers_share": shares, "value_share": gains_at_shares(predicted),
-                                    "best_value_share": gains_at_shares(realised)})
+    tables["gains"] = pd.DataFrame({"customers_share": GAINS_SHARES, "value_share": gains_at_shares(predicted, realised),
+                                    "best_value_share": actuals.best_gains})
     if predicted_probability is not None:
         probability = predicted_probability.reindex(calibration.index).to_numpy(dtype=float)[sample]
-        happened = calibration["frequency_holdout"].to_numpy(dtype=float)[sample] > 0
-        _, reliability = probability_scores(probability, happened)
+        reliability = reliability_table(probability, actuals.actual["purchases"] > 0)
         tables["reliability"] = reliability.reset_index().assign(group=lambda t: t["group"] + 1).rename(
             columns={"group": "decile"})
     return tables

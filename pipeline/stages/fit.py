@@ -396,7 +396,7 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
                         calibration, model, fitted.spend, histories, spend)
                 metrics[name] = scored_predictions(customers, predictions, seed, actuals)
             tables[name] = holdout_tables(customers, predictions.revenue, predictions.probability_any_purchase, seed,
-                                          sample=actuals.sample)
+                                          actuals=actuals)
             histogram = calibration_histogram(model, histories)
             if histogram is not None:
                 tables[name]["calibration_histogram"] = histogram
@@ -411,7 +411,7 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     naive = naive_holdout_predictions(calibration)
     metrics["historical_baseline"] = scored_predictions(calibration, naive, seed, actuals)
     tables["historical_baseline"] = holdout_tables(calibration, naive.revenue, naive.probability_any_purchase, seed,
-                                                   sample=actuals.sample)
+                                                   actuals=actuals)
     return Backtest(fitted, metrics, selected, reason, tables)
 
 
