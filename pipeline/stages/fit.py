@@ -404,6 +404,8 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]
+            metrics.pop(name, None)  # scored before the step that failed: not a candidate any more
+            tables.pop(name, None)
     if not metrics:
         raise all_candidates_failed(fitted.failed)
     selected, reason = select_model(metrics, settings.selection_metric)
