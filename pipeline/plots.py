@@ -639,6 +639,17 @@ def plot_purchase_histogram(histograms: dict[str, pd.DataFrame], statistics: dic
     return _save(figure, path)
 
 
+def _unit_square(axes, xlabel: str, ylabel: str, legend_location: str, title: str) -> None:
+    """Axes of two shares, 0 to 1 each, labelled, with a grid and the legend."""
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc=legend_location)
+    axes.set_title(title)
+
+
 def plot_reliability(reliability: dict[str, pd.DataFrame], statistics: dict[str, dict], path: str | Path,
                      titles: dict[str, str]) -> Path:
     """Predicted probability of at least one purchase in the holdout against the share who did
@@ -653,13 +664,9 @@ def plot_reliability(reliability: dict[str, pd.DataFrame], statistics: dict[str,
                   if "any_purchase_brier" in row else "")
         axes.plot(table["mean_predicted"], table["observed_rate"], **_series_style(name, position),
                   label=f"{titles.get(name, name)} ({scores})")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.set_xlabel("predicted P(at least one purchase in the holdout), decile mean")
-    axes.set_ylabel("share of the decile who bought in the holdout")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left")
-    axes.set_title("Reliability of the churn probability (its observable side)")
+    _unit_square(axes, "predicted P(at least one purchase in the holdout), decile mean",
+                 "share of the decile who bought in the holdout", "upper left",
+                 "Reliability of the churn probability (its observable side)")
     return _save(figure, path)
 
 
@@ -679,13 +686,9 @@ def plot_gains(gains: dict[str, pd.DataFrame], statistics: dict[str, dict], path
         style = _series_style(name, position) | {"marker": None}
         axes.plot(table["customers_share"], table["value_share"], **style,
                   label=f"{titles.get(name, name)} (Gini {gini:.3f})")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.set_xlabel("share of customers, highest predicted holdout revenue first")
-    axes.set_ylabel("share of realised holdout revenue")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
-    axes.set_title("Gains: how much of the holdout's revenue the ranking finds")
+    _unit_square(axes, "share of customers, highest predicted holdout revenue first",
+                 "share of realised holdout revenue", "lower right",
+                 "Gains: how much of the holdout's revenue the ranking finds")
     return _save(figure, path)
 
 
