@@ -61,6 +61,25 @@ error_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"clv {version('clv-pipeline')}", highlight=False)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            console.print("clv (not installed: no version)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Predictive customer lifetime value: features, models, value, tracking, scoring."""
+
+
 def _warnings_as_lines() -> None:
     """Our own warnings (data quality, local-only tracking) as one ``warning:`` line each, not
     Python's two-line file-and-source format; every other warning as Python prints it. Called
@@ -114,8 +133,43 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(config: Path, overrides: list[str] | None) -> Config:
-    return load_config(config, overrides or [])
+def _config_file(config: Path) -> Path:
+    """The config to read: the one given, or with none given and no ``configs/default.yaml``
+    here, the packaged default (the built-in CDNOW run), so ``clv`` works from any folder."""
+    if config == DEFAULT_CONFIG and not config.exists():
+        from pipeline.config import packaged_config
+
+        return packaged_config()
+    return config
+
+
+def _load(config: Path, overrides: list[str] | None, changes: dict[str, Any] | None = None) -> Config:
+    return load_config(_config_file(config), overrides or [], changes)
+
+
+InputOption = Annotated[Path | None, typer.Option(
+    "--input", "-i", help="Your own log (CSV, Parquet or a folder of them, whitespace text): columns and date "
+    "format are recognised, no config needed.")]
+CustomerColumnOption = Annotated[str | None, typer.Option("--customer-col", help="With --input: the customer id column.")]
+DateColumnOption = Annotated[str | None, typer.Option("--date-col", help="With --input: the date column.")]
+AmountColumnOption = Annotated[str | None, typer.Option("--amount-col", help="With --input: the amount column.")]
+MarginColumnOption = Annotated[str | None, typer.Option("--margin-col", help="With --input: a margin column.")]
+CostColumnOption = Annotated[str | None, typer.Option("--cost-col", help="With --input: a cost column.")]
+ChannelColumnOption = Annotated[str | None, typer.Option("--channel-col", help="With --input: a channel column.")]
+DateFormatOption = Annotated[str | None, typer.Option(
+    "--date-format", help="With --input: strptime format of text dates, e.g. '%d/%m/%Y'.")]
+
+
+def _detect(path: Path, customer: str | None, date: str | None, amount: str | None, margin: str | None,
+            cost: str | None, channel: str | None, date_format: str | None) -> Any:
+    from pipeline.input_detection import detect_input
+
+    given = {"customer_id": customer, "date": date, "amount": amount, "margin": margin, "cost": cost,
+             "channel": channel}
+    detected = detect_input(path, given, date_format)
+    for note in detected.notes:
+        console.print(f"[dim]input[/] {escape(note)}", highlight=False)
+    return detected
 
 
 def _summary_table(title: str, rows: dict[str, Any]) -> Table:
@@ -412,16 +466,26 @@ def report(
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
     set_: SetOption = None,
+    input_: InputOption = None,
+    customer_col: CustomerColumnOption = None,
+    date_col: DateColumnOption = None,
+    amount_col: AmountColumnOption = None,
+    margin_col: MarginColumnOption = None,
+    cost_col: CostColumnOption = None,
+    channel_col: ChannelColumnOption = None,
+    date_format: DateFormatOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Run the whole pipeline (features → fit → value → report) on the configured log."""
+    """Run the whole pipeline (features → fit → value → report) on the configured log, or on --input."""
     from pipeline.catalog import RunCatalog
     from pipeline.release import release_checks
     from pipeline.runner import run_pipeline
     from pipeline.tracking.background import background_run
 
-    settings = _load(config, set_)
+    detected = None if input_ is None else _detect(input_, customer_col, date_col, amount_col, margin_col, cost_col,
+                                                   channel_col, date_format)
+    settings = _load(config, set_, None if detected is None else detected.overrides())
     progress = _progress_printer(quiet)
     # MLflow works in a process of its own beside the run (see pipeline.tracking.background); an
     # unreachable server is found before any work, a store it cannot use at the next step.
@@ -562,6 +626,39 @@ def backtest(
     if tracker:
         console.print(f"MLflow run [bold]{tracker.run_id}[/] with {len(summary['origins'])} nested origin runs",
                       highlight=False)
+
+
+@app.command()
+@user_errors
+def init(
+    input_: Annotated[Path, typer.Argument(help="Your transaction log (CSV, Parquet or a folder of them, text).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("clv.yaml"),
+    customer_col: CustomerColumnOption = None,
+    date_col: DateColumnOption = None,
+    amount_col: AmountColumnOption = None,
+    margin_col: MarginColumnOption = None,
+    cost_col: CostColumnOption = None,
+    channel_col: ChannelColumnOption = None,
+    date_format: DateFormatOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Write a commented config for your log (what was detected, every key with its default): then `clv run -c clv.yaml`."""
+    from pipeline.config import packaged_config
+    from pipeline.config_writer import commented_config
+    from pipeline.errors import InputDataError
+    from pipeline.io import atomic_path
+
+    if out.exists() and not force:
+        raise InputDataError(f"{out}: already exists: pass --force to replace it, or --out another.yaml")
+    detected = _detect(input_, customer_col, date_col, amount_col, margin_col, cost_col, channel_col, date_format)
+    settings = load_config(packaged_config(), [], detected.overrides())
+    header = [f"clv config for {input_}, written by `clv init` (clv run -c {out} runs it).", "Detected:",
+              *[f"  {note}" for note in detected.notes],
+              "Every key below is shown with its value; the comments say what each does."]
+    with atomic_path(out) as tmp:
+        tmp.write_text(commented_config(settings, header))
+    console.print(f"wrote [bold]{out}[/]: run it with `clv run -c {out}`", highlight=False)
 
 
 @app.command()

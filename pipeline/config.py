@@ -527,8 +527,31 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a YAML config; errors name the file and key path."""
+def packaged_config() -> Path:
+    """The default config shipped inside the package (``configs/default.yaml``'s copy): the
+    built-in CDNOW run, used from any folder that has no ``configs/default.yaml``."""
+    from importlib.resources import files
+
+    return Path(str(files("pipeline").joinpath("default.yaml")))
+
+
+def merged(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``changes`` laid over it section by section (a copy)."""
+    result = _deep_copy(raw)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = _deep_copy(value)
+    return result
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                changes: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a YAML config; errors name the file and key path.
+
+    ``changes``: settings laid over the file before the ``overrides`` (what ``clv run --input``
+    detected in a log), so a ``--set`` still wins."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -544,7 +567,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    return config_from_dict(apply_overrides(merged(raw, changes or {}), overrides or []), source=str(path))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

@@ -38,6 +38,8 @@ def _sql_string(value: str) -> str:
 def detect_format(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
+    if path.is_dir():  # a dataset of Parquet files, as Spark and most lakes write them
+        return "parquet"
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
@@ -96,6 +98,8 @@ def register_transactions(
     fmt = detect_format(path, settings.format)
     quoted = _sql_string(str(path))
     if fmt == "parquet":
+        if path.is_dir():
+            quoted = _sql_string(str(path / "**" / "*.parquet"))
         sql = f"SELECT * FROM read_parquet({quoted})"
     elif fmt == "whitespace":
         sql = _whitespace_source(path, settings)

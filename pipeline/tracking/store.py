@@ -95,11 +95,20 @@ def connect(settings: TrackingSettings):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
-            client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri))
+            client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri),
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        elif EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as exc:  # noqa: BLE001 - any store failure is the same message to the user
         raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0][:300]}") from None
     mlflow.set_experiment(settings.experiment)
     return client
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview ("Traces 0"); with it,
+# on the training runs. An experiment a user tagged otherwise keeps their tag.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def code_version() -> dict[str, str]:

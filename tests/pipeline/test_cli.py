@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_the_stages():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "features", "backtest"):
+    for command in ("run", "features", "backtest", "init"):
         assert command in result.output
 
 

@@ -59,6 +59,8 @@ def test_run_logs_config_data_models_metrics_and_artifacts(sqlite_store):
     client = MlflowClient(uri)
     runs = pipeline_runs(client)
     assert len(runs) == 2
+    # The MLflow UI opens the experiment on its training runs, not the GenAI overview.
+    assert client.get_experiment_by_name("clv").tags["mlflow.experimentKind"] == "custom_model_development"
     run = runs[0]
     assert run.info.status == "FINISHED"
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
