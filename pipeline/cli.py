@@ -193,6 +193,21 @@ def _progress_printer(quiet: bool = False):
     return lambda message: error_console.print(f"[dim]… {message}[/]", highlight=False)
 
 
+def _print_data_quality(report: dict[str, Any] | None) -> None:
+    """The data-quality table (pipeline.stages.data_quality): counts, shares, ⚠ above a threshold."""
+    if not report:
+        return
+    table = Table(title=f"Data quality ({report['first_date']} to {report['last_date']})", title_justify="left")
+    for column, justify in (("check", "left"), ("count", "right"), ("share", "right"), ("warn above", "right")):
+        table.add_column(column, justify=justify)
+    for row in report["rows"]:
+        share = "" if row["share"] is None else f"{row['share']:.1%} of {row['of']}"
+        threshold = "" if row["warn_above"] is None else f"{row['warn_above']:.0%}"
+        table.add_row(("⚠ " if row["warning"] else "") + row["check"],
+                      "—" if row["count"] is None else f"{row['count']:,}", share, threshold)
+    console.print(table)
+
+
 def _money(value: float) -> str:
     return f"{value:,.2f}"
 
@@ -337,6 +352,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path) -> None:
         "observation end": features["observation_end"],
         "calibration end": features["calibration_end"],
     }))
+    _print_data_quality(summary.get("data_quality"))
     params = ", ".join(f"{k} {v:.4g}" for k, v in model["purchase_params"].items())
     console.print(_summary_table("Model", {
         "purchase model": f"{model['selected_purchase_model']} ({params})",

@@ -38,7 +38,8 @@ def sorted_log_sql(
     :func:`pipeline.stages.sorted_log.summarize_sorted_log` reads.
 
     Amounts (and margins) become integer micro-units of :data:`EXACT`. Within a day rows sort
-    by channel, missing ones last, so the first row with a channel is the first purchase's.
+    by channel, missing ones last, so the first row with a channel is the first purchase's, then
+    by every other column, so that exact duplicates are adjacent (the data-quality counts).
     """
     columns = ["customer_id", "order_date", f"CAST(CAST(amount AS {EXACT}) * {MICRO_UNITS} AS BIGINT) AS amount_micro"]
     order = ["customer_id", "order_date"]
@@ -49,6 +50,7 @@ def sorted_log_sql(
         order.append("channel NULLS LAST")
     if with_acquisition_cost:
         columns.append("acquisition_cost")
+    order += [name.rsplit(" AS ", 1)[-1] for name in columns[2:] if name != "channel"]
     return (
         f"SELECT {', '.join(columns)} FROM {source} "
         f"WHERE order_date <= {_date_literal(observation_end)} ORDER BY {', '.join(order)}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.catalog import BACKTEST_COLUMNS, FEATURES_FILE, RunCatalog
 from pipeline.config import Config
+from pipeline.stages.data_quality import QUALITY_COUNTS
 from pipeline.stages.features import FeaturesResult
 from pipeline.stages.fit import (
     Backtest,
@@ -69,6 +70,8 @@ def features_summary(
         "calibration_end": calibration_end.isoformat() if calibration_end else None,
         "calibration_customers": counts["calibration_customers"],
         "calibration_repeat_customers": counts["calibration_repeat_customers"],
+        # pipeline.stages.data_quality.QUALITY_COUNTS, however the engine counted them.
+        **{key: counts.get(key) for key in QUALITY_COUNTS},
         "output": str(output),
     }
 
@@ -80,7 +83,20 @@ def _counts(result: FeaturesResult) -> dict[str, int | None]:
         "repeat_customers": int((result.features.column("frequency").to_numpy() > 0).sum()),
         "calibration_customers": calibration_customers,
         "calibration_repeat_customers": calibration_repeaters,
+        **result.quality,
     }
+
+
+def warn_data_quality(summary_of_features: dict[str, Any]) -> None:
+    """One ``warning:`` line per data-quality figure above its threshold, as soon as the features
+    are counted (the whole report closes the run)."""
+    import warnings
+
+    from pipeline.errors import DataQualityWarning
+    from pipeline.stages.data_quality import data_quality_report
+
+    for line in data_quality_report(summary_of_features)["warnings"]:
+        warnings.warn(f"data quality: {line}", DataQualityWarning, stacklevel=2)
 
 
 def run_features(config: Config, catalog: RunCatalog, source=None) -> tuple[FeaturesResult, dict[str, Any]]:
@@ -314,7 +330,8 @@ def run_pipeline(
     # The attribute file first: a bad one fails before any work.
     covariates = CustomerCovariates.read(config)
     _progress(progress, "computing features")
-    features_result, _ = run_features(config, catalog, source)
+    features_result, summary_of_features = run_features(config, catalog, source)
+    warn_data_quality(summary_of_features)
     full = calibration = None
     if not features_result.has_calibration:
         full = features_result.features_frame(indexed=False)

@@ -71,6 +71,7 @@ def assert_same_runs(spark_dir: Path, duckdb_dir: Path) -> None:
         assert spark_model[key] == duckdb_model[key], key  # the same distinct histories: bit for bit
     assert_close(spark_model, duckdb_model, "model")
     assert_close(summaries[0]["backtest"], summaries[1]["backtest"], "backtest")
+    assert summaries[0]["data_quality"] == summaries[1]["data_quality"]  # counts: exact
     assert summaries[1]["diagnostics"]  # the reliability, decile and gains tables, and histograms
     assert_close(summaries[0]["diagnostics"], summaries[1]["diagnostics"], "diagnostics")
     assert summaries[1]["value"]["intervals"]["draws"] > 0  # the company interval, on both engines alike

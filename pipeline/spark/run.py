@@ -288,6 +288,7 @@ def write_features(computed: SparkFeatures, catalog: RunCatalog) -> dict[str, in
         if computed.calibration is not None:
             computed.calibration.write.mode("errorifexists").parquet(str(catalog.path(CALIBRATION_FILE)))
         write_parquet(computed.repeat_purchases.toPandas(), catalog.path(REPEAT_PURCHASES_FILE))
+        quality = quality_counts_on_cluster(computed.transactions, computed.log)  # while the log is cached
     finally:
         if cached_here:
             computed.transactions.unpersist()
@@ -302,7 +303,32 @@ def write_features(computed: SparkFeatures, catalog: RunCatalog) -> dict[str, in
         "repeat_customers": repeaters,
         "calibration_customers": calibration_customers,
         "calibration_repeat_customers": calibration_repeaters,
+        **quality,
     }
+
+
+def quality_counts_on_cluster(transactions: DataFrame, log: Any) -> dict[str, int]:
+    """:func:`pipeline.stages.data_quality.sorted_log_counts` by aggregations: the log up to the
+    observation end with DuckDB's columns (amounts in micro-units; margin, channel and CAC only
+    where the log has them); rows of one customer and day beyond the first are merged purchases,
+    rows equal in every column beyond the first are duplicates (missing values group together,
+    as they compare equal on DuckDB)."""
+    from pipeline.spark.feature_tables import _micros
+
+    columns = [F.col("customer_id"), F.col("order_date"), _micros(F.col("amount")).alias("amount_micro")]
+    if log.has_margin:
+        columns.append(_micros(F.col("margin")).alias("margin_micro"))
+    if log.has_channel:
+        columns.append(F.col("channel"))
+    if log.has_acquisition_cost:
+        columns.append(F.col("acquisition_cost"))
+    rows = transactions.where(F.col("order_date") <= F.lit(log.observation_end)).select(*columns)
+    days = rows.groupBy("customer_id", "order_date").agg(
+        F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("amount_micro") == 0, 1)).alias("zero")
+    ).agg(F.sum(F.col("rows") - 1).alias("merged"), F.sum("zero").alias("zero")).head()
+    duplicates = rows.groupBy(*rows.columns).count().agg(F.sum(F.col("count") - 1).alias("duplicates")).head()
+    return {"zero_amount_rows": int(days["zero"] or 0), "same_day_rows_merged": int(days["merged"] or 0),
+            "duplicate_rows": int(duplicates["duplicates"] or 0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,11 +709,12 @@ def features_on_cluster(config: Config, catalog: RunCatalog, source=None) -> tup
 def run_pipeline_on_spark(config: Config, catalog: RunCatalog, source=None, progress=None, on_fit=None,
                           on_scorer=None):
     """:func:`pipeline.runner.run_pipeline` with ``engine: spark`` (see the module's doc)."""
-    from pipeline.runner import PipelineResult, draw_plots
+    from pipeline.runner import PipelineResult, draw_plots, warn_data_quality
     from pipeline.stages.report import run_summary
 
     _progress(progress, "computing features")
     computed, summary_of_features = features_on_cluster(config, catalog, source)
+    warn_data_quality(summary_of_features)
     spark = computed.features.sparkSession
     features = spark.read.parquet(str(catalog.path(FEATURES_FILE)))
     backtest, backtest_data = None, None

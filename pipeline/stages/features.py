@@ -58,6 +58,8 @@ class FeaturesResult:
     calibration_end: dt.date | None
     # Set instead of ``calibration`` when the calibration table went straight to a writer.
     calibration_file: WrittenTable | None = None
+    # pipeline.stages.data_quality.sorted_log_counts of the log the features came from.
+    quality: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def has_calibration(self) -> bool:
@@ -159,6 +161,9 @@ def features_of_sorted_log(
     calibration table goes to it as it is computed, and the result holds a :class:`WrittenTable`
     describing it instead of the table.
     """
+    from pipeline.stages.data_quality import sorted_log_counts
+
+    quality = sorted_log_counts(sorted_log)
     written = None
     if calibration_writer is not None and calibration_end is not None:
         rows = repeat_customers = 0
@@ -186,4 +191,5 @@ def features_of_sorted_log(
         observation_end=log.observation_end,
         calibration_end=calibration_end,
         calibration_file=written,
+        quality=quality,
     )

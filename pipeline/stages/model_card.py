@@ -97,6 +97,10 @@ def model_card(summary: dict[str, Any]) -> str:
     if features.get("calibration_end"):
         lines.append(f"- calibration to {features['calibration_end']}, holdout to {features['observation_end']} "
                      f"({features.get('calibration_customers', 0):,} customers in the calibration period)")
+    quality = summary.get("data_quality")
+    if quality:
+        lines.append("- data quality: " + ("; ".join(f"**{line}**" for line in quality["warnings"])
+                                           if quality["warnings"] else "no figure above its warning threshold"))
     lines.append("")
 
     lines += ["## Model", "", f"- purchase model: **{_title(selected)}**; why: {model['selection_reason']}"]

@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.release import release_checks
+from pipeline.stages.data_quality import data_quality_report
 from pipeline.stages.fit import PURCHASE_MODEL_TITLES, FitOutputs
 from pipeline.stages.model_card import spend_independence
 from pipeline.stages.value import ValueOutputs
@@ -85,6 +86,7 @@ def run_summary(
     purchase = fit.purchase_model.summary()
     return {
         "features": features_summary,
+        "data_quality": data_quality_report(features_summary),
         "model": {
             "selected_purchase_model": fit.selected,
             "selection_metric": config.models.selection_metric,

@@ -183,5 +183,10 @@ def log_pipeline_end(
     log_value(run, summary["value"])
     log_outputs(run, run_dir)
     set_description(run_dir)
+    if summary.get("data_quality"):
+        # A table artifact: the MLflow UI shows it as one, and compares it across runs.
+        mlflow.log_table(pd.DataFrame(summary["data_quality"]["rows"]), "data_quality.json")
+        mlflow.log_metrics({f"data_quality.{key}": float(value) for key in ("duplicate_rows", "zero_amount_rows",
+                            "same_day_rows_merged") if (value := features_info.get(key)) is not None})
     mlflow.set_tag("mlflow.runName", f"{summary['model']['selected_purchase_model']} as of {features_info['observation_end']}")
     return register_model(run, logged_model, scorer, checks)

@@ -78,7 +78,9 @@ def test_run_logs_config_data_models_metrics_and_artifacts(sqlite_store):
         assert key in metrics, key
     assert metrics["data.customers"] == 2357
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"customers.parquet", "summary.json", "model_card.md", "plots", "config", "models.json"} <= artifacts
+    assert {"customers.parquet", "summary.json", "model_card.md", "plots", "config", "models.json",
+            "data_quality.json"} <= artifacts
+    assert metrics["data_quality.same_day_rows_merged"] > 0
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {f"plots/{name}.png" for name in ("cumulative_tracking", "purchase_histogram", "reliability", "gains",
                                               "revenue_deciles")} <= plots
