@@ -186,11 +186,61 @@ def _progress(callback, message: str) -> None:
         callback(message)
 
 
+class StepProgress:
+    """Progress on a terminal: the current step with a spinner and its elapsed time, and each
+    finished step left as a line with the time it took (Rich). Call it with each step's
+    message; :meth:`close` (also at exit) ends the display."""
+
+    def __init__(self) -> None:
+        import atexit
+
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._display = Progress(SpinnerColumn(), TextColumn("[dim]{task.description}[/]"), TimeElapsedColumn(),
+                                 console=error_console, transient=True)
+        self._task: Any = None
+        self._message = ""
+        self._started = 0.0
+        atexit.register(self.close)
+
+    def _finish_step(self) -> None:
+        import time
+
+        if self._task is not None:
+            self._display.remove_task(self._task)
+            elapsed = time.monotonic() - self._started
+            error_console.print(f"[dim]✓ {escape(self._message)} ({elapsed:.1f} s)[/]", highlight=False)
+            self._task = None
+
+    def __call__(self, message: str) -> None:
+        import time
+
+        if not self._display.live.is_started:
+            self._display.start()
+        self._finish_step()
+        self._message, self._started = message, time.monotonic()
+        self._task = self._display.add_task(escape(message), total=None)
+
+    def close(self) -> None:
+        self._finish_step()
+        if self._display.live.is_started:
+            self._display.stop()
+
+
 def _progress_printer(quiet: bool = False):
-    """A progress callback: one dimmed line per step on a terminal-friendly console."""
+    """A progress callback: nothing with ``--quiet``; on a terminal a live display
+    (:class:`StepProgress`); elsewhere (logs, cron mail, the benchmarks) one dimmed line per step."""
     if quiet:
         return None
+    if error_console.is_terminal:
+        return StepProgress()
     return lambda message: error_console.print(f"[dim]… {message}[/]", highlight=False)
+
+
+def _close(progress: Any) -> None:
+    """End a live progress display before the report is printed."""
+    if isinstance(progress, StepProgress):
+        progress.close()
 
 
 def _print_data_quality(report: dict[str, Any] | None) -> None:
@@ -528,6 +578,7 @@ def run(
                                     clv_total=value["predicted_clv_total"])
             tracker.send_finish(run_dir, result.summary, checks)
         # Printed while the tracking process finishes the MLflow run.
+        _close(progress)
         print_run_summary(result.summary, run_dir)
         if tracker:
             registered = tracker.finish()
@@ -638,6 +689,7 @@ def backtest(
                 except Exception as exc:  # noqa: BLE001 - any store failure is one line; nothing is kept
                     raise TrackingError(f"tracking store {tracking.tracking_uri(settings.tracking)}: cannot log the "
                                         f"backtest ({tracking.error_line(exc)})") from None
+    _close(progress)
     print_backtest_origins(summary, catalog.final)
     if tracker:
         console.print(f"MLflow run [bold]{tracker.run_id}[/] with {len(summary['origins'])} nested origin runs",
@@ -825,10 +877,13 @@ def retrain(
     except ValueError:
         raise InputDataError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from None
     try:
-        decision = run_retrain(settings, config, as_of_date, progress=_progress_printer(quiet), accept_shift=accept_shift)
+        progress = _progress_printer(quiet)
+        decision = run_retrain(settings, config, as_of_date, progress=progress, accept_shift=accept_shift)
     except ReleaseRejectedError as rejected:
+        _close(progress)
         _print_monitor(rejected.decision)
         raise
+    _close(progress)
     _print_monitor(decision)
     verdict = "PROMOTED" if decision.promoted else "KEPT champion"
     console.print(

@@ -66,3 +66,37 @@ def test_the_console_script_flushes_its_output_and_keeps_exit_codes(tmp_path):
     )
     assert failed.returncode == 2
     assert failed.stderr.startswith("error:") and "does/not/exist.csv" in failed.stderr
+
+
+def test_progress_on_a_terminal_keeps_each_finished_step_with_its_time(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from pipeline import cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "error_console", Console(file=screen, force_terminal=True, width=100))
+    progress = cli._progress_printer()
+    assert isinstance(progress, cli.StepProgress)
+    progress("computing features")
+    progress("fitting [BG/NBD]")  # markup-like text is shown as it is
+    cli._close(progress)
+    cli._close(progress)  # twice is harmless (the exit hook closes it again)
+    lines = [line for line in screen.getvalue().splitlines() if "✓" in line]
+    assert len(lines) == 2 and "computing features (" in lines[0] and "fitting [BG/NBD] (" in lines[1]
+    assert cli._progress_printer(quiet=True) is None
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_step(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from pipeline import cli
+
+    log = io.StringIO()
+    monkeypatch.setattr(cli, "error_console", Console(file=log, force_terminal=False, width=100))
+    progress = cli._progress_printer()
+    progress("computing features")
+    assert log.getvalue() == "… computing features\n"
