@@ -161,12 +161,14 @@ DateFormatOption = Annotated[str | None, typer.Option(
 
 
 def _detect(path: Path, customer: str | None, date: str | None, amount: str | None, margin: str | None,
-            cost: str | None, channel: str | None, date_format: str | None) -> Any:
+            cost: str | None, channel: str | None, date_format: str | None, period: Any) -> Any:
+    """What ``path`` holds (``pipeline.input_detection``), its holdout in ``period``'s unit, said
+    line by line."""
     from pipeline.input_detection import detect_input
 
     given = {"customer_id": customer, "date": date, "amount": amount, "margin": margin, "cost": cost,
              "channel": channel}
-    detected = detect_input(path, given, date_format)
+    detected = detect_input(path, given, date_format, period.days_per_unit, period.unit)
     for note in detected.notes:
         console.print(f"[dim]input[/] {escape(note)}", highlight=False)
     return detected
@@ -550,7 +552,7 @@ def run(
     from pipeline.tracking.background import background_run
 
     detected = None if input_ is None else _detect(input_, customer_col, date_col, amount_col, margin_col, cost_col,
-                                                   channel_col, date_format)
+                                                   channel_col, date_format, _load(config, set_).features.period)
     settings = _load(config, set_, None if detected is None else detected.overrides())
     progress = _progress_printer(quiet)
     # MLflow works in a process of its own beside the run (see pipeline.tracking.background); an
@@ -719,7 +721,9 @@ def init(
 
     if out.exists() and not force:
         raise InputDataError(f"{out}: already exists: pass --force to replace it, or --out another.yaml")
-    detected = _detect(input_, customer_col, date_col, amount_col, margin_col, cost_col, channel_col, date_format)
+    period = load_config(packaged_config()).features.period
+    detected = _detect(input_, customer_col, date_col, amount_col, margin_col, cost_col, channel_col, date_format,
+                       period)
     settings = load_config(packaged_config(), [], detected.overrides())
     header = [f"clv config for {input_}, written by `clv init` (clv run -c {out} runs it).", "Detected:",
               *[f"  {note}" for note in detected.notes],

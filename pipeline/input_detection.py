@@ -216,7 +216,7 @@ def detect_input(path: str | Path, given: dict[str, str | None] | None = None, d
     if first is None:
         raise InputDataError(f"{path}: column {found['date']} holds no date")
     holdout, holdout_note = holdout_for(first, last, days_per_period, unit)
-    notes.append(f"history: {first} to {last}; time unit {unit}s at daily resolution")
+    notes.append(f"history: {first} to {last}; time unit: {unit}s")
     notes.append(holdout_note)
     input_settings: dict[str, Any] = {
         "path": str(path), "format": fmt, "header": True, "names": None, "delimiter": None,
