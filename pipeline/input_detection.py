@@ -46,11 +46,14 @@ ROLE_FLAGS = {"customer_id": "--customer-col", "date": "--date-col", "amount": "
 # readings is ambiguous when both parse every value.
 DATE_FORMATS = (
     "%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M",
+    "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z",
     "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y",
     "%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S",
     "%d/%m/%y", "%m/%d/%y",
 )
 _SWAPPED = {"%d": "%m", "%m": "%d"}
+# Rows every date format is tried on before the likely ones are checked on the whole column.
+SNIFF_ROWS = 100_000
 _TEMPORAL = ("DATE", "TIMESTAMP")
 
 # The holdout a detected log gets: this share of its history, in whole periods, when the history
@@ -153,13 +156,21 @@ def detect_date_format(con: duckdb.DuckDBPyConnection, sql: str, column: str, pa
         return given, f"dates: {column} read with {given} (--date-format)"
     name = duckdb_identifier(column)
     text = f"trim(CAST({name} AS VARCHAR))"
-    checks = ", ".join(f"count(*) FILTER (WHERE try_strptime({text}, {_sql_string(fmt)}) IS NULL)"
-                       for fmt in DATE_FORMATS)
-    try:
-        failures, sample = con.execute(f"SELECT [{checks}], any_value({text}) FROM {sql} WHERE {text} <> ''").fetchone()
-    except duckdb.Error as exc:
-        raise InputDataError(f"{path}: cannot read column {column}: {first_line(exc)}") from None
-    fitting = [fmt for fmt, failed in zip(DATE_FORMATS, failures) if failed == 0]
+
+    def fitting_formats(formats: tuple[str, ...], rows: str) -> tuple[list[str], str]:
+        checks = ", ".join(f"count(*) FILTER (WHERE try_strptime({text}, {_sql_string(fmt)}) IS NULL)"
+                           for fmt in formats)
+        try:
+            failures, example = con.execute(
+                f"SELECT [{checks}], any_value({text}) FROM (SELECT * FROM {sql} WHERE {text} <> ''{rows})").fetchone()
+        except duckdb.Error as exc:
+            raise InputDataError(f"{path}: cannot read column {column}: {first_line(exc)}") from None
+        return [fmt for fmt, failed in zip(formats, failures) if failed == 0], example
+
+    # Every format on the first rows, then the survivors on the whole column: a large log is
+    # scanned once for a few formats, not for all of them.
+    candidates, sample = fitting_formats(DATE_FORMATS, f" LIMIT {SNIFF_ROWS}")
+    fitting, _ = fitting_formats(tuple(candidates), "") if candidates else ([], sample)
     if not fitting:
         raise InputDataError(f"{path}: column {column}: no common date format reads every value (e.g. "
                              f"'{sample}'): pass --date-format, e.g. --date-format '%d/%m/%Y'")

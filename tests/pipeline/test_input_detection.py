@@ -132,3 +132,16 @@ def test_own_data_in_an_empty_folder(sample_log, tmp_path, monkeypatch):
     assert demo.exit_code == 0, demo.output + demo.stderr
     newest = max((tmp_path / "outputs").glob("2*/summary.json"), key=lambda path: path.parent.name)
     assert json.loads(newest.read_text())["features"]["customers"] == 23_570
+
+
+def test_datetimes_and_a_late_row_that_decides_the_day_order(sample_log, tmp_path, monkeypatch):
+    from pipeline import input_detection
+
+    write_csv(sample_log, tmp_path / "stamps.csv", "customer_id", "order_date", "amount", "%Y-%m-%dT%H:%M:%SZ")
+    assert detect_input(tmp_path / "stamps.csv").input["date_format"] == "%Y-%m-%dT%H:%M:%SZ"
+    # The first rows cannot tell day from month; a later one can: every format is tried on the
+    # first rows only, the survivors on the whole column.
+    monkeypatch.setattr(input_detection, "SNIFF_ROWS", 10)
+    log = pd.concat([sample_log[sample_log["date"].dt.day <= 12].head(10), sample_log[sample_log["date"].dt.day > 12]])
+    write_csv(log, tmp_path / "late.csv", "customer_id", "date", "amount", "%m/%d/%Y")
+    assert detect_input(tmp_path / "late.csv").input["date_format"] == "%m/%d/%Y"
