@@ -38,8 +38,6 @@ def _sql_string(value: str) -> str:
 def detect_format(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
-    if path.is_dir():  # a dataset of Parquet files, as Spark and most lakes write them
-        return "parquet"
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
@@ -95,7 +93,8 @@ def register_transactions(
         raise InputDataError(f"{path}: input file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise InputDataError(f"{path}: the file is empty")
-    fmt = detect_format(path, settings.format)
+    # A folder is a dataset of Parquet files, as Spark and most lakes write them.
+    fmt = "parquet" if settings.format == "auto" and path.is_dir() else detect_format(path, settings.format)
     quoted = _sql_string(str(path))
     if fmt == "parquet":
         if path.is_dir():

@@ -327,7 +327,10 @@ def test_features_written_by_the_executors_equal_duckdb(sample_log, tmp_path):
         "customers": reference.features.num_rows, "repeat_customers": int((frequency > 0).sum()),
         "calibration_customers": reference.calibration.num_rows,
         "calibration_repeat_customers": int((calibration_frequency > 0).sum()),
+        # The data-quality counts by aggregations: the DuckDB engine's, from its sorted log.
+        **reference.quality,
     }
+    assert reference.quality["duplicate_rows"] > 0 and reference.quality["zero_amount_rows"] > 0
     assert sorted(from_catalog["frequency"].tolist()) == sorted(frequency.tolist())
 
 
