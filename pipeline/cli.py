@@ -203,15 +203,17 @@ class StepProgress:
         self._task: Any = None
         self._message = ""
         self._started = 0.0
-        atexit.register(self.close)
+        # At exit after an error: the display ends without ticking off the step that failed.
+        atexit.register(self.close, finished=False)
 
-    def _finish_step(self) -> None:
+    def _finish_step(self, finished: bool = True) -> None:
         import time
 
         if self._task is not None:
             self._display.remove_task(self._task)
             elapsed = time.monotonic() - self._started
-            error_console.print(f"[dim]✓ {escape(self._message)} ({elapsed:.1f} s)[/]", highlight=False)
+            if finished:
+                error_console.print(f"[dim]✓ {escape(self._message)} ({elapsed:.1f} s)[/]", highlight=False)
             self._task = None
 
     def __call__(self, message: str) -> None:
@@ -223,8 +225,9 @@ class StepProgress:
         self._message, self._started = message, time.monotonic()
         self._task = self._display.add_task(escape(message), total=None)
 
-    def close(self) -> None:
-        self._finish_step()
+    def close(self, finished: bool = True) -> None:
+        """End the display; ``finished``: the current step is done (ticked off with its time)."""
+        self._finish_step(finished)
         if self._display.live.is_started:
             self._display.stop()
 
@@ -476,7 +479,9 @@ def _run_stage_alone(config: Path, overrides: list[str] | None, run_dir: Path | 
     settings = _load(config, overrides)
     run = RunCatalog.previous(settings.output_dir, run_dir)
     with tracking.tracked_run(settings, kind, config_path=config) as tracker:
-        outputs = stage(settings, run, progress=_progress_printer())
+        progress = _progress_printer()
+        outputs = stage(settings, run, progress=progress)
+        _close(progress)
         if tracker:
             tracker.log_config()
             log(tracker, outputs, run.directory)

@@ -100,3 +100,20 @@ def test_progress_off_a_terminal_is_one_plain_line_per_step(monkeypatch):
     progress = cli._progress_printer()
     progress("computing features")
     assert log.getvalue() == "… computing features\n"
+
+
+def test_progress_ended_by_an_error_does_not_tick_off_the_failed_step(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from pipeline import cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "error_console", Console(file=screen, force_terminal=True, width=100))
+    progress = cli._progress_printer()
+    progress("computing features")
+    progress("fitting BG/NBD")
+    progress.close(finished=False)  # what the exit hook does when a command failed
+    ticked = [line for line in screen.getvalue().splitlines() if "✓" in line]
+    assert len(ticked) == 1 and "computing features" in ticked[0]
