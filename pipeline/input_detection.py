@@ -18,8 +18,11 @@ from typing import Any
 
 import duckdb
 
+from pipeline.config import InputSettings
 from pipeline.errors import InputDataError
-from pipeline.io import _sql_string, connect, duckdb_identifier, first_line
+from pipeline.io import RAW_VIEW, _sql_string, connect, duckdb_identifier, first_line, register_transactions
+from pipeline.io import detect_format as format_of_suffix
+from pipeline.transactions import TEMPORAL_TYPES, date_expression
 
 # Names each role goes by, normalised (lower case, runs of other characters as "_").
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
@@ -54,7 +57,6 @@ DATE_FORMATS = (
 _SWAPPED = {"%d": "%m", "%m": "%d"}
 # Rows every date format is tried on before the likely ones are checked on the whole column.
 SNIFF_ROWS = 100_000
-_TEMPORAL = ("DATE", "TIMESTAMP")
 
 # The holdout a detected log gets: this share of its history, in whole periods, when the history
 # holds at least MIN_HISTORY_PERIODS of them (fewer: no holdout, the first candidate is used).
@@ -84,11 +86,10 @@ def detect_format(path: Path) -> str:
         if not any(path.rglob("*.parquet")):
             raise InputDataError(f"{path}: a folder holds Parquet files (*.parquet) to read; this one has none")
         return "parquet"
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".csv", ".tsv"):
-        return "csv"
+    try:
+        return format_of_suffix(path, "auto")
+    except InputDataError:  # no telling suffix (.txt, none): the first line says
+        pass
     with path.open(errors="replace") as handle:
         first = handle.readline()
     if any(mark in first for mark in (",", ";", "\t", "|")):
@@ -97,20 +98,6 @@ def detect_format(path: Path) -> str:
         return "whitespace"
     raise InputDataError(f"{path}: cannot tell whether this is CSV, Parquet or whitespace-separated text: "
                          "pass --set input.format=csv (or parquet, whitespace)")
-
-
-def source_sql(path: Path, fmt: str, typed: bool = False) -> str:
-    """A DuckDB query over the file (text columns as text unless ``typed``)."""
-    quoted = _sql_string(str(path / "**" / "*.parquet") if path.is_dir() else str(path))
-    if fmt == "parquet":
-        return f"SELECT * FROM read_parquet({quoted})"
-    if fmt == "whitespace":
-        header = path.open().readline().split()
-        fields = ", ".join(f"parts[{i + 1}] AS {duckdb_identifier(name)}" for i, name in enumerate(header))
-        return (f"SELECT {fields} FROM (SELECT string_split_regex(trim(line), '\\s+') AS parts FROM "
-                f"read_csv({quoted}, columns = {{'line': 'VARCHAR'}}, delim = '\\x1f', header = false, quote = '', "
-                "escape = '', skip = 1) WHERE trim(line) <> '')")
-    return f"SELECT * FROM read_csv({quoted}, header = true{'' if typed else ', all_varchar = true'})"
 
 
 def match_columns(columns: list[str], given: dict[str, str | None], path: Path) -> tuple[dict[str, str], list[str]]:
@@ -146,12 +133,12 @@ def match_columns(columns: list[str], given: dict[str, str | None], path: Path) 
     return found, notes
 
 
-def detect_date_format(con: duckdb.DuckDBPyConnection, sql: str, column: str, path: Path,
+def detect_date_format(con: duckdb.DuckDBPyConnection, sql: str, column: str, type_name: str, path: Path,
                        given: str | None) -> tuple[str | None, str]:
-    """The strptime format of a text date column (None for a typed one), and a note."""
-    described = {row[0]: row[1] for row in con.execute(f"DESCRIBE {sql}").fetchall()}
-    if str(described.get(column, "")).upper().startswith(_TEMPORAL):
-        return None, f"dates: {column} is a typed {described[column].lower()} column"
+    """The strptime format of a text date column (DuckDB type ``type_name``; None for a typed
+    one), and a note."""
+    if type_name.upper().startswith(TEMPORAL_TYPES):
+        return None, f"dates: {column} is a typed {type_name.lower()} column"
     if given:
         return given, f"dates: {column} read with {given} (--date-format)"
     name = duckdb_identifier(column)
@@ -209,19 +196,16 @@ def detect_input(path: str | Path, given: dict[str, str | None] | None = None, d
     fmt = detect_format(path)
     con = connect(threads=2)
     try:
-        sql = source_sql(path, fmt)
-        try:
-            columns = [row[0] for row in con.execute(f"DESCRIBE {sql}").fetchall()]
-        except duckdb.Error as exc:
-            raise InputDataError(f"{path}: cannot read as {fmt}: {first_line(exc)}") from None
-        found, notes = match_columns(columns, given or {}, path)
+        # The log as every run reads it (text files' columns as text): io.register_transactions.
+        register_transactions(con, path, InputSettings(path=str(path), format=fmt))
+        types = {row[0]: row[1] for row in con.execute(f"DESCRIBE {RAW_VIEW}").fetchall()
+                 if not row[0].startswith("__")}  # the whitespace reader's own field count
+        found, notes = match_columns(list(types), given or {}, path)
         notes.insert(0, f"format: {fmt}" + (" (a folder of Parquet files)" if path.is_dir() else ""))
-        date_fmt, date_note = detect_date_format(con, f"({sql})", found["date"], path, date_format)
+        date_fmt, date_note = detect_date_format(con, RAW_VIEW, found["date"], types[found["date"]], path, date_format)
         notes.append(date_note)
-        date_sql = (f"CAST({duckdb_identifier(found['date'])} AS DATE)" if date_fmt is None else
-                    f"CAST(try_strptime(trim(CAST({duckdb_identifier(found['date'])} AS VARCHAR)), "
-                    f"{_sql_string(date_fmt)}) AS DATE)")
-        first, last = con.execute(f"SELECT min({date_sql}), max({date_sql}) FROM ({sql})").fetchone()
+        date_sql = date_expression(duckdb_identifier(found["date"]), types[found["date"]], date_fmt)
+        first, last = con.execute(f"SELECT min({date_sql}), max({date_sql}) FROM {RAW_VIEW}").fetchone()
     finally:
         con.close()
     if first is None:

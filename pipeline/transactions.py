@@ -35,7 +35,7 @@ TYPED_VIEW = "typed_transactions"
 TYPED_ROWS = "typed_transaction_rows"
 TRANSACTIONS_VIEW = "transactions"
 
-_TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
+TEMPORAL_TYPES = ("DATE", "TIMESTAMP")
 _NUMERIC_TYPES = ("DOUBLE", "FLOAT", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT",
                   "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT", "REAL")
 
@@ -186,8 +186,10 @@ def _is(type_name: str, family: tuple[str, ...]) -> bool:
     return type_name.upper().startswith(family)
 
 
-def _date_expression(column: str, type_name: str, date_format: str | None) -> str:
-    if _is(type_name, _TEMPORAL_TYPES):
+def date_expression(column: str, type_name: str, date_format: str | None) -> str:
+    """SQL reading a log's date column (of DuckDB type ``type_name``) as a DATE: typed dates as
+    they are, text with ``date_format`` (NULL where it does not parse)."""
+    if _is(type_name, TEMPORAL_TYPES):
         return f"CAST({column} AS DATE)"
     text = f"trim(CAST({column} AS VARCHAR))"
     if date_format:
@@ -245,7 +247,7 @@ def load_transactions(
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {TYPED_VIEW} AS SELECT
             {customer_expr} AS customer_id,
-            {_date_expression(q(date_col), types[date_col], settings.date_format)} AS order_date,
+            {date_expression(q(date_col), types[date_col], settings.date_format)} AS order_date,
             {amount_expr} AS amount,
             {margin_expr} AS margin,
             {channel_expr} AS channel,
