@@ -38,6 +38,15 @@ def _new_figure(width: float = 8.0, height: float = 5.0) -> Figure:
     return figure
 
 
+def _figure_for(ax):
+    """``(figure, axes)``: a new figure and its axes, or ``(None, ax)`` when drawing on the
+    caller's axes (a notebook's), where nothing is written."""
+    if ax is not None:
+        return None, ax
+    figure = _new_figure()
+    return figure, figure.add_subplot()
+
+
 def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     figure.tight_layout()
@@ -577,10 +586,7 @@ def plot_champion_forecast(data: pd.DataFrame, path: str | Path, model_title: st
     pathlib.Path or None
         ``path``, or None when drawing on ``ax``.
     """
-    figure = None
-    if ax is None:
-        figure = _new_figure()
-        ax = figure.add_subplot()
+    figure, ax = _figure_for(ax)
     start = data["date"].iloc[0]
     ax.plot(data["days_since_as_of"], data["actual_cumulative"], color="black", label="actual")
     ax.plot(data["days_since_as_of"], data["predicted_cumulative"], color="tab:blue", linestyle="--",
@@ -755,10 +761,7 @@ def plot_selection_metric_by_origin(
     pathlib.Path or None
         ``path``, or None when drawing on ``ax``.
     """
-    figure = None
-    if ax is None:
-        figure = _new_figure()
-        ax = figure.add_subplot()
+    figure, ax = _figure_for(ax)
     dates = pd.to_datetime(pd.Index(data.index))
     colours = colormaps["tab10"]
     for i, model in enumerate(data.columns):
