@@ -36,6 +36,7 @@ from models.diagnostics import (
     normalized_gini,
     probability_score_sums,
     probability_scores_from_sums,
+    purchase_count_bins,
     reliability_table,
 )
 
@@ -147,9 +148,9 @@ def _holdout_columns(
 
 def frequency_groups(calibration_frequency: np.ndarray) -> np.ndarray:
     """Each customer's group by calibration repeat purchases: 0, 1, ..., 7 for 7 or more
-    (the bins of the calibration-vs-holdout plot and of the conditional-expectation test)."""
-    # Truncation is the floor of counts that are never negative; two passes over 18M, not three.
-    return np.minimum(calibration_frequency, LARGEST_BIN).astype(np.intp)
+    (the bins of the calibration histogram, of the calibration-vs-holdout plot and of the
+    conditional-expectation test)."""
+    return purchase_count_bins(calibration_frequency, LARGEST_BIN)
 
 
 def _error_sums(actual: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
