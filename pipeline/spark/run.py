@@ -42,7 +42,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from models import CustomerHistories, SpendStatistics, historical_clv_from_totals, spend_statistics
+from models import CustomerHistories, SpendStatistics, group_histories, historical_clv_from_totals, spend_statistics
 from models.historical import DEFAULT_MIN_EXPOSURE_YEARS
 from models.tiers import quantile_ranks, quantiles_from_ranks, tier_thresholds
 from pipeline.catalog import (
@@ -401,8 +401,10 @@ def holdout_predictions(calibration: DataFrame, models: dict[str, Any], spend_mo
             out = {"customer_id": batch["customer_id"], "frequency": batch["frequency"],
                    "frequency_holdout": batch["frequency_holdout"], "revenue_holdout": batch["revenue_holdout"],
                    "spend": spend}
-            # The DuckDB engine's functions, batch by batch: the same figures.
-            predictions = {name: backtest_stage.model_holdout_predictions(batch, model, spend_model, None, spend)
+            # The DuckDB engine's functions, batch by batch: the same figures. The batch's
+            # customers grouped into histories once, for every model's two predictions.
+            grouped = group_histories(batch)
+            predictions = {name: backtest_stage.model_holdout_predictions(batch, model, spend_model, grouped, spend)
                            for name, model in models.items()}
             predictions["historical_baseline"] = backtest_stage.naive_holdout_predictions(batch)
             for name, predicted in predictions.items():
@@ -535,10 +537,9 @@ def run_backtest_on_cluster(calibration: DataFrame, config: Config, customers: i
     names = [*fitted.purchase, "historical_baseline"]
     metrics, tables = holdout_metrics_on_cluster(predictions, names, customers, config.seed)
     for name, model in fitted.purchase.items():
-        histogram = backtest_stage.calibration_histogram(model, histories)
-        if histogram is not None:
-            tables[name]["calibration_histogram"] = histogram
-        metrics[name].update(backtest_stage.goodness_of_fit(model, histories, histogram))
+        fit_figures, fit_tables = backtest_stage.calibration_fit(model, histories)
+        metrics[name].update(fit_figures)
+        tables[name].update(fit_tables)
     models_only = {name: metrics[name] for name in fitted.purchase}
     selected, reason = backtest_stage.select_model(models_only, config.models.selection_metric)
     fitted.selected = selected

@@ -637,3 +637,12 @@ def goodness_of_fit(model: Any, histories: Any, histogram: pd.DataFrame | None =
     except ValueError:
         return empty
     return dict(zip(GOODNESS_OF_FIT_KEYS, (test.statistic, float(test.degrees_of_freedom), test.p_value)))
+
+
+def calibration_fit(model: Any, histories: Any) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """A candidate's fit on its calibration ``histories``, as both engines record it: the
+    :func:`goodness_of_fit` figures for its backtest row, and its :func:`calibration_histogram`
+    as the table ``calibration_histogram`` (none for a model with covariates)."""
+    histogram = calibration_histogram(model, histories)
+    tables = {} if histogram is None else {"calibration_histogram": histogram}
+    return goodness_of_fit(model, histories, histogram), tables

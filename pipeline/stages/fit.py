@@ -357,8 +357,7 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
     is left out as one that cannot fit. ``histories``: ``calibration`` grouped
     (:func:`group_customers`), when the caller has them."""
     from pipeline.stages.backtest import (
-        calibration_histogram,
-        goodness_of_fit,
+        calibration_fit,
         holdout_actuals,
         holdout_tables,
         model_holdout_predictions,
@@ -397,10 +396,9 @@ def backtest_candidates(calibration: pd.DataFrame, fitted: FittedModels, setting
                 metrics[name] = scored_predictions(customers, predictions, seed, actuals)
             tables[name] = holdout_tables(customers, predictions.revenue, predictions.probability_any_purchase, seed,
                                           actuals=actuals)
-            histogram = calibration_histogram(model, histories)
-            if histogram is not None:
-                tables[name]["calibration_histogram"] = histogram
-            metrics[name].update(goodness_of_fit(model, None, histogram))
+            fit_figures, fit_tables = calibration_fit(model, histories)
+            metrics[name].update(fit_figures)
+            tables[name].update(fit_tables)
         except Exception as exc:  # noqa: BLE001 - see above
             fitted.failed[name] = f"cannot predict the holdout: {failure_reason(exc)}"
             del fitted.purchase[name]
